@@ -1,0 +1,312 @@
+"""`clipmem`: measure which image-caption pairs a CLIP model memorized.
+
+A run directory holds one experiment: its config, split plan, the two reference
+models f and g, and the scores. `clipmem run --out RUN_DIR` does every step on the
+built-in synthetic data; the other commands run one step each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scoring.errors import ClipmemError
+
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SIZES_HELP = ("Split sizes as SHARED,CANDIDATE,INDEPENDENT,EXTRA: counts (2400,300,300,300) or fractions "
+              "of the dataset (0.7,0.1,0.1,0.1). S_S trains both models, S_C only f, S_I only g, S_E neither.")
+
+
+def _fail(exc: ClipmemError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_sizes(text: str):
+    from scoring.splits import SplitSizes
+
+    try:
+        parts = [float(p) for p in text.split(",")]
+        if len(parts) != 4:
+            raise ValueError
+    except ValueError:
+        raise ClipmemError(f"--sizes '{text}': expected four comma-separated numbers, e.g. 2400,300,300,300") from None
+    return SplitSizes(*parts)
+
+
+def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_seed: Optional[int]):
+    from scoring.config import DataConfig, RunConfig, SplitConfig
+
+    cfg = RunConfig()
+    if dataset != "synthetic" or data is not None:
+        if data is None:
+            raise ClipmemError(f"--dataset {dataset} needs --data PATH")
+        cfg.data = DataConfig(kind=dataset, path=str(Path(data).resolve()))
+    split = SplitConfig()
+    if sizes:
+        split = replace(split, sizes=_parse_sizes(sizes))
+    if split_seed is not None:
+        split = replace(split, seed=split_seed)
+    cfg.split = split
+    return cfg
+
+
+def _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device, no_augment, full_vocab):
+    from scoring.transform import AugmentConfig
+
+    t = cfg.train
+    t = replace(t, **{k: v for k, v in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                                             captions_per_image=captions_per_image, device=device).items()
+                      if v is not None})
+    if seed is not None:
+        t = replace(t, init_seed=seed, data_seed=seed)
+    if no_augment:
+        t = replace(t, augment=AugmentConfig(enabled=False))
+    if full_vocab:
+        t = replace(t, compact_vocab=False)
+    if t.epochs < 1 or t.batch_size < 2:
+        raise ClipmemError(f"--epochs must be >= 1 and --batch-size >= 2 (got {t.epochs}, {t.batch_size})")
+    from scoring.models import resolve_config
+
+    resolve_config(t.model)  # an unknown name fails here, before anything is written
+    cfg.train = t
+    return cfg
+
+
+# options shared by several commands
+ModelOpt = typer.Option(None, "--model", help="clipmem-demo (default), clipmem-tiny, any open_clip architecture "
+                                              "name such as ViT-B-32, or a path to a JSON model config.")
+EpochsOpt = typer.Option(None, "--epochs", help="Training epochs for each model (default 40).")
+BatchOpt = typer.Option(None, "--batch-size", help="Pairs per optimisation step (default 256).")
+LrOpt = typer.Option(None, "--lr", help="Peak AdamW learning rate (default 2e-3).")
+SeedOpt = typer.Option(None, "--seed", help="Seed for initial weights, batch order, captions and augmentations.")
+CaptionsOpt = typer.Option(None, "--captions-per-image",
+                           help="Captions of each pair used in training: 0 = all (default), 1 = first only.")
+DeviceOpt = typer.Option(None, "--device", help="auto (default: CUDA when present), cpu or cuda.")
+NoAugOpt = typer.Option(False, "--no-augment", help="Train and score without image augmentation.")
+FullVocabOpt = typer.Option(False, "--full-vocab",
+                            help="Keep open_clip's 49,408-token vocabulary instead of the tokens the data uses.")
+DatasetOpt = typer.Option("synthetic", "--dataset", help="Source kind: synthetic (built-in) or folder "
+                                                        "(images + metadata.jsonl).")
+DataOpt = typer.Option(None, "--data", help="Dataset path. Without it the built-in set is generated in RUN_DIR/data.")
+SizesOpt = typer.Option(None, "--sizes", help=SIZES_HELP)
+ViewsOpt = typer.Option(None, "--views", help="Augmented views per pair when scoring (default 8).")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to create; it must not exist or be empty."),
+    n: int = typer.Option(3300, "--n", help="Number of image-caption pairs."),
+    seed: int = typer.Option(0, "--seed", help="Generation seed; the same seed writes the same files."),
+    faults: Optional[str] = typer.Option(None, "--faults",
+                                         help="Fault rates as fractions of all pairs, e.g. "
+                                              "swapped=0.015,vague=0.005 (tags: swapped, wrong_attribute, vague, "
+                                              "atypical, duplicate). Default: the demo mix."),
+    image_size: int = typer.Option(32, "--image-size", help="Image side in pixels."),
+):
+    """Write the built-in synthetic dataset: PNG images plus metadata.jsonl with captions and truth tags."""
+    from scoring.data.synthetic import SynthConfig, parse_rates, write
+
+    try:
+        cfg = SynthConfig(n_pairs=n, seed=seed, image_size=image_size)
+        if faults is not None:
+            cfg.faults = parse_rates(faults)
+        path = write(cfg, out)
+    except ClipmemError as exc:
+        _fail(exc)
+    console.print(f"wrote {n} pairs to {path}")
+
+
+@app.command()
+def split(
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    dataset: str = DatasetOpt,
+    data: Optional[Path] = DataOpt,
+    sizes: Optional[str] = SizesOpt,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Split seed (default 0)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
+):
+    """Plan the split S_S / S_C / S_I / S_E and start a run directory (config.json, split.json)."""
+    from scoring.pipeline import split_step
+    from scoring.rundir import RunDir
+
+    try:
+        cfg = _run_config(dataset, data, sizes, seed)
+        run = RunDir(out)
+        run.prepare_new(overwrite)
+        counts = split_step(run, cfg)
+    except ClipmemError as exc:
+        _fail(exc)
+    console.print(f"split plan written to {run.split}: {counts}")
+
+
+@app.command()
+def train(
+    run_dir: Path = typer.Argument(..., help="Run directory made by `clipmem split`."),
+    model: Optional[str] = ModelOpt,
+    epochs: Optional[int] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    seed: Optional[int] = SeedOpt,
+    captions_per_image: Optional[int] = CaptionsOpt,
+    device: Optional[str] = DeviceOpt,
+    no_augment: bool = NoAugOpt,
+    full_vocab: bool = FullVocabOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint."),
+):
+    """Train f on S_S ∪ S_C and g on S_S ∪ S_I with the same recipe, initialisation and step count."""
+    from scoring.pipeline import train_step
+    from scoring.rundir import RunDir
+
+    try:
+        run = RunDir(run_dir)
+        cfg = run.load_config()
+        if resume:
+            if any(v is not None for v in (model, epochs, batch_size, lr, seed, captions_per_image)):
+                raise ClipmemError("--resume continues with the saved recipe; drop the training options")
+        else:
+            cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
+                                   no_augment, full_vocab)
+        summary = train_step(run, cfg, resume=resume)
+    except ClipmemError as exc:
+        _fail(exc)
+    console.print(f"trained f and g: {summary['steps']} steps each, {summary['samples_per_s']} samples/s")
+
+
+@app.command()
+def score(
+    run_dir: Path = typer.Argument(..., help="Run directory with trained models."),
+    views: Optional[int] = ViewsOpt,
+    checkpoint_f: Optional[Path] = typer.Option(None, "--checkpoint-f", help="Score this checkpoint as f."),
+    checkpoint_g: Optional[Path] = typer.Option(None, "--checkpoint-g", help="Score this checkpoint as g."),
+):
+    """Compute CLIPMem, its contrastive variant and the CLIPScore baselines; evaluate utility on S_E."""
+    from scoring.pipeline import score_step
+    from scoring.rundir import RunDir
+
+    try:
+        run = RunDir(run_dir)
+        cfg = run.load_config()
+        if (checkpoint_f is None) != (checkpoint_g is None):
+            raise ClipmemError("give both --checkpoint-f and --checkpoint-g, or neither")
+        if views is not None:
+            if views < 1:
+                raise ClipmemError(f"--views must be >= 1, got {views}")
+            cfg.score = replace(cfg.score, views=views)
+        score_step(run, cfg, checkpoint_f, checkpoint_g)
+    except ClipmemError as exc:
+        _fail(exc)
+    _print_report(Path(run_dir))
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(..., "--out", help="Run directory to create (or continue, with --resume)."),
+    dataset: str = DatasetOpt,
+    data: Optional[Path] = DataOpt,
+    sizes: Optional[str] = SizesOpt,
+    model: Optional[str] = ModelOpt,
+    epochs: Optional[int] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    seed: Optional[int] = SeedOpt,
+    captions_per_image: Optional[int] = CaptionsOpt,
+    device: Optional[str] = DeviceOpt,
+    no_augment: bool = NoAugOpt,
+    full_vocab: bool = FullVocabOpt,
+    views: Optional[int] = ViewsOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped."),
+):
+    """Every step in one go: data, split, train f and g, score, evaluate, report."""
+    from scoring.pipeline import run_all
+    from scoring.rundir import RunDir
+
+    try:
+        run_dir = RunDir(out)
+        if resume and run_dir.config.is_file():
+            if run_dir.is_finished():
+                raise ClipmemError(f"{out} already holds a finished run; pass --overwrite to replace it")
+            cfg = run_dir.load_config()
+        else:
+            cfg = _run_config(dataset, data, sizes, seed)
+            cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
+                                   no_augment, full_vocab)
+            if views is not None:
+                cfg.score = replace(cfg.score, views=views)
+            run_dir.prepare_new(overwrite)
+        metrics = run_all(run_dir, cfg, resume=resume)
+    except ClipmemError as exc:
+        _fail(exc)
+    t = metrics.get("timings", {})
+    console.print(f"finished {out}: split {t.get('split_seconds')} s, train {t.get('train_seconds')} s, "
+                  f"score {t.get('score_seconds')} s, peak memory {metrics.get('peak_rss_mb')} MB")
+    _print_report(out)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """Mean CLIPMem per truth tag and how well each score finds faulty and swapped pairs."""
+    try:
+        _print_report(run_dir, as_json)
+    except ClipmemError as exc:
+        _fail(exc)
+
+
+def _print_report(run_dir: Path, as_json: bool = False) -> None:
+    import pandas as pd
+
+    from scoring.report import summarize
+    from scoring.rundir import RunDir
+
+    run = RunDir(run_dir)
+    run.require_finished()
+    scores = pd.read_parquet(run.scores)
+    summary = summarize(scores)
+    metrics = json.loads(run.metrics.read_text())
+    summary["utility"] = {k: metrics[k] for k in ("f", "g") if k in metrics}
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    console.print(f"[bold]{run_dir}[/]: {len(scores)} scored pairs, mean CLIPMem {summary['mean_clipmem']:.3f}")
+    table = Table("truth", "pairs", "CLIPMem", "raw", "contrastive", title="Mean score per truth tag")
+    for row in summary["by_truth"]:
+        table.add_row(row["truth"], str(row["pairs"]), f"{row['clipmem']:.3f}", f"{row['clipmem_raw']:.4f}",
+                      f"{row['clipmem_contrastive']:.3f}")
+    console.print(table)
+    for key, title in (("detection_faulty", "Finding faulty pairs (every tag but clean)"),
+                       ("detection_swapped", "Finding swapped pairs")):
+        if not summary[key]:
+            console.print(f"{title}: no such pairs in this run")
+            continue
+        table = Table("score", "AUROC", "avg precision", "precision@k", "k", title=title)
+        for row in summary[key]:
+            table.add_row(row["score"], f"{row['auroc']:.3f}", f"{row['average_precision']:.3f}",
+                          f"{row['precision_at_k']:.3f}", str(row["k"]))
+        console.print(table)
+    table = Table("model", *sorted(next(iter(summary["utility"].values()), {})), title="Utility on S_E")
+    for name, values in summary["utility"].items():
+        table.add_row(name, *(f"{values[k]:.3f}" for k in sorted(values)))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()

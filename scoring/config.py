@@ -1,0 +1,90 @@
+"""One config object per pipeline step; together they are saved as the run's config.json."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field, fields
+
+from scoring.data.synthetic import SynthConfig
+from scoring.splits import SplitSizes
+from scoring.transform import AugmentConfig
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"          # folder | synthetic
+    path: str | None = None          # None with synthetic: generated inside the run dir
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class SplitConfig:
+    sizes: SplitSizes = field(default_factory=SplitSizes)
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: str = "clipmem-demo"
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    init_seed: int = 0               # f and g start from the same weights
+    data_seed: int = 0               # batch order, caption draws and augmentations
+    captions_per_image: int = 0      # 0: all of a pair's captions; 1: the first only
+    compact_vocab: bool = True       # shrink the token table to the tokens the data uses
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    device: str = "auto"             # auto | cpu | cuda
+    keep_checkpoints: int = 2        # per-epoch checkpoints kept for --resume
+
+
+@dataclass
+class ScoreConfig:
+    views: int = 8
+    seed: int = 1234
+    reference_captions: int = 256    # reference set size for the contrastive variant
+    batch_size: int = 1024
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_json(self) -> dict:
+        import open_clip
+        import torch
+
+        from scoring import __version__
+
+        return {
+            **asdict(self),
+            "versions": {
+                "clipmem": __version__,
+                "torch": torch.__version__,
+                "open_clip": open_clip.__version__,
+                "python": platform.python_version(),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "RunConfig":
+        return _build(cls, raw)
+
+
+def _build(cls, raw: dict):
+    """Rebuild nested dataclasses from their asdict() form, ignoring unknown keys."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        sub = f.default_factory if f.default_factory is not None else None  # type: ignore[misc]
+        if sub is not None and hasattr(sub, "__dataclass_fields__") and isinstance(value, dict):
+            value = _build(sub, value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,91 @@
+"""The planned pairs as tensors: decoded pixels, the distinct-caption token table, and
+each pair's caption indices. Training, scoring and evaluation all read this one view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scoring.data.base import PairDataset
+from scoring.errors import ClipmemError
+from scoring.models import Vocabulary, apply_vocabulary, tokenize
+from scoring.splits import SPLIT_NAMES, SplitPlan
+
+
+@dataclass
+class TensorCorpus:
+    ids: list[str]                 # row -> sample id (every planned pair, split order)
+    split: list[str]               # row -> split name
+    truth: list[str]
+    captions: list[list[str]]      # row -> the pair's captions (as in the source)
+    attributes: list[dict]
+    pixels: torch.Tensor           # (N, 3, H, W) uint8
+    caption_texts: list[str]       # distinct caption strings
+    tokens: torch.Tensor           # (M, context_length) model token ids
+    caption_index: torch.Tensor    # (N, K) index into caption_texts, -1 padded
+    caption_count: torch.Tensor    # (N,) number of captions used per pair
+    truncated: int                 # captions longer than the context length
+
+    def rows(self, split: str) -> torch.Tensor:
+        return torch.tensor([i for i, s in enumerate(self.split) if s == split], dtype=torch.long)
+
+    def pick_captions(self, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Caption table index for each row, drawn uniformly from its captions with u in [0, 1)."""
+        counts = self.caption_count[rows]
+        slot = torch.clamp((u * counts).long(), max=counts - 1)
+        return self.caption_index[rows, slot]
+
+
+def build_corpus(
+    dataset: PairDataset,
+    plan: SplitPlan,
+    image_size: int,
+    context_length: int,
+    captions_per_image: int = 0,
+    vocab: Vocabulary | None = None,
+    compact_vocab: bool = False,
+    extra_texts: list[str] = (),
+) -> tuple[TensorCorpus, Vocabulary]:
+    """Decode and tokenise every planned pair once.
+
+    `captions_per_image` > 0 keeps only each pair's first k captions (1 is the
+    published single-caption baseline). With `compact_vocab` and no `vocab` given,
+    the vocabulary is shrunk to the tokens these captions (and `extra_texts`) use.
+    """
+    where = dataset.index_of()
+    rows, split = [], []
+    for name in SPLIT_NAMES:
+        for sid in plan.ids[name]:
+            if sid not in where:
+                raise ClipmemError(f"split plan names sample '{sid}' which the dataset does not contain")
+            rows.append(where[sid])
+            split.append(name)
+    captions = [dataset.captions[i] for i in rows]
+    used = [c[:captions_per_image] if captions_per_image > 0 else c for c in captions]
+    texts = sorted({t for caps in used for t in caps} | set(extra_texts))
+    text_id = {t: j for j, t in enumerate(texts)}
+    width = max(len(c) for c in used)
+    caption_index = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, caps in enumerate(used):
+        caption_index[r, : len(caps)] = torch.tensor([text_id[t] for t in caps])
+    raw_tokens, truncated = tokenize(texts, context_length)
+    if vocab is None:
+        from scoring.models import build_vocabulary
+
+        vocab = build_vocabulary(raw_tokens) if compact_vocab else Vocabulary()
+    corpus = TensorCorpus(
+        ids=[dataset.ids[i] for i in rows],
+        split=split,
+        truth=[dataset.truth[i] for i in rows],
+        captions=captions,
+        attributes=[dataset.attributes[i] if dataset.attributes else {} for i in rows],
+        pixels=dataset.load_pixels(rows, image_size),
+        caption_texts=texts,
+        tokens=apply_vocabulary(raw_tokens, vocab),
+        caption_index=caption_index,
+        caption_count=torch.tensor([len(c) for c in used]),
+        truncated=truncated,
+    )
+    return corpus, vocab

@@ -1,0 +1,159 @@
+"""The pipeline steps behind the CLI: split, train, score (with evaluation), run.
+
+Each step reads the run directory's config.json, does its work, and writes its
+outputs atomically; `score` writes the COMPLETE marker last.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scoring.config import RunConfig
+from scoring.data import PairDataset, load_dataset
+from scoring.data.synthetic import write as write_synthetic
+from scoring.data.tensors import TensorCorpus, build_corpus
+from scoring.errors import ClipmemError
+from scoring.evaluate import retrieval, zero_shot, zero_shot_prompts
+from scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
+                            with_vocabulary)
+from scoring.rundir import RunDir, atomic_path, write_json
+from scoring.score import encode_texts, embeddings_arrays, score_run
+from scoring.splits import plan_splits
+from scoring.train import MODELS, load_model_weights, pick_device, save_model, train_pair
+
+
+def open_dataset(cfg: RunConfig, run: RunDir) -> PairDataset:
+    """The run's dataset; the built-in set is generated into RUN_DIR/data on first use."""
+    if cfg.data.kind == "synthetic" and cfg.data.path is None:
+        if not (run.data / "metadata.jsonl").is_file():
+            write_synthetic(cfg.data.synth, run.data)
+        return load_dataset("synthetic", run.data)
+    return load_dataset(cfg.data.kind, Path(cfg.data.path) if cfg.data.path else None)
+
+
+def split_step(run: RunDir, cfg: RunConfig) -> dict[str, int]:
+    dataset = open_dataset(cfg, run)
+    plan = plan_splits(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.seed)
+    plan.save(run.split)
+    run.save_config(cfg)
+    return plan.sizes()
+
+
+def _has_synthetic_attributes(dataset: PairDataset) -> bool:
+    return bool(dataset.attributes) and all("objects" in a for a in dataset.attributes[:50])
+
+
+def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) -> tuple[TensorCorpus, Vocabulary, dict]:
+    from scoring.splits import SplitPlan
+
+    dataset = open_dataset(cfg, run)
+    plan = SplitPlan.load(run.split)
+    model_cfg = resolve_config(cfg.train.model)
+    prompts = zero_shot_prompts() if _has_synthetic_attributes(dataset) else []
+    corpus, vocab = build_corpus(
+        dataset, plan, image_size_of(model_cfg), context_length_of(model_cfg),
+        captions_per_image=cfg.train.captions_per_image, vocab=vocab,
+        compact_vocab=cfg.train.compact_vocab, extra_texts=prompts,
+    )
+    return corpus, vocab, with_vocabulary(model_cfg, vocab)
+
+
+def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    run.mark_unfinished()
+    if not run.split.is_file():
+        raise ClipmemError(f"{run.path} has no split.json: run `clipmem split` first")
+    vocab = Vocabulary.from_json(json.loads(run.vocab.read_text())) if resume and run.vocab.is_file() else None
+    t0 = time.perf_counter()
+    corpus, vocab, model_cfg = load_corpus(run, cfg, vocab)
+    write_json(run.vocab, vocab.to_json())
+    write_json(run.path / "model_config.json", model_cfg)
+    run.save_config(cfg)
+    if corpus.truncated:
+        print(f"note: {corpus.truncated} distinct captions exceed the context length and were truncated")
+    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in MODELS}
+    prep_seconds = time.perf_counter() - t0
+    summary = train_pair(models, corpus, cfg.train, run.checkpoints, run.train_log, resume=resume,
+                         show_progress=show_progress)
+    for name in MODELS:
+        save_model(run.model_checkpoint(name), models[name], cfg.train.epochs, cfg.train.model)
+    summary["prepare_seconds"] = round(prep_seconds, 2)
+    write_json(run.path / "train_summary.json", summary)
+    return summary
+
+
+def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, checkpoint_g: Path | None = None,
+               show_progress: bool = True) -> dict:
+    """Score, embed and evaluate; finishes the run."""
+    run.mark_unfinished()
+    t0 = time.perf_counter()
+    if checkpoint_f is None and not run.model_checkpoint("f").is_file():
+        raise ClipmemError(f"{run.path} has no trained models (f.pt, g.pt): run `clipmem train` first")
+    vocab = Vocabulary.from_json(json.loads(run.vocab.read_text())) if run.vocab.is_file() else Vocabulary()
+    corpus, vocab, model_cfg = load_corpus(run, cfg, vocab)
+    models = {}
+    for name, given in (("f", checkpoint_f), ("g", checkpoint_g)):
+        model = create_model(model_cfg, cfg.train.init_seed)
+        load_model_weights(model, Path(given) if given else run.model_checkpoint(name))
+        models[name] = model
+    device = pick_device(cfg.train.device)
+    scores, emb, embedded = score_run(models, corpus, cfg.score, cfg.train, device)
+    score_seconds = time.perf_counter() - t0
+
+    metrics = {name: evaluate_model(models[name], corpus, emb[name], embedded, cfg, device) for name in MODELS}
+    metrics["scoring"] = {"pairs": len(scores), "views": cfg.score.views, "seconds": round(score_seconds, 2),
+                          "pairs_per_s": round(len(scores) / score_seconds, 1)}
+    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    tmp = atomic_path(run.scores)
+    scores.to_parquet(tmp, index=False)
+    tmp.replace(run.scores)
+    tmp = run.embeddings.with_name("embeddings.tmp.npz")
+    np.savez(tmp, **embeddings_arrays(corpus, emb, embedded))
+    tmp.replace(run.embeddings)
+    write_json(run.metrics, metrics)
+    run.save_config(cfg)
+    run.mark_finished()
+    return metrics
+
+
+def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg: RunConfig, device) -> dict:
+    """Retrieval and zero-shot accuracy on S_E with this model's clean embeddings."""
+    extra = [i for i, r in enumerate(embedded.tolist()) if corpus.split[r] == "extra"]
+    if not extra:
+        return {}
+    image = emb.image[extra]
+    rows = embedded[extra]
+    caption_sets = [set(x for x in corpus.caption_index[r].tolist() if x >= 0) for r in rows.tolist()]
+    out = retrieval(image, emb.caption_table, caption_sets)
+    prompts = zero_shot_prompts()
+    text_id = {t: j for j, t in enumerate(corpus.caption_texts)}
+    if all(p in text_id for p in prompts):
+        prompt_emb = emb.caption_table[[text_id[p] for p in prompts]]
+        out.update(zero_shot(image, prompt_emb, [corpus.attributes[r] for r in rows.tolist()]))
+    return out
+
+
+def run_all(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Every step, one after the other; with resume, finished steps are not redone."""
+    timings = {}
+    t = time.perf_counter()
+    if not (resume and run.split.is_file()):
+        split_step(run, cfg)
+    timings["split_seconds"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    done = resume and run.model_checkpoint("f").is_file() and run.model_checkpoint("g").is_file()
+    if not done:
+        train_step(run, cfg, resume=resume, show_progress=show_progress)
+    timings["train_seconds"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    metrics = score_step(run, cfg, show_progress=show_progress)
+    timings["score_seconds"] = round(time.perf_counter() - t, 2)
+    metrics["timings"] = timings
+    write_json(run.metrics, metrics)
+    return metrics
