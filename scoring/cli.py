@@ -49,14 +49,30 @@ def _parse_sizes(text: str):
     return SplitSizes(*parts)
 
 
-def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_seed: Optional[int]):
+def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_seed: Optional[int],
+                source: Optional[dict] = None):
     from scoring.config import DataConfig, RunConfig, SplitConfig
+    from scoring.data.base import SOURCE_KINDS, SourceOptions
+    from scoring.data.inject import check_rates
+    from scoring.data.synthetic import parse_rates
 
+    source = source or {}
     cfg = RunConfig()
+    if dataset not in SOURCE_KINDS:
+        raise ClipmemError(f"unknown --dataset '{dataset}'; known: {', '.join(SOURCE_KINDS)}")
     if dataset != "synthetic" or data is not None:
         if data is None:
             raise ClipmemError(f"--dataset {dataset} needs --data PATH")
-        cfg.data = DataConfig(kind=dataset, path=str(Path(data).resolve()))
+        # brace patterns of shards are not paths; keep them as given
+        path = str(data) if dataset == "webdataset" else str(Path(data).resolve())
+        cfg.data = DataConfig(kind=dataset, path=path)
+    inject = parse_rates(source.pop("inject", None) or "")
+    check_rates(inject)
+    on_error = source.pop("on_error", None) or "fail"
+    if on_error not in ("fail", "skip"):
+        raise ClipmemError(f"--on-error must be fail or skip, got '{on_error}'")
+    options = SourceOptions(**{k: v for k, v in source.items() if v is not None})
+    cfg.data = replace(cfg.data, options=options, on_error=on_error, inject=inject)
     split = SplitConfig()
     if sizes:
         split = replace(split, sizes=_parse_sizes(sizes))
@@ -88,10 +104,16 @@ def _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_imag
     return cfg
 
 
+def _source(csv_img_key, csv_caption_key, csv_separator, wds_caption_key, coco_images, on_error, inject) -> dict:
+    return dict(csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, csv_separator=csv_separator,
+                wds_caption_key=wds_caption_key, coco_images=str(Path(coco_images).resolve()) if coco_images else None,
+                on_error=on_error, inject=inject)
+
+
 # options shared by several commands
 ModelOpt = typer.Option(None, "--model", help="clipmem-demo (default), clipmem-tiny, any open_clip architecture "
                                               "name such as ViT-B-32, or a path to a JSON model config.")
-EpochsOpt = typer.Option(None, "--epochs", help="Training epochs for each model (default 40).")
+EpochsOpt = typer.Option(None, "--epochs", help="Training epochs for each model (default 80).")
 BatchOpt = typer.Option(None, "--batch-size", help="Pairs per optimisation step (default 256).")
 LrOpt = typer.Option(None, "--lr", help="Peak AdamW learning rate (default 2e-3).")
 SeedOpt = typer.Option(None, "--seed", help="Seed for initial weights, batch order, captions and augmentations.")
@@ -101,9 +123,20 @@ DeviceOpt = typer.Option(None, "--device", help="auto (default: CUDA when presen
 NoAugOpt = typer.Option(False, "--no-augment", help="Train and score without image augmentation.")
 FullVocabOpt = typer.Option(False, "--full-vocab",
                             help="Keep open_clip's 49,408-token vocabulary instead of the tokens the data uses.")
-DatasetOpt = typer.Option("synthetic", "--dataset", help="Source kind: synthetic (built-in) or folder "
-                                                        "(images + metadata.jsonl).")
-DataOpt = typer.Option(None, "--data", help="Dataset path. Without it the built-in set is generated in RUN_DIR/data.")
+DatasetOpt = typer.Option("synthetic", "--dataset", help="Source kind: synthetic (built-in), folder (images + "
+                          "metadata.jsonl), coco (captions JSON), csv (open_clip CSV/TSV) or webdataset (tar shards).")
+DataOpt = typer.Option(None, "--data", help="Dataset path: the folder, the COCO JSON, the CSV file, or the shards "
+                       "('shards/{000000..000099}.tar'). Without it the built-in set is generated in RUN_DIR/data.")
+CsvImgOpt = typer.Option(None, "--csv-img-key", help="CSV column with image paths (open_clip's default: filepath).")
+CsvCapOpt = typer.Option(None, "--csv-caption-key", help="CSV column with captions (open_clip's default: title).")
+CsvSepOpt = typer.Option(None, "--csv-separator", help="CSV field separator (open_clip's default: a tab).")
+WdsKeyOpt = typer.Option(None, "--wds-caption-key",
+                         help="Key of the caption inside a WebDataset .json member (default: caption).")
+CocoImagesOpt = typer.Option(None, "--coco-images", help="COCO image folder (default: the JSON's folder).")
+OnErrorOpt = typer.Option(None, "--on-error", help="fail (default): stop at the first bad item, naming it. "
+                          "skip: leave bad items out and list them in RUN_DIR/skipped.jsonl.")
+InjectOpt = typer.Option(None, "--inject", help="Corrupt a fraction of S_C and of S_I to measure detection on your "
+                         "own data, e.g. swapped=0.02,vague=0.01 (tags: swapped, vague, duplicate).")
 SizesOpt = typer.Option(None, "--sizes", help=SIZES_HELP)
 ViewsOpt = typer.Option(None, "--views", help="Augmented views per pair when scoring (default 8).")
 
@@ -139,6 +172,13 @@ def split(
     data: Optional[Path] = DataOpt,
     sizes: Optional[str] = SizesOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Split seed (default 0)."),
+    csv_img_key: Optional[str] = CsvImgOpt,
+    csv_caption_key: Optional[str] = CsvCapOpt,
+    csv_separator: Optional[str] = CsvSepOpt,
+    wds_caption_key: Optional[str] = WdsKeyOpt,
+    coco_images: Optional[Path] = CocoImagesOpt,
+    on_error: Optional[str] = OnErrorOpt,
+    inject: Optional[str] = InjectOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
 ):
     """Plan the split S_S / S_C / S_I / S_E and start a run directory (config.json, split.json)."""
@@ -146,7 +186,8 @@ def split(
     from scoring.rundir import RunDir
 
     try:
-        cfg = _run_config(dataset, data, sizes, seed)
+        cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
+                                                               wds_caption_key, coco_images, on_error, inject))
         run = RunDir(out)
         run.prepare_new(overwrite)
         counts = split_step(run, cfg)
@@ -192,10 +233,18 @@ def train(
 def score(
     run_dir: Path = typer.Argument(..., help="Run directory with trained models."),
     views: Optional[int] = ViewsOpt,
-    checkpoint_f: Optional[Path] = typer.Option(None, "--checkpoint-f", help="Score this checkpoint as f."),
-    checkpoint_g: Optional[Path] = typer.Option(None, "--checkpoint-g", help="Score this checkpoint as g."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture of imported checkpoints: an open_clip "
+                                        "name or a JSON config (open_clip's model config, or open_clip_config.json)."),
+    checkpoint_f: Optional[Path] = typer.Option(None, "--checkpoint-f", help="Score this checkpoint as f (trained "
+                                                "on S_S ∪ S_C): an open_clip trainer checkpoint or a state dict."),
+    checkpoint_g: Optional[Path] = typer.Option(None, "--checkpoint-g", help="Score this checkpoint as g (trained "
+                                                "on S_S ∪ S_I)."),
 ):
-    """Compute CLIPMem, its contrastive variant and the CLIPScore baselines; evaluate utility on S_E."""
+    """Compute CLIPMem, its contrastive variant and the CLIPScore baselines; evaluate utility on S_E.
+
+    With --checkpoint-f/--checkpoint-g, models trained elsewhere (e.g. by open_clip's trainer on the CSVs of
+    `clipmem export-splits`) are scored instead of clipmem's own.
+    """
     from scoring.pipeline import score_step
     from scoring.rundir import RunDir
 
@@ -204,6 +253,14 @@ def score(
         cfg = run.load_config()
         if (checkpoint_f is None) != (checkpoint_g is None):
             raise ClipmemError("give both --checkpoint-f and --checkpoint-g, or neither")
+        if model is not None and checkpoint_f is None:
+            raise ClipmemError("--model applies to imported checkpoints; give --checkpoint-f and --checkpoint-g")
+        if checkpoint_f is not None:
+            from scoring.models import resolve_config
+
+            # externally trained models use open_clip's full vocabulary
+            cfg.train = replace(cfg.train, model=model or cfg.train.model, compact_vocab=False)
+            resolve_config(cfg.train.model)
         if views is not None:
             if views < 1:
                 raise ClipmemError(f"--views must be >= 1, got {views}")
@@ -230,6 +287,13 @@ def run(
     no_augment: bool = NoAugOpt,
     full_vocab: bool = FullVocabOpt,
     views: Optional[int] = ViewsOpt,
+    csv_img_key: Optional[str] = CsvImgOpt,
+    csv_caption_key: Optional[str] = CsvCapOpt,
+    csv_separator: Optional[str] = CsvSepOpt,
+    wds_caption_key: Optional[str] = WdsKeyOpt,
+    coco_images: Optional[Path] = CocoImagesOpt,
+    on_error: Optional[str] = OnErrorOpt,
+    inject: Optional[str] = InjectOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped."),
 ):
@@ -244,7 +308,8 @@ def run(
                 raise ClipmemError(f"{out} already holds a finished run; pass --overwrite to replace it")
             cfg = run_dir.load_config()
         else:
-            cfg = _run_config(dataset, data, sizes, seed)
+            cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
+                                                                   wds_caption_key, coco_images, on_error, inject))
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
                                    no_augment, full_vocab)
             if views is not None:
@@ -257,6 +322,29 @@ def run(
     console.print(f"finished {out}: split {t.get('split_seconds')} s, train {t.get('train_seconds')} s, "
                   f"score {t.get('score_seconds')} s, peak memory {metrics.get('peak_rss_mb')} MB")
     _print_report(out)
+
+
+@app.command("export-splits")
+def export_splits_command(
+    run_dir: Path = typer.Argument(..., help="Run directory with a split plan."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the CSVs (default: RUN_DIR/export)."),
+):
+    """Write train_f.csv (S_S ∪ S_C), train_g.csv (S_S ∪ S_I) and extra.csv (S_E) for open_clip's trainer.
+
+    Prints the torchrun command lines that train f and g with clipmem's recipe on them.
+    """
+    from scoring.export import export_run
+    from scoring.rundir import RunDir
+
+    try:
+        result = export_run(RunDir(run_dir), out)
+    except ClipmemError as exc:
+        _fail(exc)
+    for name, rows in result["rows"].items():
+        console.print(f"{result['folder'] / name}: {rows} rows")
+    console.print("Train f and g with open_clip's trainer:")
+    for line in result["commands"]:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()
@@ -283,10 +371,13 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
     summary = summarize(scores)
     metrics = json.loads(run.metrics.read_text())
     summary["utility"] = {k: metrics[k] for k in ("f", "g") if k in metrics}
+    summary["skipped_items"] = len(run.skipped.read_text().splitlines()) if run.skipped.is_file() else 0
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
     console.print(f"[bold]{run_dir}[/]: {len(scores)} scored pairs, mean CLIPMem {summary['mean_clipmem']:.3f}")
+    if summary["skipped_items"]:
+        console.print(f"{summary['skipped_items']} source items were skipped as unreadable: see {run.skipped}")
     table = Table("truth", "pairs", "CLIPMem", "raw", "contrastive", title="Mean score per truth tag")
     for row in summary["by_truth"]:
         table.add_row(row["truth"], str(row["pairs"]), f"{row['clipmem']:.3f}", f"{row['clipmem_raw']:.4f}",

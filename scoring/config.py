@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict, dataclass, field, fields
 
+from scoring.data.base import SourceOptions
 from scoring.data.synthetic import SynthConfig
 from scoring.splits import SplitSizes
 from scoring.transform import AugmentConfig
@@ -12,9 +13,13 @@ from scoring.transform import AugmentConfig
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"          # folder | synthetic
+    kind: str = "synthetic"          # synthetic | folder | coco | csv | webdataset
     path: str | None = None          # None with synthetic: generated inside the run dir
     synth: SynthConfig = field(default_factory=SynthConfig)
+    options: SourceOptions = field(default_factory=SourceOptions)
+    on_error: str = "fail"           # fail | skip (skipped items go to skipped.jsonl)
+    inject: dict[str, float] = field(default_factory=dict)  # tag -> fraction of S_C and of S_I
+    inject_seed: int = 0
 
 
 @dataclass
@@ -26,7 +31,7 @@ class SplitConfig:
 @dataclass
 class TrainConfig:
     model: str = "clipmem-demo"
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1

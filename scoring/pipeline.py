@@ -7,6 +7,7 @@ outputs atomically; `score` writes the COMPLETE marker last.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 
 from scoring.config import RunConfig
 from scoring.data import PairDataset, load_dataset
+from scoring.data.base import Problems, verify_images
+from scoring.data.inject import check_rates, inject_faults
 from scoring.data.synthetic import write as write_synthetic
 from scoring.data.tensors import TensorCorpus, build_corpus
 from scoring.errors import ClipmemError
@@ -23,26 +26,74 @@ from scoring.evaluate import retrieval, zero_shot, zero_shot_prompts
 from scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
                             with_vocabulary)
 from scoring.rundir import RunDir, atomic_path, write_json
-from scoring.score import encode_texts, embeddings_arrays, score_run
-from scoring.splits import plan_splits
+from scoring.score import embeddings_arrays, score_run
+from scoring.splits import SplitPlan, plan_splits
 from scoring.train import MODELS, load_model_weights, pick_device, save_model, train_pair
 
 
-def open_dataset(cfg: RunConfig, run: RunDir) -> PairDataset:
-    """The run's dataset; the built-in set is generated into RUN_DIR/data on first use."""
-    if cfg.data.kind == "synthetic" and cfg.data.path is None:
+def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:
+    """The run's source as read; the built-in set is generated into RUN_DIR/data on first use."""
+    path = cfg.data.path
+    if cfg.data.kind == "synthetic" and path is None:
         if not (run.data / "metadata.jsonl").is_file():
             write_synthetic(cfg.data.synth, run.data)
-        return load_dataset("synthetic", run.data)
-    return load_dataset(cfg.data.kind, Path(cfg.data.path) if cfg.data.path else None)
+        path = run.data
+    return load_dataset(cfg.data.kind, path, cfg.data.options, problems or Problems(cfg.data.on_error))
+
+
+def open_planned(cfg: RunConfig, run: RunDir) -> tuple[PairDataset, SplitPlan]:
+    """The dataset as the run sees it (injected faults applied) and its split plan."""
+    dataset = read_source(cfg, run)
+    plan = SplitPlan.load(run.split)
+    return inject_faults(dataset, plan, cfg.data.inject, cfg.data.inject_seed), plan
 
 
 def split_step(run: RunDir, cfg: RunConfig) -> dict[str, int]:
-    dataset = open_dataset(cfg, run)
+    """Read and check the source, plan the split, inject faults; writes split.json and samples.parquet."""
+    check_rates(cfg.data.inject)
+    problems = Problems(cfg.data.on_error)
+    dataset = verify_images(read_source(cfg, run, problems), problems)
     plan = plan_splits(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.seed)
+    dataset = inject_faults(dataset, plan, cfg.data.inject, cfg.data.inject_seed)
+    with open(atomic_path(run.skipped), "w") as fh:
+        for item in problems.skipped:
+            fh.write(json.dumps(item) + "\n")
+    atomic_path(run.skipped).replace(run.skipped)
+    write_samples(run, dataset, plan)
     plan.save(run.split)
     run.save_config(cfg)
     return plan.sizes()
+
+
+def write_samples(run: RunDir, dataset: PairDataset, plan: SplitPlan) -> None:
+    """samples.parquet: every planned pair with its split, truth, captions and image location.
+
+    `image_ref` is relative to `data_root` (data_root.json): the deepest folder
+    holding every image, so the backend can serve images without knowing the
+    source format. Refs of the form `SHARD#MEMBER` point inside tar shards.
+    """
+    import pandas as pd
+
+    split_of = plan.split_of()
+    keep = [i for i, sid in enumerate(dataset.ids) if sid in split_of]
+    root = Path(dataset.root).resolve()
+    files = [os.path.normpath(os.path.join(root, dataset.image_refs[i].split("#")[0])) for i in keep]
+    data_root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else str(root)
+    refs = [os.path.relpath(f, data_root) + ("#" + dataset.image_refs[i].split("#", 1)[1]
+                                               if "#" in dataset.image_refs[i] else "")
+            for f, i in zip(files, keep)]
+    frame = pd.DataFrame({
+        "sample_id": [dataset.ids[i] for i in keep],
+        "split": [split_of[dataset.ids[i]] for i in keep],
+        "truth": [dataset.truth[i] for i in keep],
+        "captions": [list(dataset.captions[i]) for i in keep],
+        "image_ref": refs,
+        "attributes": [json.dumps(dataset.attributes[i]) if dataset.attributes else "{}" for i in keep],
+    })
+    tmp = atomic_path(run.samples)
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(run.samples)
+    write_json(run.path / "data_root.json", {"data_root": data_root, "kind": dataset.name})
 
 
 def _has_synthetic_attributes(dataset: PairDataset) -> bool:
@@ -50,10 +101,7 @@ def _has_synthetic_attributes(dataset: PairDataset) -> bool:
 
 
 def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) -> tuple[TensorCorpus, Vocabulary, dict]:
-    from scoring.splits import SplitPlan
-
-    dataset = open_dataset(cfg, run)
-    plan = SplitPlan.load(run.split)
+    dataset, plan = open_planned(cfg, run)
     model_cfg = resolve_config(cfg.train.model)
     prompts = zero_shot_prompts() if _has_synthetic_attributes(dataset) else []
     corpus, vocab = build_corpus(

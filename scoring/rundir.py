@@ -28,6 +28,8 @@ class RunDir:
     vocab = property(lambda self: self.path / "vocab.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     train_log = property(lambda self: self.path / "train_log.jsonl")
+    samples = property(lambda self: self.path / "samples.parquet")
+    skipped = property(lambda self: self.path / "skipped.jsonl")
     scores = property(lambda self: self.path / "scores.parquet")
     embeddings = property(lambda self: self.path / "embeddings.npz")
     metrics = property(lambda self: self.path / "metrics.json")

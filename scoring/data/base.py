@@ -1,25 +1,84 @@
-"""The one shape every source is read into: ids, captions, truth tags and lazy images."""
+"""The one shape every source is read into: ids, captions, truth tags and lazy images.
+
+A source reader returns a `PairDataset`: parallel lists of ids, caption lists,
+truth tags and image references, plus `open_image(ref)` that decodes one image on
+demand, so a million-row source is held as strings, never as pixels.
+
+Bad items go through `Problems`: with on_error="fail" the first one stops the
+read with a message naming the file and row; with "skip" it is left out and
+recorded, so nothing is dropped silently.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from scoring.errors import ClipmemError
+
+ON_ERROR = ("fail", "skip")
+
+
+class Problems:
+    """Collects skipped items, or raises on the first one."""
+
+    def __init__(self, on_error: str = "fail"):
+        if on_error not in ON_ERROR:
+            raise ClipmemError(f"--on-error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
+        self.on_error = on_error
+        self.skipped: list[dict] = []
+
+    def report(self, where: str, reason: str, sample_id: str | None = None) -> None:
+        if self.on_error == "fail":
+            raise ClipmemError(f"{where}: {reason} (pass --on-error skip to leave such items out)")
+        self.skipped.append({"where": where, "sample_id": sample_id, "reason": reason})
+
+
+def clean_caption(value) -> str | None:
+    """A usable caption string, or None for empty/whitespace-only/non-text values."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or any("\udc80" <= ch <= "\udcff" for ch in value):  # surrogate-escaped bad bytes
+        return None
+    return value
+
+
+def caption_problem(value) -> str:
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "caption is not valid UTF-8"
+    if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
+        return "caption is not valid UTF-8"
+    return "caption is empty or whitespace only"
+
+
+def decode_image(data: bytes | Path) -> Image.Image:
+    img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    img.load()
+    return img
 
 
 @dataclass
 class PairDataset:
     """Pairs of one image and one or more captions.
 
-    Images are loaded lazily through `open_image`, so a large source is never held
-    in memory as decoded pixels; `attributes` carries optional labels (e.g. the
-    synthetic shape and colour) used by zero-shot evaluation.
+    `image_refs` are paths relative to `root` (or `shard.tar#member` for images
+    inside tar shards); `attributes` carries optional labels (e.g. the synthetic
+    shape and colour) used by zero-shot evaluation.
     """
 
     name: str
@@ -30,6 +89,9 @@ class PairDataset:
     image_refs: list[str]
     open_image: Callable[[str], Image.Image]
     attributes: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    # refs that are plain files under root (False for members of tar shards)
+    plain_files: bool = True
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -37,27 +99,89 @@ class PairDataset:
     def index_of(self) -> dict[str, int]:
         return {sid: i for i, sid in enumerate(self.ids)}
 
+    def subset(self, keep: list[int]) -> "PairDataset":
+        pick = lambda xs: [xs[i] for i in keep] if xs else xs  # noqa: E731
+        return replace(self, ids=pick(self.ids), captions=pick(self.captions), truth=pick(self.truth),
+                       image_refs=pick(self.image_refs), attributes=pick(self.attributes))
+
+    def image_path(self, i: int) -> Path:
+        return Path(self.root) / self.image_refs[i]
+
     def load_pixels(self, indices: list[int] | np.ndarray, size: int) -> torch.Tensor:
         """Decode the given pairs' images as one uint8 tensor (N, 3, size, size)."""
         out = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
         for row, i in enumerate(indices):
-            ref = self.image_refs[int(i)]
-            try:
-                img = self.open_image(ref).convert("RGB")
-            except (OSError, ValueError) as exc:
-                raise ClipmemError(f"cannot decode image of pair {self.ids[int(i)]} ({ref}): {exc}") from None
+            img = self.open_checked(int(i)).convert("RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BICUBIC)
             out[row] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         return out
 
+    def open_checked(self, i: int) -> Image.Image:
+        ref = self.image_refs[i]
+        try:
+            return self.open_image(ref)
+        except FileNotFoundError:
+            raise ClipmemError(f"image of pair {self.ids[i]} ({ref}) does not exist") from None
+        except (OSError, ValueError, UnidentifiedImageError, KeyError) as exc:
+            raise ClipmemError(f"cannot decode image of pair {self.ids[i]} ({ref}): {exc}") from None
 
-def load_dataset(kind: str, path: Path | None) -> PairDataset:
-    """Open a source by kind ('folder' or 'synthetic'); synthetic needs a written folder."""
-    from scoring.data.folder import read_folder
 
+def verify_images(dataset: PairDataset, problems: Problems) -> PairDataset:
+    """Decode every image once, so a bad one is found before training rather than during it."""
+    keep = []
+    for i in range(len(dataset)):
+        try:
+            dataset.open_checked(i)
+        except ClipmemError as exc:
+            problems.report(f"{dataset.root}/{dataset.image_refs[i]}", str(exc), dataset.ids[i])
+            continue
+        keep.append(i)
+    return dataset if len(keep) == len(dataset) else dataset.subset(keep)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a source; the names follow open_clip's own options where they exist."""
+
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
+    wds_caption_key: str = "caption"   # key inside a .json caption member
+    coco_images: str | None = None     # COCO image folder; default: beside the annotation JSON
+
+
+SOURCE_KINDS = ("synthetic", "folder", "coco", "csv", "webdataset")
+
+
+def load_dataset(kind: str, path: Path | str | None, options: SourceOptions = SourceOptions(),
+                 problems: Problems | None = None) -> PairDataset:
+    """Open a source by kind; bad items are handled by `problems` (default: fail)."""
+    problems = problems or Problems("fail")
+    if kind not in SOURCE_KINDS:
+        raise ClipmemError(f"unknown dataset kind '{kind}'; known: {', '.join(SOURCE_KINDS)}")
+    if path is None:
+        raise ClipmemError(f"--data PATH is required for --dataset {kind}")
+    path = Path(path)
+    if kind != "webdataset" and not path.exists():
+        raise ClipmemError(f"--data {path} does not exist")
     if kind in ("folder", "synthetic"):
-        if path is None:
-            raise ClipmemError(f"--data PATH is required for --dataset {kind}")
-        return read_folder(Path(path), name=kind)
-    raise ClipmemError(f"unknown dataset kind '{kind}'; known: folder, synthetic")
+        from scoring.data.folder import read_folder
+
+        dataset = read_folder(path, problems, name=kind)
+    elif kind == "coco":
+        from scoring.data.coco import read_coco
+
+        dataset = read_coco(path, Path(options.coco_images) if options.coco_images else None, problems)
+    elif kind == "csv":
+        from scoring.data.csvfile import read_csv
+
+        dataset = read_csv(path, options, problems)
+    else:
+        from scoring.data.shards import read_shards
+
+        dataset = read_shards(str(path), options, problems)
+    if not dataset.ids:
+        raise ClipmemError(f"{path} holds no usable pairs: the dataset is empty")
+    dataset.skipped = problems.skipped
+    return dataset
