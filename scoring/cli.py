@@ -401,3 +401,5 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
 
 def main() -> None:  # pragma: no cover
     app()
+from frontend.cli import register as _register_frontend  # noqa: E402
+_register_frontend(app)

@@ -51,6 +51,9 @@ class ScoreConfig:
     seed: int = 1234
     reference_captions: int = 256    # reference set size for the contrastive variant
     batch_size: int = 1024
+    towers: bool = True              # image-side / text-side scores and the encoder-swap check
+    layers: bool = True              # LayerMem curves of both towers
+    layer_curves_top_k: int = 50     # per-pair layer curves kept for the most memorized pairs
 
 
 @dataclass

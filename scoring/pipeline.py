@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scoring.attribution import attribute
 from scoring.config import RunConfig
 from scoring.data import PairDataset, load_dataset
 from scoring.data.base import Problems, verify_images
@@ -150,17 +151,33 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
         load_model_weights(model, Path(given) if given else run.model_checkpoint(name))
         models[name] = model
     device = pick_device(cfg.train.device)
-    scores, emb, embedded = score_run(models, corpus, cfg.score, cfg.train, device)
+    result = score_run(models, corpus, cfg.score, cfg.train, device)
+    scores, emb, embedded = result.frame, result.clean, result.embedded
     score_seconds = time.perf_counter() - t0
+    layers = curves = None
+    if cfg.score.towers:
+        t1 = time.perf_counter()
+        scores, layers, curves = attribute(models, corpus, result, cfg.score, cfg.train, context_length_of(model_cfg),
+                                           vocab, device, layers=cfg.score.layers,
+                                           top_k_curves=cfg.score.layer_curves_top_k)
+        attribution_seconds = time.perf_counter() - t1
 
     metrics = {name: evaluate_model(models[name], corpus, emb[name], embedded, cfg, device) for name in MODELS}
     metrics["scoring"] = {"pairs": len(scores), "views": cfg.score.views, "seconds": round(score_seconds, 2),
                           "pairs_per_s": round(len(scores) / score_seconds, 1)}
+    if cfg.score.towers:
+        metrics["attribution"] = {"seconds": round(attribution_seconds, 2), "layers": cfg.score.layers}
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     tmp = atomic_path(run.scores)
     scores.to_parquet(tmp, index=False)
     tmp.replace(run.scores)
+    for frame, path in ((layers, run.layers), (curves, run.layer_curves)):
+        if frame is not None and len(frame):
+            frame.to_parquet(atomic_path(path), index=False)
+            atomic_path(path).replace(path)
+        else:
+            path.unlink(missing_ok=True)
     tmp = run.embeddings.with_name("embeddings.tmp.npz")
     np.savez(tmp, **embeddings_arrays(corpus, emb, embedded))
     tmp.replace(run.embeddings)

@@ -32,6 +32,8 @@ class RunDir:
     skipped = property(lambda self: self.path / "skipped.jsonl")
     scores = property(lambda self: self.path / "scores.parquet")
     embeddings = property(lambda self: self.path / "embeddings.npz")
+    layers = property(lambda self: self.path / "layers.parquet")
+    layer_curves = property(lambda self: self.path / "layer_curves.parquet")
     metrics = property(lambda self: self.path / "metrics.json")
     marker = property(lambda self: self.path / COMPLETE)
     data = property(lambda self: self.path / "data")

@@ -76,10 +76,22 @@ def view_draws(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig, train
     return views, captions
 
 
+@dataclass
+class ScoreResult:
+    frame: pd.DataFrame               # one row per scored pair (scores.parquet)
+    clean: dict[str, "Embeddings"]    # per literal model, rows = `embedded`
+    embedded: torch.Tensor            # corpus rows of scored + S_E pairs
+    scored: torch.Tensor              # corpus rows of scored pairs, frame order
+    view_images: dict[str, torch.Tensor]  # per literal model, (N * n, D) image embeddings of the views
+    view_captions: torch.Tensor       # (N * n,) caption-table index of each view
+    seen_by_f: torch.Tensor           # (N,) True where f is the model that saw the pair
+
+
 @torch.no_grad()
 def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx, cfg: ScoreConfig,
-                    train_cfg: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-view cosine and contrastive (log-softmax vs. reference captions) scores, shape (N, n)."""
+                    train_cfg: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-view cosine and contrastive (log-softmax vs. reference captions) scores, shape (N, n),
+    and the views' image embeddings."""
     max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
     pixels = corpus.pixels[rows].repeat_interleave(cfg.views, dim=0)
     image = encode_images(model, pixels, cfg.batch_size, device, views=views, max_shift=max_shift)
@@ -91,7 +103,7 @@ def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx
     ref_logits[caption_idx[:, None] == ref_idx[None, :]] = float("-inf")
     positive = scale * cos
     contrastive = positive - torch.logsumexp(torch.cat([positive[:, None], ref_logits], dim=1), dim=1)
-    return cos.view(len(rows), cfg.views), contrastive.view(len(rows), cfg.views)
+    return cos.view(len(rows), cfg.views), contrastive.view(len(rows), cfg.views), image
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -101,8 +113,8 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def score_run(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
-              device: torch.device) -> tuple[pd.DataFrame, dict[str, Embeddings], torch.Tensor]:
-    """Score S_C ∪ S_I; return the score table, clean embeddings of scored + S_E rows, and those rows."""
+              device: torch.device) -> ScoreResult:
+    """Score S_C ∪ S_I; also return the clean embeddings of scored + S_E rows and the views' embeddings."""
     for m in models.values():
         m.to(device).eval()
     scored = torch.cat([corpus.rows(s) for s in SCORED_SPLITS])
@@ -110,10 +122,11 @@ def score_run(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: T
     ref_idx = reference_set(corpus, cfg.reference_captions, cfg.seed)
     views, caption_idx = view_draws(corpus, scored, cfg, train_cfg)
 
-    per_model, emb = {}, {}
+    per_model, emb, view_images = {}, {}, {}
     for name, model in models.items():
         table = encode_texts(model, corpus.tokens, cfg.batch_size, device)
-        per_model[name] = view_alignments(model, corpus, scored, views, caption_idx, table, ref_idx, cfg, train_cfg, device)
+        *per_model[name], view_images[name] = view_alignments(model, corpus, scored, views, caption_idx, table,
+                                                              ref_idx, cfg, train_cfg, device)
         image = encode_images(model, corpus.pixels[embedded], cfg.batch_size, device)
         emb[name] = Embeddings(image=image, text=table[corpus.caption_index[embedded, 0]], caption_table=table)
 
@@ -160,7 +173,8 @@ def score_run(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: T
         "views_f": list(seen["cos"].numpy().astype(np.float32)),
         "views_g": list(unseen["cos"].numpy().astype(np.float32)),
     })
-    return frame, emb, embedded
+    return ScoreResult(frame=frame, clean=emb, embedded=embedded, scored=scored, view_images=view_images,
+                       view_captions=caption_idx, seen_by_f=is_candidate)
 
 
 def embeddings_arrays(corpus: TensorCorpus, emb: dict[str, Embeddings], rows: torch.Tensor) -> dict[str, np.ndarray]:

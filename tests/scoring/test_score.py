@@ -47,7 +47,7 @@ def test_same_model_gives_zero_memorization(tiny_run):
     corpus, _, model_cfg = load_corpus(run, cfg, vocab)
     model = create_model(model_cfg, 0)
     load_model_weights(model, run.model_checkpoint("f"))
-    frame, _, _ = score_run({"f": model, "g": model}, corpus, ScoreConfig(views=2), cfg.train, torch.device("cpu"))
+    frame = score_run({"f": model, "g": model}, corpus, ScoreConfig(views=2), cfg.train, torch.device("cpu")).frame
     assert np.abs(frame["clipmem_raw"]).max() < 1e-6
     assert np.abs(frame["clipmem_contrastive_raw"]).max() < 1e-5
 

@@ -1,0 +1,239 @@
+"""Which encoder memorizes: per-tower scores, per-layer curves (LayerMem) and the encoder-swap check.
+
+Tower scores are SSLMem on one tower: the mean cosine between the embeddings of
+two views of the same input, under the model that saw the pair minus under the
+one that did not. Image views are two independent seeded augmentations; text
+views are two different captions of the pair, or, for a single-caption pair, the
+caption and a seeded one-word dropout of it. LayerMem applies the same score to
+the mean-pooled output of every block (ViT/text resblocks, ResNet stages), read
+with forward hooks during the same passes.
+
+The swap check fits orthogonal maps between g's and f's spaces on the shared
+pairs (which both models saw) and recomputes the alignment with one tower taken
+from the model that did not see the pair: the drop tells which tower carried
+the pair's memorization.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from scoring.config import ScoreConfig, TrainConfig
+from scoring.data.tensors import TensorCorpus
+from scoring.models import apply_vocabulary, tokenize
+from scoring.score import ScoreResult, encode_images, encode_texts, minmax
+from scoring.transform import sample_views
+
+TOWERS = ("image", "text")
+
+
+def image_blocks(model) -> list[torch.nn.Module]:
+    """The blocks of the image tower whose outputs LayerMem reads, in order."""
+    visual = model.visual
+    if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
+        return list(visual.transformer.resblocks)
+    if all(hasattr(visual, f"layer{i}") for i in range(1, 5)):  # open_clip's ModifiedResNet
+        return [getattr(visual, f"layer{i}") for i in range(1, 5)]
+    if hasattr(visual, "trunk"):  # timm towers: their top-level stages or blocks
+        for name in ("stages", "blocks", "layers"):
+            if hasattr(visual.trunk, name):
+                return list(getattr(visual.trunk, name))
+    raise ValueError(f"cannot find the blocks of image tower {type(visual).__name__}")
+
+
+def text_blocks(model) -> list[torch.nn.Module]:
+    if hasattr(model, "transformer") and hasattr(model.transformer, "resblocks"):
+        return list(model.transformer.resblocks)
+    if hasattr(model, "text") and hasattr(model.text, "transformer"):
+        return list(model.text.transformer.resblocks)
+    raise ValueError(f"cannot find the blocks of the text tower of {type(model).__name__}")
+
+
+def _pool(output, mask: torch.Tensor | None) -> torch.Tensor:
+    x = output[0] if isinstance(output, tuple) else output
+    if x.dim() == 4:  # conv stage: (B, C, H, W)
+        return x.float().mean(dim=(2, 3))
+    if mask is not None:  # text tokens: average over real tokens only
+        m = mask[:, : x.shape[1], None].to(x.dtype)
+        return ((x * m).sum(1) / m.sum(1).clamp(min=1)).float()
+    return x.float().mean(dim=1)
+
+
+@contextmanager
+def capture_blocks(blocks: list[torch.nn.Module], mask_ref: dict | None = None):
+    """Collect each block's mean-pooled output during forward passes; yields the per-block lists."""
+    store: list[list[torch.Tensor]] = [[] for _ in blocks]
+    handles = []
+    for i, block in enumerate(blocks):
+        def hook(_module, _inputs, output, i=i):
+            store[i].append(_pool(output, mask_ref.get("mask") if mask_ref else None).cpu())
+        handles.append(block.register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class TowerViews:
+    image_params: tuple        # two ViewParams, one per image view, (N * n) each
+    text_tokens: tuple         # two (N * n, L) token tensors
+    max_shift: int
+
+
+def draw_tower_views(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig, train_cfg: TrainConfig,
+                     context_length: int, vocab) -> TowerViews:
+    """Seeded view pairs for both towers; the same for f and g."""
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    n = cfg.views * len(rows)
+    image_params = (sample_views(n, train_cfg.augment, gen), sample_views(n, train_cfg.augment, gen))
+    rep = rows.repeat_interleave(cfg.views)
+    counts = corpus.caption_count[rep]
+    # two different captions where the pair has several
+    first = torch.clamp((torch.rand(n, generator=gen) * counts).long(), max=counts - 1)
+    offset = 1 + torch.clamp((torch.rand(n, generator=gen) * (counts - 1)).long(), min=0)
+    second = torch.where(counts > 1, (first + offset) % counts.clamp(min=1), first)
+    idx_a = corpus.caption_index[rep, first]
+    idx_b = corpus.caption_index[rep, second]
+    tokens_a = corpus.tokens[idx_a]
+    tokens_b = corpus.tokens[idx_b].clone()
+    single = torch.nonzero(counts == 1).flatten().tolist()
+    if single:
+        dropped = [_drop_word(corpus.caption_texts[int(idx_a[j])], gen) for j in single]
+        raw, _ = tokenize(dropped, context_length)
+        tokens_b[single] = apply_vocabulary(raw, vocab)
+    max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
+    return TowerViews(image_params=image_params, text_tokens=(tokens_a, tokens_b), max_shift=max_shift)
+
+
+def _drop_word(text: str, gen: torch.Generator) -> str:
+    words = text.split()
+    if len(words) < 2:
+        return text
+    k = int(torch.randint(len(words), (1,), generator=gen))
+    return " ".join(words[:k] + words[k + 1:])
+
+
+@torch.no_grad()
+def tower_similarities(model, corpus: TensorCorpus, rows: torch.Tensor, views: TowerViews, cfg: ScoreConfig,
+                       device, layers: bool) -> dict[str, torch.Tensor]:
+    """Cosine between the two views per (pair, view): final embedding (N, n) and, with layers, per block (B, N, n)."""
+    n_rows = len(rows)
+    pixels = corpus.pixels[rows].repeat_interleave(cfg.views, dim=0)
+    out = {}
+    for tower in TOWERS:
+        blocks = (image_blocks(model) if tower == "image" else text_blocks(model)) if layers else []
+        mask_ref: dict = {}
+        pooled, finals = [], []
+        for v in range(2):
+            with capture_blocks(blocks, mask_ref) as store:
+                if tower == "image":
+                    final = encode_images(model, pixels, cfg.batch_size, device, views=views.image_params[v],
+                                          max_shift=views.max_shift)
+                else:
+                    toks = views.text_tokens[v]
+                    chunks = []
+                    for s in range(0, len(toks), cfg.batch_size):
+                        chunk = toks[s:s + cfg.batch_size]
+                        mask_ref["mask"] = (chunk != 0).to(device)
+                        chunks.append(model.encode_text(chunk.to(device), normalize=True).float().cpu())
+                    final = torch.cat(chunks)
+            finals.append(final)
+            pooled.append([torch.cat(parts) for parts in store])
+        out[tower] = (finals[0] * finals[1]).sum(-1).view(n_rows, cfg.views)
+        if layers:
+            out[f"{tower}_layers"] = torch.stack([
+                F.cosine_similarity(a, b, dim=-1).view(n_rows, cfg.views) for a, b in zip(*pooled)])
+    return out
+
+
+def orthogonal_map(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """W minimising ||source @ W - target|| over orthogonal W (Procrustes)."""
+    u, _, vh = torch.linalg.svd(source.double().T @ target.double())
+    return (u @ vh).float()
+
+
+@torch.no_grad()
+def swap_check(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, device) -> dict[str, np.ndarray]:
+    """Memorization removed by swapping in the text (or image) tower of the model that did not see the pair."""
+    shared = corpus.rows("shared")
+    if len(shared) == 0:
+        return {}
+    first_caption = corpus.caption_index[shared, 0]
+    emb = {}
+    for name, model in models.items():
+        emb[name] = {
+            "image": encode_images(model, corpus.pixels[shared], cfg.batch_size, device),
+            "text": encode_texts(model, corpus.tokens[first_caption], cfg.batch_size, device),
+            "table": encode_texts(model, corpus.tokens, cfg.batch_size, device),
+        }
+    # maps from g's space to f's, fitted where both models saw the data; the inverse is the transpose
+    w = {tower: orthogonal_map(emb["g"][tower], emb["f"][tower]) for tower in ("image", "text")}
+    n = len(result.scored)
+    caption = result.view_captions
+    seen_f = result.seen_by_f.repeat_interleave(cfg.views)
+
+    def pick(a, b):
+        return torch.where(seen_f[:, None], a, b)
+
+    img_seen = pick(result.view_images["f"], result.view_images["g"])
+    txt_seen = pick(emb["f"]["table"][caption], emb["g"]["table"][caption])
+    # the unseen model's towers carried into the seen model's space
+    img_unseen = pick(result.view_images["g"] @ w["image"], result.view_images["f"] @ w["image"].T)
+    txt_unseen = pick(emb["g"]["table"][caption] @ w["text"], emb["f"]["table"][caption] @ w["text"].T)
+    full = (img_seen * txt_seen).sum(-1).view(n, cfg.views).mean(1)
+    text_swapped = (img_seen * F.normalize(txt_unseen, dim=-1)).sum(-1).view(n, cfg.views).mean(1)
+    image_swapped = (F.normalize(img_unseen, dim=-1) * txt_seen).sum(-1).view(n, cfg.views).mean(1)
+    return {"mem_swap_text": (full - text_swapped).numpy(), "mem_swap_image": (full - image_swapped).numpy()}
+
+
+def block_names(model) -> dict[str, int]:
+    return {"image": len(image_blocks(model)), "text": len(text_blocks(model))}
+
+
+@torch.no_grad()
+def attribute(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,
+              context_length: int, vocab, device, layers: bool = True, top_k_curves: int = 50):
+    """Add tower and swap scores to the score table; return (frame, layers table, per-pair curves)."""
+    rows = result.scored
+    views = draw_tower_views(corpus, rows, cfg, train_cfg, context_length, vocab)
+    sims = {name: tower_similarities(m, corpus, rows, views, cfg, device, layers) for name, m in models.items()}
+    seen_f = result.seen_by_f
+
+    def seen_minus_unseen(key: str) -> torch.Tensor:
+        f, g = sims["f"][key], sims["g"][key]
+        mask = seen_f.view(*([1] * (f.dim() - 2)), -1, 1)
+        return (torch.where(mask, f, g) - torch.where(mask, g, f)).mean(-1)
+
+    frame = result.frame.copy()
+    for tower in TOWERS:
+        raw = seen_minus_unseen(tower).numpy()
+        frame[f"mem_{tower}_raw"] = raw
+        frame[f"mem_{tower}"] = minmax(raw)
+    frame = frame.assign(**swap_check(models, corpus, result, cfg, device))
+
+    layer_rows, curve_rows = [], []
+    if layers:
+        top = np.argsort(-frame["clipmem"].to_numpy(), kind="stable")[:top_k_curves]
+        truth = frame["truth"].to_numpy()
+        for tower in TOWERS:
+            per_pair = seen_minus_unseen(f"{tower}_layers").numpy()  # (blocks, N)
+            groups = {"all": np.ones(len(frame), bool), **{t: truth == t for t in np.unique(truth)}}
+            for group, mask in groups.items():
+                means = per_pair[:, mask].mean(1)
+                for layer, value in enumerate(means):
+                    layer_rows.append({"tower": tower, "layer": layer + 1, "truth": group, "pairs": int(mask.sum()),
+                                       "layer_mem": float(value),
+                                       "delta_layer_mem": float(value - (means[layer - 1] if layer else 0.0))})
+            for j in top:
+                for layer, value in enumerate(per_pair[:, j]):
+                    curve_rows.append({"sample_id": frame["sample_id"].iloc[j], "tower": tower, "layer": layer + 1,
+                                       "layer_mem": float(value)})
+    return frame, pd.DataFrame(layer_rows), pd.DataFrame(curve_rows)

@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scoring.attribution import attribute, capture_blocks, image_blocks, orthogonal_map, text_blocks
+from scoring.config import ScoreConfig
+from scoring.models import Vocabulary, create_model, resolve_config
+from scoring.pipeline import load_corpus
+from scoring.score import score_run
+from scoring.train import load_model_weights
+
+RESNET_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+              "text_cfg": {"context_length": 20, "vocab_size": 64, "width": 32, "heads": 2, "layers": 2}}
+
+
+def _pooled_per_block(model, blocks, run_forward):
+    with capture_blocks(blocks) as store:
+        run_forward()
+    return [torch.cat(parts) for parts in store]
+
+
+def test_hooks_return_one_tensor_per_block_vit_and_resnet():
+    vit = create_model(resolve_config("clipmem-demo"), 0)
+    images = torch.randn(3, 3, 32, 32)
+    pooled = _pooled_per_block(vit, image_blocks(vit), lambda: vit.encode_image(images))
+    assert len(pooled) == 2 and all(p.shape == (3, 64) for p in pooled)
+    resnet = create_model(RESNET_CFG, 0)
+    blocks = image_blocks(resnet)
+    assert len(blocks) == 4
+    pooled = _pooled_per_block(resnet, blocks, lambda: resnet.encode_image(images))
+    assert [p.shape[1] for p in pooled] == [32, 64, 128, 256] and all(p.shape[0] == 3 for p in pooled)
+    tokens = torch.randint(1, 63, (3, 20))
+    pooled = _pooled_per_block(resnet, text_blocks(resnet), lambda: resnet.encode_text(tokens))
+    assert len(pooled) == 2 and all(p.shape == (3, 32) for p in pooled)
+
+
+def test_orthogonal_map_recovers_a_known_rotation():
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=gen))
+    source = torch.randn(200, 16, generator=gen)
+    w = orthogonal_map(source, source @ q)
+    assert torch.allclose(w @ w.T, torch.eye(16), atol=1e-5)
+    assert torch.allclose(w, q, atol=1e-4)
+
+
+def test_tower_scores_zero_when_f_and_g_are_one_model(tiny_run):
+    run, cfg = tiny_run
+    vocab = Vocabulary.from_json(json.loads(run.vocab.read_text()))
+    corpus, vocab, model_cfg = load_corpus(run, cfg, vocab)
+    model = create_model(model_cfg, 0).eval()
+    load_model_weights(model, run.model_checkpoint("f"))
+    models = {"f": model, "g": model}
+    score_cfg = ScoreConfig(views=2)
+    result = score_run(models, corpus, score_cfg, cfg.train, torch.device("cpu"))
+    frame, layers, curves = attribute(models, corpus, result, score_cfg, cfg.train, 20, vocab, torch.device("cpu"),
+                                      top_k_curves=5)
+    for col in ("mem_image_raw", "mem_text_raw", "mem_swap_text", "mem_swap_image"):
+        assert np.abs(frame[col]).max() < 1e-5, col
+    assert np.abs(layers["layer_mem"]).max() < 1e-5
+    assert set(curves["sample_id"]) <= set(frame["sample_id"]) and curves["sample_id"].nunique() == 5
+
+
+def test_run_outputs_tower_columns_and_layer_tables(tiny_run):
+    run, cfg = tiny_run
+    scores = pd.read_parquet(run.scores)
+    for col in ("mem_image", "mem_text", "mem_image_raw", "mem_text_raw", "mem_swap_text", "mem_swap_image"):
+        assert col in scores and scores[col].notna().all()
+    assert scores["mem_image"].min() == 0 and scores["mem_text"].max() == 1
+    layers = pd.read_parquet(run.layers)
+    n_blocks = {"image": 1, "text": 1}  # clipmem-tiny
+    for tower, count in n_blocks.items():
+        rows = layers[(layers["tower"] == tower) & (layers["truth"] == "all")]
+        assert rows["layer"].tolist() == list(range(1, count + 1))
+    assert {"all", "clean", "swapped"} <= set(layers["truth"])
+    curves = pd.read_parquet(run.layer_curves)
+    top = scores.nlargest(cfg.score.layer_curves_top_k, "clipmem")["sample_id"]
+    assert set(curves["sample_id"]) == set(top)
