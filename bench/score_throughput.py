@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoring.models import Vocabulary, create_model  # noqa: E402
+from scoring.attribution import attribute  # noqa: E402
+from scoring.models import Vocabulary, context_length_of, create_model  # noqa: E402
 from scoring.pipeline import load_corpus  # noqa: E402
 from scoring.rundir import RunDir  # noqa: E402
 from scoring.score import SCORED_SPLITS, score_run  # noqa: E402
@@ -36,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     run = RunDir(args.run_dir)
     cfg = run.load_config()
-    corpus, _, model_cfg = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
+    corpus, vocab, model_cfg = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
     models = {}
     for name in MODELS:
         models[name] = create_model(model_cfg, 0).eval()
@@ -63,15 +64,28 @@ def main() -> None:
                 model.encode_text(texts[s:s + bs], normalize=True)
         return time.perf_counter() - t
 
-    time_scoring(), time_bare()  # warm-up
+    result = score_run(models, corpus, cfg.score, cfg.train, device)
+
+    def time_attribution(layers: bool) -> float:
+        t = time.perf_counter()
+        attribute(models, corpus, result, cfg.score, cfg.train, context_length_of(model_cfg), vocab, device,
+                  layers=layers)
+        return time.perf_counter() - t
+
+    time_scoring(), time_bare(), time_attribution(True)  # warm-up
     scoring = min(time_scoring() for _ in range(args.repeats))
     bare = min(time_bare() for _ in range(args.repeats))
+    towers = min(time_attribution(False) for _ in range(args.repeats))
+    layers = min(time_attribution(True) for _ in range(args.repeats))
     results = {
         "pairs": n_pairs, "views": cfg.score.views, "image_encodings": 2 * n_images,
         "text_encodings": 2 * len(texts),
         "scoring_seconds": scoring, "scoring_pairs_per_s": n_pairs / scoring,
         "bare_seconds": bare, "bare_pairs_per_s": n_pairs / bare, "ratio_scoring_to_bare": bare / scoring,
         "threads": torch.get_num_threads(),
+        "tower_scores_seconds": towers, "tower_scores_ms_per_pair": 1000 * towers / n_pairs,
+        "towers_and_layers_seconds": layers, "towers_and_layers_ms_per_pair": 1000 * layers / n_pairs,
+        "clipmem_ms_per_pair": 1000 * scoring / n_pairs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -80,6 +94,10 @@ def main() -> None:
     print(f"| full scoring (views, alignments, contrastive, baselines, embeddings) | {scoring:.2f} | "
           f"{n_pairs / scoring:.0f} |")
     print(f"ratio scoring/bare throughput: {bare / scoring:.2f}")
+    print("\n| extra per pair | ms | relative to CLIPMem scoring |\n|---|---|---|")
+    print(f"| CLIPMem scoring | {1000 * scoring / n_pairs:.2f} | 1.00 |")
+    print(f"| + tower scores and swap check | {1000 * towers / n_pairs:.2f} | {towers / scoring:.2f} |")
+    print(f"| + tower scores, swap check and layer curves | {1000 * layers / n_pairs:.2f} | {layers / scoring:.2f} |")
 
 
 if __name__ == "__main__":

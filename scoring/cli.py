@@ -368,7 +368,7 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
     run = RunDir(run_dir)
     run.require_finished()
     scores = pd.read_parquet(run.scores)
-    summary = summarize(scores)
+    summary = summarize(scores, pd.read_parquet(run.layers) if run.layers.is_file() else None)
     metrics = json.loads(run.metrics.read_text())
     summary["utility"] = {k: metrics[k] for k in ("f", "g") if k in metrics}
     summary["skipped_items"] = len(run.skipped.read_text().splitlines()) if run.skipped.is_file() else 0
@@ -392,6 +392,20 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
         for row in summary[key]:
             table.add_row(row["score"], f"{row['auroc']:.3f}", f"{row['average_precision']:.3f}",
                           f"{row['precision_at_k']:.3f}", str(row["k"]))
+        console.print(table)
+    if summary["towers_by_truth"]:
+        table = Table("truth", "image-side (raw)", "text-side (raw)", "swap image", "swap text", "text > image",
+                      title="Which encoder memorizes")
+        for row in summary["towers_by_truth"]:
+            table.add_row(row["truth"], f"{row['mem_image_raw']:.4f}", f"{row['mem_text_raw']:.4f}",
+                          f"{row.get('mem_swap_image', float('nan')):.4f}", f"{row.get('mem_swap_text', float('nan')):.4f}",
+                          "yes" if row["text_exceeds_image"] else "no")
+        console.print(table)
+    if summary.get("layers"):
+        table = Table("tower", "layer", "truth", "LayerMem", "ΔLayerMem", title="Memorization per layer")
+        for row in summary["layers"]:
+            table.add_row(row["tower"], str(row["layer"]), row["truth"], f"{row['layer_mem']:.4f}",
+                          f"{row['delta_layer_mem']:+.4f}")
         console.print(table)
     table = Table("model", *sorted(next(iter(summary["utility"].values()), {})), title="Utility on S_E")
     for name, values in summary["utility"].items():

@@ -36,12 +36,30 @@ def tag_means(scores: pd.DataFrame) -> pd.DataFrame:
             .sort_values("clipmem", ascending=False))
 
 
-def summarize(scores: pd.DataFrame) -> dict:
+TOWER_COLUMNS = ("mem_image_raw", "mem_text_raw", "mem_swap_image", "mem_swap_text")
+
+
+def tower_means(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per truth tag: mean image-side and text-side memorization (raw) and swap drops."""
+    cols = [c for c in TOWER_COLUMNS if c in scores]
+    if not cols:
+        return pd.DataFrame()
+    out = scores.groupby("truth")[cols].mean()
+    out.loc["all"] = scores[cols].mean()
+    out["text_exceeds_image"] = out["mem_text_raw"] > out["mem_image_raw"]
+    return out
+
+
+def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
     """Everything `clipmem report` prints, as plain data."""
     faulty = set(scores["truth"].unique()) - {"clean"}
-    return {
+    out = {
         "mean_clipmem": float(scores["clipmem"].mean()),
         "by_truth": tag_means(scores).reset_index().to_dict("records"),
         "detection_faulty": detection_table(scores, faulty).to_dict("records"),
         "detection_swapped": detection_table(scores, {"swapped"}).to_dict("records"),
+        "towers_by_truth": tower_means(scores).reset_index().to_dict("records"),
     }
+    if layers is not None and len(layers):
+        out["layers"] = layers[layers["truth"].isin(["all", "clean", "swapped"])].to_dict("records")
+    return out
