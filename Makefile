@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
+export CLIPMEM_DATABASE_URL ?= sqlite:///$(CURDIR)/clipmem.db
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 $(BIN)/clipmem: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,15 +15,24 @@ $(BIN)/clipmem: pyproject.toml
 
 setup: $(BIN)/clipmem
 
+# Debian's Chromium for the real-browser test (Playwright's own download does not work here).
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "Chromium not installed: the browser test will be skipped"
+
 demo: setup
 	$(BIN)/clipmem run --out $(RUN_DIR) --overwrite
+	$(BIN)/clipmem ingest $(RUN_DIR) --replace
+	$(BIN)/clipmem ui --with-backend
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/score_throughput.py $(RUN_DIR)
+	$(BIN)/python bench/source_throughput.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs clipmem.db

@@ -415,5 +415,7 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
 
 def main() -> None:  # pragma: no cover
     app()
+from backend.cli import register as _register_backend  # noqa: E402
+_register_backend(app)
 from frontend.cli import register as _register_frontend  # noqa: E402
 _register_frontend(app)

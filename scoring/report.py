@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from scoring.score import SCORE_COLUMNS
+# the scores whose detection quality is reported: higher means more suspicious
+SCORE_COLUMNS = ("clipmem", "clipmem_contrastive", "clipscore_g", "clipscore_f")
 
 
 def detection_table(scores: pd.DataFrame, positive: set[str]) -> pd.DataFrame:

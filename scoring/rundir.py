@@ -12,7 +12,6 @@ import os
 import shutil
 from pathlib import Path
 
-from scoring.config import RunConfig
 from scoring.errors import ClipmemError
 
 COMPLETE = "COMPLETE"
@@ -65,7 +64,9 @@ class RunDir:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def load_config(self) -> RunConfig:
+    def load_config(self):
+        from scoring.config import RunConfig  # lazily: config pulls in torch, the backend reads run dirs without it
+
         if not self.config.is_file():
             raise ClipmemError(f"{self.path} has no config.json: create it with `clipmem split` or `clipmem run`")
         try:
@@ -73,7 +74,7 @@ class RunDir:
         except (json.JSONDecodeError, TypeError) as exc:
             raise ClipmemError(f"{self.config} is malformed ({exc})") from None
 
-    def save_config(self, cfg: RunConfig) -> None:
+    def save_config(self, cfg) -> None:
         write_json(self.config, cfg.to_json())
 
 

@@ -25,7 +25,6 @@ from scoring.data.tensors import TensorCorpus
 from scoring.transform import augment, normalize, sample_views
 
 SCORED_SPLITS = ("candidate", "independent")
-SCORE_COLUMNS = ("clipmem", "clipmem_contrastive", "clipscore_g", "clipscore_f")
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""The FastAPI application: `create_app()` builds it from Settings (the environment by default).
+
+`clipmem serve` runs it with uvicorn; tests build it in-process against SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from backend.api.deps import require_token
+from backend.api.errors import NOT_FOUND, UNAUTHORIZED
+from backend.api.frames import RunCache
+from backend.api.routers import (comparisons, detection, encoders, exports, health, histograms, images, maps,
+                                 neighbours, runs, samples, tags)
+from backend.db import make_engine, migrate, session_factory
+from backend.settings import Settings
+from scoring import __version__
+
+RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, comparisons, exports,
+                    tags)
+DESCRIPTION = """\
+Browse which image-caption pairs a CLIP model memorized (CLIPMem), as measured by `clipmem run` and loaded
+with `clipmem ingest`. Every resource hangs off a run: its samples (filter, sort, page), images, nearest
+neighbours under f and g, score histograms, 2-D embedding maps, detection quality, exports and user tags.
+
+Convention: `_f` is the model trained WITH the pair, `_g` the one trained without it; `f` and `g` in
+neighbours and maps are the literal models (f trains on shared + candidate pairs, g on shared + independent).
+When the server has CLIPMEM_API_TOKEN set, every endpoint but /health needs `Authorization: Bearer <token>`.
+"""
+
+
+def create_app(settings: Settings | None = None, migrate_schema: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+    if migrate_schema:
+        migrate(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="clipmem API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = session_factory(engine)
+    app.state.score_frames = RunCache(settings.score_cache_mb * 2**20)
+    app.state.embedding_sets = RunCache(settings.embedding_cache_mb * 2**20)
+    for module in RESOURCE_ROUTERS:
+        app.include_router(module.router, dependencies=[Depends(require_token)],
+                           responses={**UNAUTHORIZED, **NOT_FOUND})
+    app.include_router(health.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; a path served by several routes
+            # (GET and DELETE /runs/{run}) must list all their methods in Allow
+            allowed = sorted({method for route in app.router.routes if isinstance(route, APIRoute)
+                              and route.matches(request.scope)[0] != Match.NONE for method in route.methods})
+            exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(OperationalError)
+    async def database_busy(_request: Request, exc: OperationalError):
+        # SQLite answers "database is locked" while another process holds the write lock for too long
+        if "locked" in str(exc.orig).lower():
+            return JSONResponse({"detail": "the database is busy (an ingest may be running); try again"},
+                                status_code=503, headers={"Retry-After": "5"})
+        raise exc
+
+    return app

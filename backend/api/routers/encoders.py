@@ -1,0 +1,99 @@
+"""Which encoder memorizes: tower scores side by side, LayerMem curves, and per-pair layer curves."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from backend.api.deps import RunDep, SampleIdPath, SessionDep, score_frame
+from backend.api.errors import NOT_FOUND
+
+router = APIRouter(prefix="/runs/{run}/encoders", tags=["encoders"])
+
+TOWER_SCORES = ("mem_image_raw", "mem_text_raw", "mem_swap_image", "mem_swap_text")
+
+
+class TowerMeans(BaseModel):
+    truth: str = Field(description="Truth tag, or 'all'.")
+    pairs: int
+    means: dict[str, float] = Field(description="Mean of mem_image_raw, mem_text_raw, mem_swap_image and "
+                                                "mem_swap_text over these pairs.")
+    text_exceeds_image: bool = Field(description="Whether mean text-side memorization exceeds image-side.")
+
+
+class LayerPoint(BaseModel):
+    tower: str = Field(description="image or text.")
+    layer: int = Field(description="Block number, from 1 at the input.")
+    truth: str = Field(description="Truth tag the mean is over, or 'all'.")
+    pairs: int
+    layer_mem: float = Field(description="Mean memorization on this block's mean-pooled output (raw).")
+    delta_layer_mem: float = Field(description="Increase over the previous block (ΔLayerMem).")
+
+
+class EncoderSummary(BaseModel):
+    run: str
+    has_tower_scores: bool = Field(description="False when the run was scored without tower scores; the other "
+                                               "fields are then empty.")
+    pearson: float | None = Field(description="Correlation of mem_image_raw and mem_text_raw over the run's pairs.")
+    spearman: float | None = Field(description="Rank correlation of mem_image_raw and mem_text_raw.")
+    by_truth: list[TowerMeans]
+    layers: list[LayerPoint] = Field(description="LayerMem per tower, block and truth tag; empty when the run "
+                                                 "has no layer curves.")
+    curve_sample_ids: list[str] = Field(description="Pairs (the most memorized) whose own layer curve is stored.")
+
+
+class PairCurve(BaseModel):
+    run: str
+    sample_id: str
+    curves: dict[str, list[float]] = Field(description="Per tower, the pair's memorization on each block, "
+                                                       "input side first.")
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    return ranks
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@router.get("", response_model=EncoderSummary, responses=NOT_FOUND)
+def encoder_summary(run: RunDep, session: SessionDep, request: Request) -> EncoderSummary:
+    """Image-side against text-side memorization: their correlation, means per truth tag (with the
+    encoder-swap drops), and the per-layer curves of both towers per truth tag."""
+    names = set(run.score_names)
+    has = {"mem_image_raw", "mem_text_raw"} <= names
+    by_truth, pearson, spearman = [], None, None
+    if has:
+        frame = score_frame(request, session, run)
+        present = [c for c in TOWER_SCORES if c in names]
+        image, text = frame.scores["mem_image_raw"], frame.scores["mem_text_raw"]
+        pearson = _corr(image, text)
+        spearman = _corr(_rank(image), _rank(text))
+        groups = [("all", np.ones(frame.size, bool))]
+        groups += [(tag, frame.truth_code == i) for i, tag in enumerate(frame.truth_values)]
+        for tag, mask in groups:
+            if not mask.any():
+                continue
+            means = {c: float(frame.scores[c][mask].mean()) for c in present}
+            by_truth.append(TowerMeans(truth=tag, pairs=int(mask.sum()), means=means,
+                                       text_exceeds_image=means["mem_text_raw"] > means["mem_image_raw"]))
+    return EncoderSummary(run=run.name, has_tower_scores=has, pearson=pearson, spearman=spearman, by_truth=by_truth,
+                          layers=[LayerPoint(**row) for row in run.layers or []],
+                          curve_sample_ids=sorted(run.layer_curves or {}))
+
+
+@router.get("/curves/{sample_id:path}", response_model=PairCurve, responses=NOT_FOUND)
+def pair_curve(run: RunDep, sample_id: SampleIdPath) -> PairCurve:
+    """One pair's layer curve of both towers; stored for the run's most memorized pairs only."""
+    curves = (run.layer_curves or {}).get(sample_id)
+    if curves is None:
+        raise HTTPException(404, f"run '{run.name}' stores no layer curve for sample '{sample_id}' (curves are kept "
+                                 "for the most memorized pairs only)")
+    return PairCurve(run=run.name, sample_id=sample_id, curves=curves)

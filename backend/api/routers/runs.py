@@ -1,0 +1,51 @@
+"""Runs: list, detail, delete."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import select
+
+from backend.api.deps import RunDep, SessionDep
+from backend.api.errors import NOT_FOUND
+from backend.api.schemas import RunDetail, RunSummary, ScoreSummary
+from backend.models import Run
+from backend.store import delete_run
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+def _summary(run: Run) -> dict:
+    created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)  # SQLite
+    return dict(name=run.name, dataset_kind=run.dataset_kind, model=run.model, created_at=created,
+                split_sizes=run.split_sizes, n_samples=run.n_samples, n_scored=run.n_scored,
+                mean_clipmem=run.summary["means"]["clipmem"])
+
+
+@router.get("", response_model=list[RunSummary])
+def list_runs(session: SessionDep) -> list[RunSummary]:
+    """Every ingested run, newest first."""
+    runs = session.scalars(select(Run).order_by(Run.id.desc())).all()
+    return [RunSummary(**_summary(run)) for run in runs]
+
+
+@router.get("/{run}", response_model=RunDetail, responses=NOT_FOUND)
+def run_detail(run: RunDep) -> RunDetail:
+    """A run's settings, split sizes, utility of f and g, and score summary per truth tag."""
+    summary = run.summary
+    return RunDetail(**_summary(run), source_dir=run.source_dir, data_root=run.data_root, settings=run.settings,
+                     utility=run.utility, run_metrics=run.run_metrics, score_names=run.score_names,
+                     score_summary=ScoreSummary(pairs=summary["pairs"], means=summary["means"],
+                                                by_truth=summary["by_truth"]),
+                     n_embedded=run.n_embedded, embedding_dim=run.embedding_dim, map_method=run.map_method)
+
+
+@router.delete("/{run}", status_code=204, response_class=Response, responses=NOT_FOUND)
+def remove_run(run: RunDep, session: SessionDep, request: Request) -> Response:
+    """Delete a run with its samples, scores, embeddings, maps and tags (its files are left alone)."""
+    delete_run(session.connection(), run.id)
+    session.commit()
+    request.app.state.score_frames.discard(run.id)
+    request.app.state.embedding_sets.discard(run.id)
+    return Response(status_code=204)

@@ -1,0 +1,99 @@
+"""Samples of a run: filtered, sorted pages with keyset pagination, and one sample in full."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from pydantic import Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample, score_frame
+from backend.api.errors import NOT_FOUND
+from backend.api.limits import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
+from backend.api.query import (SampleFilter, SortFields, decode_cursor, encode_cursor, frame_mask, frame_page,
+                               require_scores)
+from backend.api.schemas import SampleDetail, SamplePage, SampleSummary
+from backend.models import EmbeddingPoint, Run, Sample, Score, Tag
+
+router = APIRouter(prefix="/runs/{run}/samples", tags=["samples"])
+
+
+class SamplePageQuery(SampleFilter, SortFields):
+    cursor: str | None = Field(None, max_length=MAX_CURSOR_LENGTH,
+                               description="next_cursor of the previous page; omit for the first page.")
+    limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="Pairs per page.")
+
+
+def tagged_pairs(session: Session, run: Run, tags: list[str]) -> np.ndarray:
+    """pair_index of every pair of the run carrying one of `tags`."""
+    rows = session.scalars(select(Tag.pair_index).where(Tag.run_id == run.id, Tag.tag.in_(tags)).distinct())
+    return np.fromiter(rows, dtype=np.int64)
+
+
+def tags_of(session: Session, run: Run, pair_indexes: list[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    if pair_indexes:
+        rows = session.execute(select(Tag.pair_index, Tag.tag)
+                               .where(Tag.run_id == run.id, Tag.pair_index.in_(pair_indexes)).order_by(Tag.tag))
+        for pair_index, tag in rows:
+            out.setdefault(pair_index, []).append(tag)
+    return out
+
+
+@router.get("", response_model=SamplePage, responses=NOT_FOUND)
+def list_samples(run: RunDep, query: Annotated[SamplePageQuery, Query()], session: SessionDep,
+                 request: Request) -> SamplePage:
+    """Scored pairs of the run matching the filter, sorted by a score, one page at a time.
+
+    Pages are keyset-paginated (by sort value, then the pair's position in the run): pass each response's
+    `next_cursor` to get the next page. `total` counts every matching pair.
+    """
+    require_scores(run, query.scores_used() | {query.sort})
+    after = decode_cursor(query.cursor, query.sort, query.order) if query.cursor is not None else None
+    frame = score_frame(request, session, run)
+    mask = frame_mask(frame, query, tagged_pairs(session, run, query.tag) if query.tag else None)
+    total = int(mask.sum())
+    names = run.score_names
+    statement = (select(Score.pair_index, Score.split, Score.truth, Score.n_captions, Score.seen_by,
+                        *(getattr(Score, n) for n in names), Sample.sample_id, Sample.captions)
+                 .join(Sample, (Sample.run_id == Score.run_id) & (Sample.pair_index == Score.pair_index)))
+    # the page is chosen from the cached columns; its rows are then fetched by primary key
+    wanted = frame_page(frame, mask, query.sort, query.order, after, query.limit + 1).tolist() if total else []
+    by_index = {row.pair_index: row for row in session.execute(
+        statement.where(Score.run_id == run.id, Score.pair_index.in_(wanted))).all()} if wanted else {}
+    rows = [by_index[p] for p in wanted]
+    has_more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    tags = tags_of(session, run, [row.pair_index for row in rows])
+    items = [SampleSummary(sample_id=row.sample_id, split=row.split, truth=row.truth, caption=row.captions[0],
+                           n_captions=row.n_captions, seen_by=row.seen_by,
+                           scores={n: getattr(row, n) for n in run.score_names}, tags=tags.get(row.pair_index, []))
+             for row in rows]
+    next_cursor = None
+    if has_more:
+        last = rows[-1]
+        next_cursor = encode_cursor(query.sort, query.order, getattr(last, query.sort), last.pair_index)
+    return SamplePage(run=run.name, total=total, sort=query.sort, order=query.order, items=items,
+                      next_cursor=next_cursor)
+
+
+@router.get("/{sample_id:path}", response_model=SampleDetail, responses=NOT_FOUND)
+def sample_detail(run: RunDep, sample_id: SampleIdPath, session: SessionDep) -> SampleDetail:
+    """One pair: captions, split and truth tag, every score, A_f and A_g, and the per-view alignments."""
+    sample = load_sample(session, run, sample_id)
+    score = session.get(Score, (run.id, sample.pair_index))
+    has_embedding = session.get(EmbeddingPoint, (run.id, sample.pair_index)) is not None
+    tags = tags_of(session, run, [sample.pair_index]).get(sample.pair_index, [])
+    views = (lambda blob: np.frombuffer(blob, dtype="<f4").astype(float).tolist())
+    return SampleDetail(
+        run=run.name, sample_id=sample.sample_id, split=sample.split, truth=sample.truth, captions=sample.captions,
+        attributes=sample.attributes, image_ref=sample.image_ref,
+        seen_by=score.seen_by if score else None,
+        scores={n: getattr(score, n) for n in run.score_names} if score else None,
+        align_f=score.align_f if score else None, align_g=score.align_g if score else None,
+        views_f=views(score.views_f) if score else None, views_g=views(score.views_g) if score else None,
+        tags=tags, has_embedding=has_embedding)
+

@@ -1,0 +1,199 @@
+"""Response (and request) bodies of the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from backend.api.limits import MAX_TAG_BATCH
+from backend.api.query import SampleIdText, UserTag
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok when the database answers.")
+    schema_revision: str | None = Field(description="Alembic revision of the database schema.")
+
+
+class TruthSummary(BaseModel):
+    truth: str
+    pairs: int
+    means: dict[str, float] = Field(description="Mean of each score over the run's pairs with this truth tag.")
+
+
+class ScoreSummary(BaseModel):
+    pairs: int = Field(description="Scored pairs of the run.")
+    means: dict[str, float] = Field(description="Mean of each score over all scored pairs.")
+    by_truth: list[TruthSummary] = Field(description="Per truth tag, highest mean CLIPMem first.")
+
+
+class RunSummary(BaseModel):
+    name: str
+    dataset_kind: str
+    model: str
+    created_at: datetime = Field(description="When the run was ingested.")
+    split_sizes: dict[str, int] = Field(description="Pairs per split: shared, candidate, independent, extra.")
+    n_samples: int
+    n_scored: int
+    mean_clipmem: float
+
+
+class RunDetail(RunSummary):
+    source_dir: str = Field(description="The run directory it was ingested from.")
+    data_root: str = Field(description="Folder the run's images are read from.")
+    settings: dict = Field(description="The run's config.json: data, split, training and scoring settings.")
+    utility: dict[str, dict] = Field(description="Utility of models f and g on S_E (retrieval recall, zero-shot "
+                                                 "accuracy), from metrics.json.")
+    run_metrics: dict = Field(description="The rest of metrics.json: scoring throughput, timings, peak memory.")
+    score_names: list[str] = Field(description="Score columns this run has.")
+    score_summary: ScoreSummary
+    n_embedded: int
+    embedding_dim: int
+    map_method: str
+
+
+class SampleSummary(BaseModel):
+    sample_id: str
+    split: str
+    truth: str
+    caption: str = Field(description="The pair's first caption.")
+    n_captions: int
+    seen_by: str = Field(description="The literal model (f or g) that trained on the pair.")
+    scores: dict[str, float] = Field(description="Every score the run has for this pair.")
+    tags: list[str] = Field(description="User tags on the pair.")
+
+
+class SamplePage(BaseModel):
+    run: str
+    total: int = Field(description="Pairs matching the filter, over all pages.")
+    sort: str
+    order: str
+    items: list[SampleSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class SampleDetail(BaseModel):
+    run: str
+    sample_id: str
+    split: str
+    truth: str
+    captions: list[str]
+    attributes: dict = Field(description="Labels recorded with the pair (e.g. the synthetic shape and colour).")
+    image_ref: str = Field(description="Where the image was found, relative to the run's data root.")
+    seen_by: str | None = Field(description="The literal model that trained on the pair (f or g); null for pairs "
+                                            "that are not scored (shared, extra).")
+    scores: dict[str, float] | None = Field(description="Every score; null for pairs that are not scored.")
+    align_f: float | None = Field(description="A_f: mean alignment under the model trained with the pair.")
+    align_g: float | None = Field(description="A_g: mean alignment under the model trained without it.")
+    views_f: list[float] | None = Field(description="Per-view alignments under the model trained with the pair.")
+    views_g: list[float] | None = Field(description="Per-view alignments under the model trained without it.")
+    tags: list[str]
+    has_embedding: bool = Field(description="Whether neighbours and map positions exist for the pair.")
+
+
+class Neighbour(BaseModel):
+    sample_id: str
+    caption: str = Field(description="The neighbour's first caption.")
+    split: str
+    truth: str
+    similarity: float = Field(description="Cosine similarity in the model's joint space.")
+    same_pair: bool = Field(description="True when the neighbour is the queried pair itself.")
+
+
+class NeighbourLists(BaseModel):
+    captions_near_image: list[Neighbour] = Field(description="Captions nearest the pair's image.")
+    images_near_caption: list[Neighbour] = Field(description="Images nearest the pair's first caption.")
+
+
+class Neighbours(BaseModel):
+    run: str
+    sample_id: str
+    k: int
+    seen_by: str | None = Field(description="The literal model that trained on the pair; null if neither did.")
+    f: NeighbourLists = Field(description="Under the literal model f (trained on shared + candidate pairs).")
+    g: NeighbourLists = Field(description="Under the literal model g (trained on shared + independent pairs).")
+
+
+class Histogram(BaseModel):
+    run: str
+    score: str
+    lo: float = Field(description="Left edge of the first bin.")
+    hi: float = Field(description="Right edge of the last bin (included).")
+    edges: list[float] = Field(description="bins + 1 bin edges.")
+    counts: list[int] = Field(description="Matching pairs per bin.")
+    by_truth: dict[str, list[int]] | None = Field(description="Counts per bin for each truth tag, when asked.")
+    matched: int = Field(description="Pairs matching the filter.")
+    outside: int = Field(description="Matching pairs outside [lo, hi], not counted in any bin.")
+
+
+class MapPoints(BaseModel):
+    """Columnar: the i-th entry of every list describes the same pair."""
+
+    run: str
+    method: str = Field(description="How the map was made at ingest: pca or umap.")
+    modality: str
+    score: str
+    total_points: int = Field(description="Embedded pairs of the run (scored and S_E).")
+    sample_id: list[str]
+    split: list[str]
+    truth: list[str]
+    score_value: list[float | None] = Field(description="The chosen score; null for S_E pairs, which are not "
+                                                        "scored.")
+    f_x: list[float]
+    f_y: list[float]
+    g_x: list[float]
+    g_y: list[float]
+
+
+class DetectionRow(BaseModel):
+    score: str
+    auroc: float
+    average_precision: float
+    precision_at_k: float = Field(description="Fraction of the k highest-scored pairs that are positives.")
+    k: int = Field(description="Number of positives.")
+    pairs: int
+
+
+class Detection(BaseModel):
+    run: str
+    faulty: list[DetectionRow] = Field(description="Finding faulty pairs (every truth tag but clean); empty when "
+                                                   "the run has no faulty or no clean pairs.")
+    swapped: list[DetectionRow] = Field(description="Finding swapped pairs among all scored pairs.")
+
+
+class ComparedTag(BaseModel):
+    truth: str
+    pairs: int = Field(description="Shared pairs with this truth tag (tag as recorded in run_a).")
+    mean_a: float
+    mean_b: float
+
+
+class Comparison(BaseModel):
+    run_a: str
+    run_b: str
+    score: str
+    shared_pairs: int = Field(description="Scored pairs present in both runs (same sample id).")
+    mean_a: float | None = Field(description="Mean of the score over the shared pairs in run_a.")
+    mean_b: float | None
+    spearman: float | None = Field(description="Spearman rank correlation of the score over the shared pairs.")
+    k: int = Field(description="Top-k size used (the requested k, at most the shared pairs).")
+    top_k_overlap: int = Field(description="Pairs in both runs' top k (by the score, among shared pairs).")
+    top_k_fraction: float | None = Field(description="top_k_overlap / k.")
+    by_truth: list[ComparedTag]
+    utility: dict[str, dict[str, dict]] = Field(description="Each run's utility of f and g, by run name.")
+
+
+class TagCount(BaseModel):
+    tag: str
+    pairs: int
+
+
+class TagChange(BaseModel):
+    sample_ids: list[SampleIdText] = Field(min_length=1, max_length=MAX_TAG_BATCH,
+                                  description="Sample ids of the run to tag (at most 10,000 per request).")
+
+
+class TagResult(BaseModel):
+    tag: UserTag
+    changed: int = Field(description="Pairs that gained (or lost) the tag with this request.")
+    pairs: int = Field(description="Pairs carrying the tag afterwards.")

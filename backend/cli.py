@@ -1,0 +1,104 @@
+"""`clipmem ingest` and `clipmem serve`, registered on scoring's Typer app.
+
+Imports of the database and web stack happen inside the commands so `clipmem --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scoring.errors import ClipmemError
+
+DATABASE_HELP = ("The database is CLIPMEM_DATABASE_URL (default: sqlite:///clipmem.db, a file in the current "
+                 "folder; PostgreSQL: postgresql+psycopg://user@host:5432/dbname).")
+INGEST_HELP = ("Load a finished run into the database, in one transaction, so `clipmem serve` can show it. "
+               + DATABASE_HELP)
+SERVE_HELP = ("Start the HTTP API over the ingested runs (interactive docs at http://HOST:PORT/docs). "
+              + DATABASE_HELP + " Set CLIPMEM_API_TOKEN to require 'Authorization: Bearer <token>' on every "
+              "endpoint but /health.")
+
+
+def _database_error(exc: Exception, url: str) -> ClipmemError:
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return ClipmemError(f"database {shown}: {reason}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the backend's commands to the `clipmem` CLI."""
+
+    @app.command(help=INGEST_HELP)
+    def ingest(
+        run_dir: Path = typer.Argument(..., help="A finished run directory (made by `clipmem run` or "
+                                                 "`clipmem score`; it has a COMPLETE marker)."),
+        name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the database and in URLs "
+                                                                "(default: the directory's name)."),
+        replace: bool = typer.Option(False, "--replace", help="Replace a run already ingested from this directory "
+                                                              "or under this name."),
+        map_method: Optional[str] = typer.Option(None, "--map", help="2-D map of the embeddings: pca (default, or "
+                                                                     "CLIPMEM_MAP_METHOD) or umap (needs "
+                                                                     "umap-learn)."),
+    ):
+        from scoring.cli import _fail, console
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from backend.db import make_engine, migrate
+        from backend.ingest import ingest as ingest_run
+        from backend.settings import Settings
+
+        settings = Settings()
+        try:
+            method = map_method or settings.map_method
+            if method not in ("pca", "umap"):
+                raise ClipmemError(f"--map {method}: choose pca or umap")
+            engine = make_engine(settings.database_url, bulk_write=True)
+            try:
+                migrate(engine)
+                result = ingest_run(engine, run_dir, name=name, replace=replace, map_method=method,
+                                    stored_thumbnail_px=settings.stored_thumbnail_px)
+            except SQLAlchemyError as exc:
+                raise _database_error(exc, settings.database_url) from None
+            finally:
+                engine.dispose()
+        except ClipmemError as exc:
+            _fail(exc)
+        replaced = f", replacing {', '.join(repr(n) for n in result.replaced)}" if result.replaced else ""
+        console.print(f"ingested run '{result.name}'{replaced}: {result.samples} pairs, {result.scored} scored, "
+                      f"{result.embedded} embedded, in {result.seconds:.1f} s "
+                      f"({result.scored / result.seconds:,.0f} scored pairs/s)")
+
+    @app.command(help=SERVE_HELP)
+    def serve(
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+        port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    ):
+        from scoring.cli import _fail
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from backend.db import make_engine, migrate
+        from backend.settings import Settings
+
+        settings = Settings()
+        try:
+            if not 0 < port < 65536:
+                raise ClipmemError(f"--port {port}: choose a port between 1 and 65535")
+            engine = make_engine(settings.database_url)
+            try:
+                migrate(engine)  # once here, so a bad database URL fails before the server starts
+            except SQLAlchemyError as exc:
+                raise _database_error(exc, settings.database_url) from None
+            finally:
+                engine.dispose()
+        except ClipmemError as exc:
+            _fail(exc)
+        import uvicorn
+
+        uvicorn.run("backend.api.app:create_app", factory=True, host=host, port=port)

@@ -1,0 +1,107 @@
+"""Engines, sessions and schema migrations for SQLite and PostgreSQL.
+
+SQLite gets real transactions (BEGIN issued by SQLAlchemy, so DDL and bulk inserts
+roll back together), WAL so the API reads while an ingest writes, and foreign keys on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from scoring.errors import ClipmemError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+RUN_PARTITION = re.compile(r"^(samples|scores|embedding_points)_run_\d+$")
+
+
+def make_engine(url: str, bulk_write: bool = False) -> Engine:
+    """An engine for `url`; `bulk_write` gives SQLite a large page cache for ingest."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ClipmemError(f"database URL '{url}' is not a valid SQLAlchemy URL "
+                           "(e.g. sqlite:///clipmem.db or postgresql+psycopg://user@host/db)") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            folder = Path(parsed.database).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise ClipmemError(f"database URL '{url}': folder {folder} does not exist")
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        _configure_sqlite(engine, cache_kib=1_000_000 if bulk_write else 16_000)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    raise ClipmemError(f"database URL '{url}': only sqlite and postgresql are supported")
+
+
+def _configure_sqlite(engine: Engine, cache_kib: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # let SQLAlchemy, not the sqlite3 module, decide where transactions begin
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.execute("PRAGMA threads=4")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (idempotent)."""
+    from alembic import command
+
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "head")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The migration the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Alembic's filter for comparing the database with the models: per-run partitions (PostgreSQL), and
+    the foreign keys PostgreSQL clones onto each of them, are made by ingest, not by migrations."""
+    if not reflected:
+        return True
+    if type_ == "table":
+        return not RUN_PARTITION.match(name or "")
+    if type_ == "foreign_key_constraint":
+        return not RUN_PARTITION.match(obj.referred_table.name)
+    return True

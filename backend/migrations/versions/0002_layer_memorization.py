@@ -1,0 +1,30 @@
+"""LayerMem of a run: per-layer memorization per tower and truth tag, and per-pair curves of the top pairs.
+
+Both are small (blocks x towers x tags, and top-k pairs x blocks), so they live as JSON on the run.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-29
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("layers", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("layer_curves", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("layer_curves")
+        batch.drop_column("layers")

@@ -1,0 +1,375 @@
+"""Read and check a finished run directory before anything is written to the database.
+
+The file names and columns are scoring's output contract (scoring/rundir.py,
+scoring/pipeline.py, scoring/score.py). They are read here without importing scoring's
+modules because those import torch, which the backend never loads. Every problem is
+reported as a ClipmemError naming the file, column and an offending sample.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backend.score_columns import REQUIRED_SCORES, SCORE_COLUMNS, SCORED_SPLITS, SPLITS
+from scoring.errors import ClipmemError
+
+COMPLETE = "COMPLETE"
+SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")
+SCORE_FILE_COLUMNS = ("sample_id", "split", "truth", "n_captions", "seen_by", *REQUIRED_SCORES, "views_f", "views_g")
+EMBEDDING_ARRAYS = ("sample_id", "split", "f_image", "f_text", "g_image", "g_text")
+SEEN_BY = {"candidate": "f", "independent": "g"}
+TAR_REF = re.compile(r"^(?P<shard>.+?\.tar)#(?P<member>.+)$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# an image location that could leave the data root: empty, absolute (also a tar member's
+# part after '#'), backslashes, a '..' segment, or control characters
+UNSAFE_REF = re.compile(r"^$|^/|#/|\\|(?:^|[/#])\.\.(?:[/#]|$)|[\x00-\x1f\x7f]")
+MAX_SAMPLE_ID = 512
+MAX_TRUTH = 64
+
+
+@dataclass
+class RunContents:
+    path: Path
+    config: dict
+    data_root: Path
+    dataset_kind: str
+    split_sizes: dict[str, int]
+    samples: pd.DataFrame      # SAMPLE_COLUMNS plus pair_index, in file order
+    scores: pd.DataFrame       # SCORE_FILE_COLUMNS, the optional scores present, pair_index
+    score_names: list[str]     # score columns of this run, in SCORE_COLUMNS order
+    embedding_pair_index: np.ndarray  # pair_index of each embedding row
+    embeddings: dict[str, np.ndarray]  # f_image, f_text, g_image, g_text: (N, D) float32
+    metrics: dict
+    layers: list[dict] | None = None           # layers.parquet rows, when the run has LayerMem
+    layer_curves: dict | None = None           # {sample_id: {tower: [value per block]}}
+
+
+LAYER_COLUMNS = ("tower", "layer", "truth", "pairs", "layer_mem", "delta_layer_mem")
+CURVE_COLUMNS = ("sample_id", "tower", "layer", "layer_mem")
+
+
+def _read_layers(path: Path) -> tuple[list[dict] | None, dict | None]:
+    """The optional LayerMem tables; absent files mean the run was scored without layer curves."""
+    layers = curves = None
+    if (path / "layers.parquet").is_file():
+        frame, _ = _read_parquet(path / "layers.parquet", LAYER_COLUMNS, strings=("tower", "truth"))
+        if not np.isfinite(frame[["layer_mem", "delta_layer_mem"]].to_numpy(dtype=float)).all():
+            raise ClipmemError(f"{path / 'layers.parquet'} holds NaN or infinite values")
+        layers = [{"tower": str(r.tower), "layer": int(r.layer), "truth": str(r.truth), "pairs": int(r.pairs),
+                   "layer_mem": float(r.layer_mem), "delta_layer_mem": float(r.delta_layer_mem)}
+                  for r in frame.itertuples()]
+    if (path / "layer_curves.parquet").is_file():
+        frame, _ = _read_parquet(path / "layer_curves.parquet", CURVE_COLUMNS, strings=("sample_id", "tower"))
+        frame = frame.sort_values(["sample_id", "tower", "layer"])
+        curves = {}
+        for (sid, tower), group in frame.groupby(["sample_id", "tower"], sort=False):
+            curves.setdefault(str(sid), {})[str(tower)] = [float(v) for v in group["layer_mem"]]
+    return layers, curves
+
+
+def read_run(path: Path) -> RunContents:
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise ClipmemError(f"run directory {path} does not exist")
+    if not (path / COMPLETE).is_file():
+        raise ClipmemError(f"{path} is not a finished run (no {COMPLETE} marker): run `clipmem score` on it first")
+    config = _read_json(path / "config.json")
+    data_root_file = _read_json(path / "data_root.json")
+    split = _read_json(path / "split.json")
+    metrics = _read_json(path / "metrics.json")
+    root_value = data_root_file.get("data_root")
+    if not isinstance(root_value, str) or not root_value:
+        raise ClipmemError(f"{path / 'data_root.json'} has no 'data_root' path")
+    data_root = Path(root_value)
+    if not data_root.is_absolute() or not data_root.is_dir():
+        raise ClipmemError(f"data root {data_root} (from {path / 'data_root.json'}) is not an existing absolute "
+                           "folder: the images must be where the run found them")
+    samples = _read_samples(path / "samples.parquet")
+    # one hash index of the sample ids, for every lookup by id below
+    lookup = pd.Index(samples["sample_id"].to_numpy(), dtype=object)
+    _check_split_plan(path / "split.json", split, samples, lookup)
+    scores, score_names = _read_scores(path / "scores.parquet", samples, lookup)
+    emb_index, embeddings = _read_embeddings(path / "embeddings.npz", samples, scores, lookup)
+    sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
+    layers, curves = _read_layers(path)
+    return RunContents(path=path, config=config, data_root=data_root.resolve(),
+                       dataset_kind=str(data_root_file.get("kind", "unknown")), split_sizes=sizes,
+                       samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
+                       embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves)
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise ClipmemError(f"{file} is missing")
+    try:
+        value = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ClipmemError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ClipmemError(f"{file} should hold a JSON object")
+    return value
+
+
+def _read_parquet(file: Path, required: tuple[str, ...], strings: tuple[str, ...] = (),
+                  raw: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict]:
+    """The file as a DataFrame with the `strings` columns checked to hold strings (no nulls); the `raw`
+    columns, and the `strings` columns again, are also returned as pyarrow arrays (for vectorised checks)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not file.is_file():
+        raise ClipmemError(f"{file} is missing")
+    try:
+        table = pq.read_table(file)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise ClipmemError(f"{file} cannot be read as Parquet ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ClipmemError(f"{file} lacks column(s) {', '.join(missing)}")
+    for name in strings:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                or pa.types.is_string_view(column.type)):
+            raise ClipmemError(f"{file}: column {name} should hold strings (found {column.type})")
+        if column.null_count:
+            raise ClipmemError(f"{file}: column {name} has {column.null_count} missing values")
+    kept = {name: table.column(name).combine_chunks() for name in (*raw, *strings)}
+    frame = table.drop_columns(list(raw)).to_pandas()
+    for name in frame.columns:
+        # plain Python strings: pandas' Arrow-backed strings make isin/lookups row-by-row slow
+        if pd.api.types.is_string_dtype(frame[name].dtype):
+            frame[name] = frame[name].astype(object)
+    return frame, kept
+
+
+def _first_bad(frame: pd.DataFrame, bad: pd.Series | np.ndarray) -> str:
+    return str(frame["sample_id"].to_numpy()[np.flatnonzero(np.asarray(bad))[0]])
+
+
+def _too_long(frame: pd.DataFrame, arrays: dict, column: str, file: Path, max_len: int) -> None:
+    import pyarrow.compute as pc
+
+    too_long = np.asarray(pc.greater(pc.utf8_length(arrays[column]), max_len))
+    if too_long.any():
+        raise ClipmemError(f"{file}: {column} of sample {_first_bad(frame, too_long)} is longer than "
+                           f"{max_len} characters")
+
+
+def _matching(arrays: dict, column: str, pattern: re.Pattern) -> np.ndarray:
+    """Rows whose `column` contains a match of `pattern` (RE2, vectorised)."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.match_substring_regex(arrays[column], pattern.pattern))
+
+
+def _read_samples(file: Path) -> pd.DataFrame:
+    frame, arrays = _read_parquet(file, SAMPLE_COLUMNS, strings=("sample_id", "split", "truth", "image_ref",
+                                                                 "attributes"), raw=("captions",))
+    if frame.empty:
+        raise ClipmemError(f"{file} holds no pairs")
+    _too_long(frame, arrays, "sample_id", file, MAX_SAMPLE_ID)
+    _too_long(frame, arrays, "truth", file, MAX_TRUTH)
+    ids = frame["sample_id"]
+    empty = _matching(arrays, "sample_id", re.compile("^$"))
+    if empty.any():
+        raise ClipmemError(f"{file}: row {int(np.flatnonzero(empty)[0])} has an empty sample_id")
+    control = _matching(arrays, "sample_id", CONTROL)
+    if control.any():
+        raise ClipmemError(f"{file}: sample_id {_first_bad(frame, control)!r} contains a control character")
+    dup = ids.duplicated()
+    if dup.any():
+        raise ClipmemError(f"{file}: sample_id {_first_bad(frame, dup)} appears more than once")
+    unknown = ~frame["split"].isin(SPLITS)
+    if unknown.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, unknown)} has split "
+                           f"'{frame['split'][unknown].iloc[0]}' (expected one of {', '.join(SPLITS)})")
+    frame["captions"] = _captions(arrays["captions"], frame, file)
+    for text in pd.unique(frame["attributes"]):  # most pairs share a few distinct values
+        if not _is_json_object(text):
+            sid = _first_bad(frame, frame["attributes"].to_numpy() == text)
+            raise ClipmemError(f"{file}: attributes of sample {sid} should be a JSON object, not {text[:80]!r}")
+    unsafe = _matching(arrays, "image_ref", UNSAFE_REF)
+    if unsafe.any():
+        sid = _first_bad(frame, unsafe)
+        raise ClipmemError(f"{file}: image_ref of sample {sid} is '{frame['image_ref'][unsafe].iloc[0]}': it must "
+                           "be a relative path inside the data root (no leading '/', no '..')")
+    frame["pair_index"] = np.arange(len(frame), dtype=np.int64)
+    return frame
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _captions(column, frame: pd.DataFrame, file: Path) -> list[list[str]]:
+    import pyarrow as pa
+
+    if not ((pa.types.is_list(column.type) or pa.types.is_large_list(column.type))
+            and (pa.types.is_string(column.type.value_type) or pa.types.is_large_string(column.type.value_type))):
+        raise ClipmemError(f"{file}: column captions should hold lists of strings (found {column.type})")
+    offsets = column.offsets.to_numpy()
+    values = column.flatten()
+    bad = (np.diff(offsets) == 0) | np.asarray(column.is_null())
+    if values.null_count:
+        null_at = np.flatnonzero(np.asarray(values.is_null()))
+        bad[np.searchsorted(offsets - offsets[0], null_at, side="right") - 1] = True
+    if bad.any():
+        raise ClipmemError(f"{file}: captions of sample {_first_bad(frame, bad)} should be a non-empty list of "
+                           "strings")
+    return column.to_pylist()
+
+
+def _check_split_plan(file: Path, split: dict, samples: pd.DataFrame, lookup: pd.Index) -> None:
+    ids = split.get("ids")
+    if not isinstance(ids, dict):
+        raise ClipmemError(f"{file} has no 'ids' object")
+    for name, members in ids.items():
+        if name not in SPLITS or not isinstance(members, list):
+            raise ClipmemError(f"{file}: 'ids' has an unexpected entry '{name}'")
+    planned_ids = np.array([str(m) for members in ids.values() for m in members], dtype=object)
+    planned_splits = np.repeat(np.array(list(ids), dtype=object), [len(m) for m in ids.values()])
+    position = lookup.get_indexer(planned_ids)
+    recorded = samples["split"].to_numpy()
+    agree = (position >= 0) & (recorded[np.maximum(position, 0)] == planned_splits)
+    covered = np.zeros(len(samples), dtype=bool)
+    covered[position[position >= 0]] = True
+    if not agree.all():
+        k = int(np.flatnonzero(~agree)[0])
+        sid, in_plan = planned_ids[k], planned_splits[k]
+        in_samples = recorded[position[k]] if position[k] >= 0 else "absent"
+    elif not covered.all():
+        k = int(np.flatnonzero(~covered)[0])
+        sid, in_plan, in_samples = samples["sample_id"].iloc[k], "absent", recorded[k]
+    elif len(planned_ids) != len(samples):
+        raise ClipmemError(f"{file}: sample {planned_ids[_duplicate(position)][0]} is listed more than once")
+    else:
+        return
+    raise ClipmemError(f"{file} and samples.parquet disagree on the split plan (e.g. sample {sid}: "
+                       f"{in_plan} in split.json, {in_samples} in samples.parquet)")
+
+
+def _duplicate(position: np.ndarray) -> np.ndarray:
+    """Rows whose position (into samples) was already taken by an earlier row."""
+    first = np.full(position.max() + 1, -1, dtype=np.int64)
+    rows = np.arange(len(position))
+    first[position[::-1]] = rows[::-1]
+    return first[position] != rows
+
+
+def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index) -> tuple[pd.DataFrame, list[str]]:
+    frame, views = _read_parquet(file, SCORE_FILE_COLUMNS, strings=("sample_id", "split", "truth", "seen_by"),
+                                 raw=("views_f", "views_g"))
+    if frame.empty:
+        raise ClipmemError(f"{file} holds no scored pairs")
+    position = lookup.get_indexer(frame["sample_id"].to_numpy())
+    if (position < 0).any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, position < 0)} is not in samples.parquet")
+    dup = _duplicate(position)
+    if dup.any():
+        raise ClipmemError(f"{file}: sample_id {_first_bad(frame, dup)} appears more than once")
+    for column in ("split", "truth"):
+        differ = frame[column].to_numpy() != samples[column].to_numpy()[position]
+        if differ.any():
+            raise ClipmemError(f"{file}: {column} of sample {_first_bad(frame, differ)} differs from samples.parquet")
+    not_scored = ~frame["split"].isin(SCORED_SPLITS)
+    if not_scored.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, not_scored)} is in split "
+                           f"'{frame['split'][not_scored].iloc[0]}', which is not scored")
+    has_scores = np.zeros(len(samples), dtype=bool)
+    has_scores[position] = True
+    should_be_scored = samples["split"].isin(SCORED_SPLITS).to_numpy() & ~has_scores
+    if should_be_scored.any():
+        raise ClipmemError(f"{file} has no scores for sample {_first_bad(samples, should_be_scored)} "
+                           "(every candidate and independent pair is scored)")
+    wrong_model = frame["seen_by"].to_numpy() != frame["split"].map(SEEN_BY).to_numpy()
+    if wrong_model.any():
+        raise ClipmemError(f"{file}: seen_by of sample {_first_bad(frame, wrong_model)} does not match its split "
+                           "(candidate pairs are seen by f, independent pairs by g)")
+    present = [c.name for c in SCORE_COLUMNS if c.name in frame.columns]
+    for name in [*present, "n_captions"]:
+        try:
+            values = frame[name].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{file}: column {name} should be numeric") from None
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}"
+                               f" ({int(bad.sum())} pairs)")
+        frame[name] = values
+    for name in ("views_f", "views_g"):
+        frame[name] = _views(views[name], frame, name, file)
+    frame["pair_index"] = samples["pair_index"].to_numpy()[position]
+    frame["n_captions"] = frame["n_captions"].astype(np.int64)
+    return frame, present
+
+
+def _views(column, frame: pd.DataFrame, name: str, file: Path) -> list[bytes]:
+    """Each row's per-view alignments as float32 little-endian bytes."""
+    import pyarrow as pa
+
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not (
+            pa.types.is_floating(column.type.value_type)):
+        raise ClipmemError(f"{file}: column {name} should hold lists of floats (found {column.type})")
+    offsets = column.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    lengths = np.diff(offsets)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype("<f4")
+    nan_rows = np.zeros(len(lengths), dtype=bool)
+    bad_values = ~np.isfinite(values)
+    if bad_values.any():
+        nan_rows[np.searchsorted(offsets, np.flatnonzero(bad_values), side="right") - 1] = True
+    bad = (lengths == 0) | np.asarray(column.is_null()) | nan_rows
+    if bad.any():
+        raise ClipmemError(f"{file}: {name} of sample {_first_bad(frame, bad)} should be a non-empty list of "
+                           "finite floats")
+    data = values.tobytes()
+    start = offsets * 4
+    return [data[a:b] for a, b in zip(start[:-1].tolist(), start[1:].tolist())]
+
+
+def _read_embeddings(file: Path, samples: pd.DataFrame, scores: pd.DataFrame,
+                     lookup: pd.Index) -> tuple[np.ndarray, dict]:
+    if not file.is_file():
+        raise ClipmemError(f"{file} is missing")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            missing = [k for k in EMBEDDING_ARRAYS if k not in npz.files]
+            if missing:
+                raise ClipmemError(f"{file} lacks array(s) {', '.join(missing)}")
+            arrays = {k: npz[k] for k in EMBEDDING_ARRAYS}
+    except ClipmemError:
+        raise
+    except Exception as exc:
+        raise ClipmemError(f"{file} cannot be read as a NumPy .npz archive ({type(exc).__name__}: {exc})") from None
+    ids = arrays["sample_id"].astype(object)
+    n = len(ids)
+    matrices = {}
+    for key in ("f_image", "f_text", "g_image", "g_text"):
+        m = arrays[key]
+        if m.ndim != 2 or m.shape[0] != n or m.shape[1] < 2 or m.shape[1] != arrays["f_image"].shape[1]:
+            raise ClipmemError(f"{file}: array {key} has shape {m.shape}; expected ({n}, D) with the same D >= 2 "
+                               "for all four arrays")
+        m = m.astype(np.float32, copy=False)
+        if not np.isfinite(m).all():
+            raise ClipmemError(f"{file}: array {key} holds NaN or infinite values")
+        matrices[key] = m
+    position = lookup.get_indexer(ids)
+    if (position < 0).any():
+        raise ClipmemError(f"{file}: sample {ids[position < 0][0]} is not in samples.parquet")
+    if _duplicate(position).any():
+        raise ClipmemError(f"{file}: sample_id {ids[_duplicate(position)][0]} appears more than once")
+    embedded = np.zeros(len(samples), dtype=bool)
+    embedded[position] = True
+    lacking = ~embedded[scores["pair_index"].to_numpy()]
+    if lacking.any():
+        raise ClipmemError(f"{file} has no embeddings for scored sample {_first_bad(scores, lacking)}")
+    return samples["pair_index"].to_numpy()[position], matrices

@@ -1,0 +1,169 @@
+"""Write a run directory that follows scoring's output contract, with made-up scores and no training.
+
+Tests use small ones (fast, every file under their control); bench/backend_bench.py
+writes one with a million scored pairs. Faulty pairs (swapped, vague, atypical) get
+higher CLIPMem on average, so per-tag summaries and detection quality have something
+to find.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from backend.score_columns import SCORE_COLUMNS
+
+TRUTH_RATES = {"swapped": 0.05, "vague": 0.02, "atypical": 0.02}
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+SHAPES = ("square", "circle", "triangle", "star")
+SHARED_IMAGES = 16  # images="shared": this many files, reused by every pair
+
+
+def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_shared: int, n_extra: int, *,
+                        dim: int = 16, views: int = 4, seed: int = 0, images: str = "files",
+                        optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}") -> Path:
+    """Write a finished run into `out` (created) with its images under out/data.
+
+    images: "files" (one PNG per pair), "tar" (one PNG per pair inside data/shards/000.tar,
+    referenced as shards/000.tar#member) or "shared" (a few PNGs reused, for big runs).
+    Sample ids are id_format.format(i); they may contain '/'.
+    """
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    data_root = out / "data"
+    data_root.mkdir(parents=True, exist_ok=False)
+    sizes = {"shared": n_shared, "candidate": n_candidate, "independent": n_independent, "extra": n_extra}
+    split = np.repeat(np.array(list(sizes)), list(sizes.values()))
+    n = len(split)
+    ids = np.array([id_format.format(i) for i in range(n)])
+    truth = np.full(n, "clean", dtype=object)
+    draw = rng.random(n)
+    edge = 0.0
+    for tag, rate in TRUTH_RATES.items():
+        truth[(draw >= edge) & (draw < edge + rate)] = tag
+        edge += rate
+    colour = rng.integers(len(COLOURS), size=n)
+    shape = rng.integers(len(SHAPES), size=n)
+    n_caps = rng.integers(1, 3, size=n)
+    captions = [[f"a {COLOURS[c]} {SHAPES[s]}"] + (["the " + SHAPES[s] + " is " + COLOURS[c]] if k > 1 else [])
+                for c, s, k in zip(colour.tolist(), shape.tolist(), n_caps.tolist())]
+    image_refs = _write_images(data_root, ids, colour, shape, images, image_px)
+    pd.DataFrame({
+        "sample_id": ids, "split": split, "truth": truth.astype(str), "captions": captions,
+        "image_ref": image_refs,
+        "attributes": [json.dumps({"colour": COLOURS[c], "shape": SHAPES[s]}) for c, s in zip(colour, shape)],
+    }).to_parquet(out / "samples.parquet", index=False)
+
+    scored = np.flatnonzero(np.isin(split, ("candidate", "independent")))
+    _scores_frame(rng, ids[scored], split[scored], truth[scored].astype(str), n_caps[scored],
+                  [captions[i][0] for i in scored.tolist()], views, optional_scores).to_parquet(
+        out / "scores.parquet", index=False)
+
+    embedded = np.concatenate([scored, np.flatnonzero(split == "extra")])
+    centres = _unit(rng.standard_normal((len(COLOURS) * len(SHAPES), dim)))
+    cluster = (colour * len(SHAPES) + shape)[embedded]
+    arrays = {"sample_id": ids[embedded], "split": split[embedded]}
+    for model in ("f", "g"):
+        for modality in ("image", "text"):
+            noise = 0.35 * rng.standard_normal((len(embedded), dim))
+            arrays[f"{model}_{modality}"] = _unit(centres[cluster] + noise).astype(np.float32)
+    np.savez(out / "embeddings.npz", **arrays)
+
+    config = {
+        "data": {"kind": "folder", "path": str(data_root.resolve()), "synth": {}},
+        "split": {"sizes": sizes, "seed": seed},
+        "train": {"model": "clipmem-tiny", "epochs": 1, "batch_size": 64, "lr": 0.002, "captions_per_image": 0},
+        "score": {"views": views, "seed": 1234},
+        "versions": {"clipmem": "0.1.0"},
+    }
+    _json(out / "config.json", config)
+    _json(out / "data_root.json", {"data_root": str(data_root.resolve()), "kind": "folder"})
+    _json(out / "split.json", {"seed": seed, "sizes": sizes,
+                               "ids": {name: ids[split == name].tolist() for name in sizes}})
+    utility = {"i2t_r1": 0.5, "i2t_r5": 0.8, "t2i_r1": 0.45, "t2i_r5": 0.75, "zeroshot_shape": 0.9,
+               "zeroshot_colour": 0.8}
+    _json(out / "metrics.json", {"f": utility, "g": {k: v - 0.01 for k, v in utility.items()},
+                                 "scoring": {"pairs": int(len(scored)), "views": views}, "peak_rss_mb": 100.0,
+                                 "timings": {"score_seconds": 1.0}})
+    (out / "COMPLETE").write_text(json.dumps({"outputs": sorted(p.name for p in out.iterdir())}))
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def _png(colour: int, shape: int, px: int) -> bytes:
+    rgb = [(220, 40, 40), (40, 180, 60), (40, 60, 220), (230, 210, 40), (150, 50, 170), (240, 140, 30)][colour]
+    img = Image.new("RGB", (px, px), (250, 250, 250))
+    inset = 3 + shape
+    img.paste(rgb, (inset, inset, px - inset, px - inset))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_images(root: Path, ids: np.ndarray, colour: np.ndarray, shape: np.ndarray, mode: str,
+                  px: int) -> list[str]:
+    if mode == "shared":
+        (root / "images").mkdir()
+        for k in range(SHARED_IMAGES):
+            (root / "images" / f"shared-{k:02d}.png").write_bytes(_png(k % len(COLOURS), k % len(SHAPES), px))
+        return [f"images/shared-{k:02d}.png" for k in (np.arange(len(ids)) % SHARED_IMAGES).tolist()]
+    if mode == "files":
+        (root / "images").mkdir()
+        refs = []
+        for k, (c, s) in enumerate(zip(colour.tolist(), shape.tolist())):
+            (root / "images" / f"{k:07d}.png").write_bytes(_png(c, s, px))
+            refs.append(f"images/{k:07d}.png")
+        return refs
+    if mode == "tar":
+        (root / "shards").mkdir()
+        with tarfile.open(root / "shards" / "000.tar", "w") as tar:
+            for k, (c, s) in enumerate(zip(colour.tolist(), shape.tolist())):
+                data = _png(c, s, px)
+                info = tarfile.TarInfo(f"{k:07d}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return [f"shards/000.tar#{k:07d}.png" for k in range(len(ids))]
+    raise ValueError(f"images must be files, tar or shared, not {mode!r}")
+
+
+def _scores_frame(rng, ids, split, truth, n_caps, first_captions, views: int, optional_scores: bool) -> pd.DataFrame:
+    n = len(ids)
+    faulty = truth != "clean"
+    align_g = rng.uniform(0.2, 0.8, n)
+    raw = rng.normal(0.01, 0.02, n) + np.where(truth == "swapped", 0.08, np.where(faulty, 0.03, 0.0))
+    align_f = align_g + raw
+    con_g = rng.normal(-2.0, 0.3, n)
+    raw_con = raw * 5 + rng.normal(0, 0.05, n)
+    frame = pd.DataFrame({
+        "sample_id": ids, "split": split, "truth": truth, "caption": first_captions, "n_captions": n_caps,
+        "seen_by": np.where(split == "candidate", "f", "g"),
+        "clipmem": _minmax(raw), "clipmem_raw": raw,
+        "clipmem_contrastive": _minmax(raw_con), "clipmem_contrastive_raw": raw_con,
+        "align_f": align_f, "align_g": align_g, "contrastive_f": con_g + raw_con, "contrastive_g": con_g,
+        "clipscore_f": 1 - align_f, "clipscore_g": 1 - align_g + np.where(faulty, 0.05, 0.0),
+    })
+    if optional_scores:
+        for column in SCORE_COLUMNS:
+            if not column.required:
+                frame[column.name] = _minmax(raw + rng.normal(0, 0.02, n))
+    spread = rng.normal(0, 0.01, (n, views)).astype(np.float32)
+    frame["views_f"] = list((align_f[:, None] + spread).astype(np.float32))
+    frame["views_g"] = list((align_g[:, None] + spread).astype(np.float32))
+    return frame
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    return (x - x.min()) / (x.max() - x.min())
