@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+import scoring  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+import torch  # noqa: I001
 from scoring.config import DataConfig, RunConfig, SplitConfig, TrainConfig
 from scoring.data.synthetic import SynthConfig, write
 from scoring.splits import SplitSizes

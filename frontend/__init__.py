@@ -1,0 +1,1 @@
+"""The clipmem dashboard: a Streamlit app that browses an ingested run through the backend's HTTP API."""

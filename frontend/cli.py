@@ -1,0 +1,113 @@
+"""`clipmem ui`: start the dashboard (registered on the main `clipmem` CLI by scoring/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+APP = Path(__file__).resolve().parent / "app.py"
+BACKEND_START_S = 60
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ui")
+    def ui(
+        port: int = typer.Option(8501, "--port", help="Port the dashboard listens on."),
+        host: str = typer.Option("127.0.0.1", "--host",
+                                 help="Address to listen on; 0.0.0.0 makes it reachable from other machines."),
+        api_url: Optional[str] = typer.Option(
+            None, "--api-url",
+            help="URL of the clipmem backend (default: $CLIPMEM_API_URL, else http://127.0.0.1:8000)."),
+        with_backend: bool = typer.Option(
+            False, "--with-backend",
+            help="Also start the backend (`clipmem serve`) on 127.0.0.1:--backend-port over CLIPMEM_DATABASE_URL, "
+                 "and stop it when the dashboard stops."),
+        backend_port: int = typer.Option(8000, "--backend-port", help="Port of the backend --with-backend starts."),
+    ) -> None:
+        """Open the dashboard in a browser: browse the most memorized pairs, filter by score, compare encoders.
+
+        The dashboard reads everything from the clipmem backend, so start that first:
+
+            clipmem ingest RUN_DIR     # load a finished run into the database
+
+            clipmem serve              # the backend, on http://127.0.0.1:8000
+
+            clipmem ui                 # then open http://127.0.0.1:8501
+
+        or let `clipmem ui --with-backend` start and stop the backend for you. If the backend requires a
+        token, set CLIPMEM_API_TOKEN to the same value for both.
+        """
+        import os
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        backend = None
+        if with_backend:
+            if api_url:
+                raise typer.BadParameter("give either --api-url or --with-backend, not both", param_hint="--api-url")
+            backend = _start_backend(backend_port, env)
+            env["CLIPMEM_API_URL"] = f"http://127.0.0.1:{backend_port}"
+        elif api_url:
+            env["CLIPMEM_API_URL"] = api_url
+        command = [sys.executable, "-m", "streamlit", "run", str(APP),
+                   "--server.address", host, "--server.port", str(port),
+                   "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                   "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+        backend_url = env.get("CLIPMEM_API_URL", "http://127.0.0.1:8000")
+        typer.echo(f"clipmem dashboard: http://{host}:{port} (backend {backend_url}); Ctrl+C stops it")
+        try:
+            code = subprocess.call(command, env=env)
+        except KeyboardInterrupt:
+            code = 0
+        finally:
+            if backend is not None:
+                _stop(backend)
+        raise typer.Exit(code=code)
+
+
+def _start_backend(port: int, env: dict):
+    """`clipmem serve` on 127.0.0.1:port, once it answers /health."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            typer.echo(f"error: port {port} is already in use; stop what runs there or pass --backend-port",
+                       err=True)
+            raise typer.Exit(code=2)
+    process = subprocess.Popen([sys.executable, "-c", "from scoring.cli import app; app()", "serve",
+                                "--host", "127.0.0.1", "--port", str(port)], env=env)
+    deadline = time.monotonic() + BACKEND_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            typer.echo(f"error: the backend stopped at start (exit code {process.returncode}); see its output "
+                       "above", err=True)
+            raise typer.Exit(code=2)
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    _stop(process)
+    typer.echo(f"error: the backend did not answer on port {port} within {BACKEND_START_S} s", err=True)
+    raise typer.Exit(code=2)
+
+
+def _stop(process) -> None:
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,323 @@
+"""Streamlit pieces every page shares: showing backend errors, the run picker, the filter sidebar, badges."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import replace
+from typing import Any, Callable, TypeVar
+
+import streamlit as st
+
+from frontend import api, charts
+from frontend.client import BackendError, BackendUnreachable, NotFound
+from frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, SCORED_SPLITS, Paging, ViewFilter,
+                            format_score)
+
+T = TypeVar("T")
+
+SAVED_PARAMS = "_clipmem_view_params"    # the last run, filter and sample seen, carried across page switches
+ALL = "(all)"
+RUN_PICKER = "run_picker"
+FIRST_PAINT_DONE = "_clipmem_first_paint_done"
+FIRST_PAINT_S = 0.4
+# the query params each page takes over from the last view when it is opened without any
+CARRIED = {"explore": FILTER_KEYS, "export": FILTER_KEYS, "encoders": ("run",), "runs": ("run",),
+           "sample": ("run", "sample")}
+SCORE_HELP = ("`_f` = the model trained with the pair, `_g` = the model trained without it. clipmem and "
+              "clipmem_contrastive are scaled to [0, 1] over the run; `_raw` are the unscaled differences.")
+
+
+# ---------------------------------------------------------------- errors
+
+def show_backend_error(err: BackendError) -> None:
+    if isinstance(err, BackendUnreachable):
+        st.error("**The clipmem backend is not reachable.** " + err.message, icon=":material/cloud_off:")
+        st.markdown("To start the stack on this machine, in two terminals:")
+        st.code("clipmem ingest RUN_DIR      # once per finished run\n"
+                "clipmem serve               # the backend, on http://127.0.0.1:8000", language="bash")
+    elif isinstance(err, NotFound):
+        st.warning(err.message, icon=":material/search_off:")
+    else:
+        st.error(err.message, icon=":material/error:")
+
+
+def fetch(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call the backend for what the page cannot do without; on failure explain why and stop the page."""
+    try:
+        return fn(*args, **kwargs)
+    except BackendError as err:
+        show_backend_error(err)
+        st.stop()
+        raise  # st.stop() raises; this line is never reached
+
+
+def fetch_part(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) -> T | None:
+    """Call the backend for one part of a page; on failure explain it in place and let the rest render."""
+    try:
+        return fn(*args, **kwargs)
+    except BackendError as err:
+        if what:
+            err = type(err)(f"Could not load {what}. {err.message}", err.status)
+        show_backend_error(err)
+        return None
+
+
+# ---------------------------------------------------------------- view state in the URL
+
+def carry_view_params(page: str) -> None:
+    """Called before each page runs: a page opened without its query params (a switch in the sidebar keeps
+    at most the run in the URL) takes them from the last view, so the run, the filter and the pair follow
+    the user from page to page."""
+    st.session_state["_clipmem_page"] = page
+    saved: dict = st.session_state.get(SAVED_PARAMS, {})
+    keys = CARRIED.get(page, ())
+    url_run = st.query_params.get("run")
+    if saved and not any(k in st.query_params for k in keys if k != "run") and url_run in (None, saved.get("run")):
+        restore = {k: v for k, v in saved.items() if k in keys and k not in st.query_params}
+        if restore:
+            st.query_params.update(restore)
+    remember_params()
+
+
+def remember_params() -> None:
+    """Save the URL's run, filter and sample for the next page switch."""
+    page = st.session_state.get("_clipmem_page")
+    current = {k: st.query_params.get(k) for k in st.query_params if k not in PAGING_KEYS}
+    saved: dict = dict(st.session_state.get(SAVED_PARAMS, {}))
+    if current.get("run") and current.get("run") != saved.get("run"):
+        saved = {}  # another run: its filter and sample do not carry over
+    if page in ("explore", "export"):
+        saved = {k: v for k, v in saved.items() if k not in FILTER_KEYS}  # this page's URL is the whole filter
+    saved.update(current)
+    st.session_state[SAVED_PARAMS] = saved
+
+
+def set_params(flt: ViewFilter, paging: Paging | None = None) -> None:
+    """Replace the URL's query params with this filter and page position."""
+    params: dict[str, Any] = flt.to_params()
+    if paging is not None:
+        params.update(paging.to_params())
+    st.query_params.from_dict(params)
+    remember_params()
+
+
+def explore_params(run_name: str) -> dict[str, str]:
+    """The query params of the last Explore view of this run, for links back to it."""
+    saved = st.session_state.get(SAVED_PARAMS, {})
+    params = {k: v for k, v in saved.items() if k in FILTER_KEYS and saved.get("run") == run_name}
+    params["run"] = run_name
+    return params
+
+
+# ---------------------------------------------------------------- run picker
+
+def pick_run(page: str, draw: bool = True) -> dict:
+    """The run the page shows (from the URL, else the newest) and its detail; draws the sidebar's run picker
+    unless `draw` is False (the page then calls `run_picker` itself). Stops the page with a how-to when the
+    backend holds no runs."""
+    runs = fetch(api.runs)
+    if not runs:
+        st.info("The backend holds no runs yet. Score a run and ingest it, then reload this page:",
+                icon=":material/inbox:")
+        st.code("clipmem run --out runs/demo          # train f and g and score (synthetic data)\n"
+                "clipmem ingest runs/demo             # load it into the backend's database", language="bash")
+        st.stop()
+    names = [r["name"] for r in runs]
+    wanted = ViewFilter.from_params(st.query_params).run
+    if wanted is not None and wanted not in names:
+        st.warning(f"The backend has no run named “{wanted}” (deleted, or a link from another database); "
+                   "showing the newest run instead.", icon=":material/search_off:")
+    current = wanted if wanted in names else names[0]
+    if st.session_state.get(RUN_PICKER) != current:
+        st.session_state[RUN_PICKER] = current
+    if st.query_params.get("run") != current:
+        st.query_params["run"] = current
+        remember_params()
+    if draw:
+        run_picker(page)
+    return fetch(api.run, current)
+
+
+def run_picker(page: str) -> None:
+    """The sidebar's run selector; choosing a run shows it from scratch (unfiltered, first page)."""
+    runs = fetch(api.runs)
+    by_name = {r["name"]: r for r in runs}
+
+    def _on_change() -> None:
+        chosen = st.session_state[RUN_PICKER]
+        old = ViewFilter.from_params(st.query_params)
+        # a new run starts unfiltered; the sort order and page size stay
+        fresh = ViewFilter(run=chosen, sort=old.sort, order=old.order, size=old.size)
+        st.query_params.from_dict(fresh.to_params() if page in ("explore", "export") else {"run": chosen})
+        remember_params()
+
+    st.sidebar.selectbox("Run", list(by_name), key=RUN_PICKER, on_change=_on_change,
+                         format_func=lambda n: f"{n} · {by_name[n]['n_scored']:,} scored pairs",
+                         help="Every run ingested into the backend, newest first.")
+
+
+def pause_for_first_paint() -> None:
+    """Once per session, after the main content: give the browser a moment to draw it before the sidebar's
+    widgets and the first Plotly chart arrive. The chart makes the browser load and compile Plotly (~5 MB of
+    JavaScript), which would otherwise hold up the first paint of the grid by about a second."""
+    if not st.session_state.get(FIRST_PAINT_DONE):
+        st.session_state[FIRST_PAINT_DONE] = True
+        time.sleep(FIRST_PAINT_S)
+
+
+# ---------------------------------------------------------------- the filter sidebar
+
+FILTER_WIDGETS = ("score", "split", "truth", "tag", "q", "sort", "order", "size")
+
+
+def _prefix() -> str:
+    """Widget keys are per page (Explore and Export each have their own sidebar), so a page opened from
+    another always sets its widgets from the URL."""
+    return f"flt_{st.session_state.get('_clipmem_page', 'explore')}_"
+
+
+def _keys() -> dict[str, str]:
+    return {name: _prefix() + name for name in FILTER_WIDGETS}
+
+
+def _range_key(score: str) -> str:
+    return f"{_prefix()}range_{score}"
+
+
+def truth_tags(run: dict) -> list[str]:
+    """The run's truth tags, clean first, then by mean CLIPMem (highest first)."""
+    tags = [t["truth"] for t in run["score_summary"]["by_truth"]]
+    return sorted(tags, key=lambda t: t != "clean")
+
+
+def _set_widgets(flt: ViewFilter) -> None:
+    state = st.session_state
+    KEYS = _keys()
+    state[KEYS["score"]] = flt.score
+    state[KEYS["split"]] = flt.split or ALL
+    state[KEYS["truth"]] = flt.truth or ALL
+    state[KEYS["tag"]] = flt.tag or ALL
+    state[KEYS["q"]] = flt.q or ""
+    state[KEYS["sort"]] = flt.sort
+    state[KEYS["order"]] = flt.order
+    state[KEYS["size"]] = flt.size
+    for key in [k for k in state if str(k).startswith(_prefix() + "range_")]:
+        del state[key]
+    state[_prefix() + "synced"] = flt.to_params()  # the filter the widgets were set from
+
+
+def _filter_from_widgets(run: dict) -> ViewFilter:
+    state = st.session_state
+    KEYS = _keys()
+    score = state[KEYS["score"]]
+    lo = hi = None
+    chosen = state.get(_range_key(score))
+    ends = state.get(_range_key(score) + "_ends")  # the slider's ends, as last drawn
+    if chosen is not None and ends is not None:
+        lo_end, hi_end = ends
+        lo = None if chosen[0] <= lo_end else float(chosen[0])
+        hi = None if chosen[1] >= hi_end else float(chosen[1])
+    pick = lambda key: None if state[KEYS[key]] == ALL else state[KEYS[key]]  # noqa: E731
+    return ViewFilter(run=run["name"], score=score, lo=lo, hi=hi, split=pick("split"), truth=pick("truth"),
+                      tag=pick("tag"), q=(state[KEYS["q"]] or "").strip() or None, sort=state[KEYS["sort"]],
+                      order=state[KEYS["order"]], size=state[KEYS["size"]])
+
+
+def view_filter(run: dict) -> ViewFilter:
+    """The filter in force for this run, read from the URL; sets the sidebar's widgets when the URL changed
+    by other means than those widgets (a link, a reload, the run picker)."""
+    flt = replace(ViewFilter.from_params(st.query_params).with_scores(run["score_names"]), run=run["name"])
+    widgets_gone = any(key not in st.session_state for key in _keys().values())  # dropped on another page
+    if widgets_gone or st.session_state.get(_prefix() + "synced") != flt.to_params():
+        _set_widgets(flt)
+    return flt
+
+
+def filter_sidebar(run: dict, flt: ViewFilter, page_size: bool = True) -> None:
+    """The sidebar filters of Explore and Export; every change goes to the URL and back to page 1.
+
+    Pages draw it after their main content, so the grid is on screen before the sidebar's chart."""
+    scores = list(run["score_names"])
+    KEYS = _keys()
+
+    def _on_change() -> None:
+        new = _filter_from_widgets(run)
+        st.session_state[_prefix() + "synced"] = new.to_params()
+        set_params(new)  # a changed filter starts again at the first page
+
+    side = st.sidebar
+    side.subheader("Filter", anchor=False)
+    side.selectbox("Score", scores, key=KEYS["score"], on_change=_on_change, help=SCORE_HELP)
+    score = st.session_state[KEYS["score"]]
+    hist = fetch_part(api.histogram, run["name"], score, 40, what=f"the histogram of {score}")
+    lo_end, hi_end = (float(hist["lo"]), float(hist["hi"])) if hist else (0.0, 1.0)
+    if hi_end <= lo_end:
+        hi_end = lo_end + 1.0
+    range_key = _range_key(score)
+    st.session_state[range_key + "_ends"] = (lo_end, hi_end)
+    if range_key not in st.session_state:
+        lo = flt.lo if flt.lo is not None and score == flt.score else lo_end
+        hi = flt.hi if flt.hi is not None and score == flt.score else hi_end
+        st.session_state[range_key] = (min(max(lo, lo_end), hi_end), max(min(hi, hi_end), lo_end))
+    chart_slot = side.container(height=charts.RANGE_HISTOGRAM_PX, border=False) if hist is not None else None
+    side.slider(f"{score} between", min_value=lo_end, max_value=hi_end, step=(hi_end - lo_end) / 200,
+                key=range_key, on_change=_on_change, format="%.3f")
+
+    side.selectbox("Split", [ALL, *SCORED_SPLITS], key=KEYS["split"], on_change=_on_change,
+                   format_func=lambda s: {"candidate": "candidate · S_C, trained into f",
+                                          "independent": "independent · S_I, trained into g"}.get(s, s),
+                   help="Scored pairs come from S_C (trained into f only) and S_I (trained into g only).")
+    truths = [ALL, *truth_tags(run)]
+    if st.session_state[KEYS["truth"]] not in truths:
+        truths.append(st.session_state[KEYS["truth"]])
+    side.selectbox("Truth tag", truths, key=KEYS["truth"], on_change=_on_change,
+                   help="Ground truth recorded with the data (e.g. swapped = the caption of another image).")
+    tags = [ALL, *(t["tag"] for t in fetch_part(api.user_tags, run["name"], what="the user tags") or [])]
+    if st.session_state[KEYS["tag"]] not in tags:
+        tags.append(st.session_state[KEYS["tag"]])
+    side.selectbox("User tag", tags, key=KEYS["tag"], on_change=_on_change,
+                   help="Tags people put on pairs on the Sample page.")
+    side.text_input("Caption contains", key=KEYS["q"], on_change=_on_change, placeholder="e.g. red circle",
+                    help="Case-insensitive; matches any of the pair's captions.")
+    side.selectbox("Sort by", scores, key=KEYS["sort"], on_change=_on_change)
+    side.segmented_control("Order", ORDERS, key=KEYS["order"], on_change=_on_change, required=True,
+                           format_func=lambda o: "highest first" if o == "desc" else "lowest first",
+                           label_visibility="collapsed", width="stretch")
+    if page_size:
+        side.selectbox("Pairs per page", PAGE_SIZES, key=KEYS["size"], on_change=_on_change)
+    unfiltered = ViewFilter(run=run["name"], sort=flt.sort, order=flt.order, size=flt.size)
+    if flt != unfiltered and side.button("Clear filters", icon=":material/filter_alt_off:", width="stretch"):
+        set_params(unfiltered)
+        st.rerun()
+    if chart_slot is not None:  # drawn last: the widgets above do not wait for Plotly
+        lo_now, hi_now = st.session_state[range_key]
+        chart_slot.plotly_chart(charts.range_histogram(hist["edges"], hist["counts"], lo_now, hi_now),
+                                config={"displayModeBar": False, "staticPlot": True}, key=f"range_hist_{score}")
+
+
+# ---------------------------------------------------------------- small pieces
+
+TRUTH_BADGE_COLOURS = {"clean": "green", "swapped": "red", "wrong_attribute": "orange", "vague": "yellow",
+                       "atypical": "violet", "duplicate": "blue"}
+
+
+def truth_badge(tag: str) -> str:
+    """Markdown for a truth tag, coloured like the charts' legend."""
+    return f":{TRUTH_BADGE_COLOURS.get(tag, 'gray')}-badge[{escape_md(tag)}]"
+
+
+def user_tag_badges(tags: list[str]) -> str:
+    return " ".join(f":blue-badge[:material/sell: {escape_md(t)}]" for t in tags)
+
+
+def escape_md(text: str) -> str:
+    """Text shown literally inside Streamlit markdown (captions can hold *, _, [, <, $ ...)."""
+    text = html.escape(text, quote=False)
+    for char in "\\`*_{}[]()#+-.!|$~:":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def score_text(value: float | None, digits: int = 3) -> str:
+    return format_score(value, digits)

@@ -1,0 +1,147 @@
+"""Runs: every ingested run with utility and scores, the memorization/utility trade-off, detection quality,
+and a comparison of two runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from frontend import api, charts, ui
+from frontend.client import BackendError
+
+ROC_BINS = 200
+KINDS = {"faulty": "faulty pairs (every truth tag but clean)", "swapped": "swapped captions"}
+
+run = ui.pick_run("runs")
+run_name = run["name"]
+summaries = ui.fetch(api.runs)
+details = {s["name"]: (run if s["name"] == run_name else ui.fetch_part(api.run, s["name"], what=f"run {s['name']}"))
+           for s in summaries}
+
+st.title("Runs", anchor=False)
+
+# ---------------------------------------------------------------- the table
+rows = []
+for s in summaries:
+    detail = details.get(s["name"]) or {}
+    means = (detail.get("score_summary") or {}).get("means", {})
+    row = {"run": s["name"], "dataset": s["dataset_kind"], "model": s["model"], "scored pairs": s["n_scored"],
+           "mean CLIPMem": s["mean_clipmem"], "mean contrastive": means.get("clipmem_contrastive")}
+    for metric, value in ((detail.get("utility") or {}).get("f") or {}).items():
+        row[metric] = value
+    row["ingested"] = pd.to_datetime(s["created_at"]).strftime("%Y-%m-%d %H:%M")
+    rows.append(row)
+table = pd.DataFrame(rows)
+utility_metrics = sorted({m for d in details.values() if d for m in (d.get("utility") or {}).get("f", {})})
+st.caption(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in the backend. Utility columns are model f "
+           "(trained with the candidates) on the held-out S_E: image→text and text→image recall@k, zero-shot "
+           "accuracy.")
+st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in ["mean CLIPMem", "mean contrastive", *utility_metrics]})
+
+# ---------------------------------------------------------------- trade-off
+st.header("Memorization against utility", anchor=False)
+st.caption("One point per run. A mitigation that works (more captions per image, noise on the text embeddings, "
+           "removing the most memorized pairs) moves a run down and to the right.")
+if utility_metrics:
+    default = utility_metrics.index("i2t_r1") if "i2t_r1" in utility_metrics else 0
+    metric = st.selectbox("Utility", utility_metrics, index=default, key="tradeoff_metric")
+    points = table.rename(columns={"mean CLIPMem": "mean_clipmem", "run": "name"}).dropna(subset=[metric])
+    st.plotly_chart(charts.tradeoff_scatter(points, metric), key="tradeoff_chart")
+else:
+    st.info("No run reports utility metrics (metrics.json has no f section).", icon=":material/info:")
+
+# ---------------------------------------------------------------- detection quality of the chosen run
+st.header(f"Detection quality · {run_name}", anchor=False)
+detection = ui.fetch_part(api.detection, run_name, what="detection quality")
+if detection is not None:
+    kinds = [k for k in KINDS if detection.get(k)]
+    if not kinds:
+        st.info("This run's truth tags do not have both faulty and clean pairs, so detection quality cannot be "
+                "measured. Runs on the built-in synthetic data (or with `--inject`) have them.",
+                icon=":material/label_off:")
+    else:
+        kind = st.radio("Find", kinds, horizontal=True, key="detection_kind", format_func=KINDS.get)
+        found = detection[kind]
+        frame = pd.DataFrame(found).rename(columns={"auroc": "AUROC", "average_precision": "avg precision",
+                                                    "precision_at_k": "precision@k"})
+        table_col, roc_col = st.columns([2, 3], gap="large")
+        with table_col:
+            st.dataframe(frame[["score", "AUROC", "avg precision", "precision@k"]], hide_index=True,
+                         width="stretch", key="detection_table",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                        for c in ("AUROC", "avg precision", "precision@k")})
+            st.caption(f"k = {found[0]['k']:,}: the number of {KINDS[kind]} among the {found[0]['pairs']:,} scored "
+                       "pairs. The CLIPScore baselines are 1 − cosine, so for every score higher means more "
+                       "suspicious.")
+        with roc_col:
+            curves = {}
+            for row in found:
+                try:
+                    hist = api.histogram(run_name, row["score"], ROC_BINS, True)
+                except BackendError as err:
+                    ui.show_backend_error(err)
+                    break
+                zero = [0] * (len(hist["edges"]) - 1)
+                positive_tags = [t for t in hist["by_truth"] if (t != "clean" if kind == "faulty" else t == "swapped")]
+                positive = [sum(col) for col in zip(zero, *(hist["by_truth"][t] for t in positive_tags))]
+                negative = [sum(col) for col in zip(zero, *(hist["by_truth"][t] for t in hist["by_truth"]
+                                                            if t not in positive_tags))]
+                fpr, tpr = charts.roc_from_histograms(positive, negative)
+                curves[row["score"]] = (fpr, tpr, row["auroc"])
+            if curves:
+                st.plotly_chart(charts.roc_chart(curves), key="roc_chart")
+                st.caption(f"ROC curves from each score's distribution in {ROC_BINS} bins; AUROC in brackets is "
+                           "exact.")
+
+by_truth = run["score_summary"]["by_truth"]
+with st.expander(f"Mean of every score by truth tag · {run_name}"):
+    st.dataframe(pd.DataFrame([{"truth": b["truth"], "pairs": b["pairs"], **b["means"]} for b in by_truth]),
+                 hide_index=True, width="stretch",
+                 column_config={name: st.column_config.NumberColumn(format="%.4f") for name in run["score_names"]})
+
+# ---------------------------------------------------------------- comparison
+st.header("Compare two runs", anchor=False)
+others = [s["name"] for s in summaries if s["name"] != run_name]
+if not others:
+    st.caption("Ingest a second run (for example the same data with a mitigation) to compare it with this one.")
+else:
+    pick_col, score_col, k_col = st.columns([2, 2, 1])
+    other = pick_col.selectbox(f"Compare {run_name} with", others, key="compare_with")
+    common = [n for n in run["score_names"] if n in ((details.get(other) or {}).get("score_names") or [])]
+    score = score_col.selectbox("Score", common or ["clipmem"], key="compare_score")
+    k = k_col.number_input("Top k", min_value=1, max_value=100_000, value=100, step=10, key="compare_k")
+    result = ui.fetch_part(api.comparison, run_name, other, score, int(k), what="the comparison")
+    if result is not None:
+        if result["shared_pairs"] == 0:
+            st.info(f"{run_name} and {other} have no scored pair in common (same sample id, scored in both), so "
+                    "their scores cannot be compared pair by pair.", icon=":material/info:")
+        else:
+            cols = st.columns(4)
+            cols[0].metric("Pairs scored in both", f"{result['shared_pairs']:,}")
+            cols[1].metric(f"Mean {score}", ui.score_text(result["mean_a"]),
+                           delta=None if result["mean_b"] is None else f"{result['mean_a'] - result['mean_b']:+.3f} "
+                                                                      f"vs {other}", delta_color="inverse")
+            cols[2].metric("Spearman rank correlation", ui.score_text(result["spearman"]))
+            cols[3].metric(f"Top-{result['k']} overlap", f"{result['top_k_overlap']:,}",
+                           delta=f"{result['top_k_fraction']:.0%} of k" if result["top_k_fraction"] is not None
+                           else None, delta_color="off", delta_arrow="off")
+            if result["by_truth"]:
+                st.plotly_chart(charts.compare_by_truth(result["by_truth"], run_name, other, score),
+                                key="compare_chart")
+
+# ---------------------------------------------------------------- delete
+with st.expander(f"Delete {run_name} from the database"):
+    st.markdown(f"Removes run **{ui.escape_md(run_name)}** with its scores, embeddings, maps and user tags from the "
+                "backend's database. The run directory on disk is left alone; `clipmem ingest` loads it again.")
+    confirm = st.text_input("Type the run's name to confirm", key="delete_confirm")
+    if st.button("Delete run", icon=":material/delete:", disabled=confirm != run_name, key="delete_run"):
+        try:
+            api.delete_run(run_name)
+        except BackendError as err:
+            ui.show_backend_error(err)
+        else:
+            st.query_params.clear()
+            st.session_state.pop(ui.SAVED_PARAMS, None)
+            st.rerun()

@@ -1,0 +1,198 @@
+"""Sample: one pair in full — image, captions, the with-versus-without comparison, what each model retrieves."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import streamlit as st
+
+from frontend import api, charts, ui
+from frontend.client import BackendError
+from frontend.state import ViewFilter
+
+# the API's rule for user tags (it checks it too; this explains a refusal before asking)
+TAG_RULE = re.compile(r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$")
+IMAGE_PX = 384
+NEIGHBOUR_PX = 96
+NEIGHBOURS = 8
+SPLIT_WORDS = {"candidate": "S_C · trained into f only", "independent": "S_I · trained into g only",
+               "shared": "S_S · trained into both models", "extra": "S_E · held out from both models"}
+
+run = ui.pick_run("sample")
+run_name = run["name"]
+sample_id = st.query_params.get("sample")
+
+if not sample_id:
+    st.title("Sample", anchor=False)
+    st.info("No pair is chosen. Open one from the Explore grid, or jump to this run's most memorized pair.",
+            icon=":material/touch_app:")
+    left, right = st.columns(2)
+    with left:
+        st.page_link("views/explore.py", label="Browse pairs on Explore", icon=":material/grid_view:",
+                     query_params=ui.explore_params(run_name))
+    if right.button("Open the most memorized pair", icon=":material/trending_up:"):
+        top = ui.fetch(api.samples, ViewFilter(run=run_name), None)
+        if top["items"]:
+            st.query_params.from_dict({"run": run_name, "sample": top["items"][0]["sample_id"]})
+            ui.remember_params()
+            st.rerun()
+        st.warning("This run has no scored pairs.")
+    st.stop()
+
+item = ui.fetch(api.sample, run_name, sample_id)
+scores = item.get("scores")
+with_model = item.get("seen_by")
+
+st.page_link("views/explore.py", label="Back to Explore", icon=":material/arrow_back:",
+             query_params=ui.explore_params(run_name))
+st.title(f"Sample {item['sample_id']}", anchor=False)
+header = [ui.truth_badge(item["truth"]), f"split **{item['split']}** ({SPLIT_WORDS.get(item['split'], '')})",
+          f"run **{ui.escape_md(run_name)}**"]
+if scores:
+    header.append(f"CLIPMem **{ui.score_text(scores['clipmem'])}**")
+st.markdown(" · ".join(header))
+
+# ---------------------------------------------------------------- image, captions, tags
+image_col, text_col = st.columns([2, 3], gap="large")
+with image_col:
+    picture = ui.fetch_part(api.image, run_name, sample_id, IMAGE_PX, what="the image")
+    if picture is not None:
+        st.image(picture, width=IMAGE_PX)
+with text_col:
+    st.subheader("Captions", anchor=False)
+    st.markdown("\n".join(f"{i}. {ui.escape_md(caption)}" for i, caption in enumerate(item["captions"], start=1)))
+
+    st.subheader("User tags", anchor=False)
+    tags = item.get("tags") or []
+    if tags:
+        st.caption("Click a tag to remove it from this pair.")
+        for tag, column in zip(tags, st.columns(min(len(tags), 4))):
+            if column.button(tag, icon=":material/close:", key=f"untag_{tag}", help=f"Remove “{tag}” from this pair"):
+                try:
+                    api.remove_tag(run_name, sample_id, tag)
+                except BackendError as err:
+                    ui.show_backend_error(err)
+                else:
+                    st.rerun()
+    else:
+        st.caption("No user tags on this pair yet.")
+    known = [t["tag"] for t in ui.fetch_part(api.user_tags, run_name, what="the run's user tags") or []]
+    with st.form("add_tag", clear_on_submit=True, border=False):
+        new_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
+        new_tag = new_col.text_input("Add a tag", placeholder="e.g. wrong-caption, private, keep",
+                                     help="Letters, digits, spaces and _ . : - ; up to 64 characters. Tags in this "
+                                          "run: " + (", ".join(known) or "none yet"))
+        added = button_col.form_submit_button("Add tag", icon=":material/add:")
+    new_tag = new_tag.strip()
+    if added and new_tag and not TAG_RULE.match(new_tag):
+        st.error(f"“{new_tag}” is not a valid tag: use 1–64 letters, digits, spaces and _ . : - (not starting "
+                 "with a space).", icon=":material/error:")
+    elif added and new_tag:
+        try:
+            api.add_tag(run_name, sample_id, new_tag)
+        except BackendError as err:
+            ui.show_backend_error(err)
+        else:
+            st.rerun()
+
+# ---------------------------------------------------------------- with versus without
+st.header("With versus without this pair", anchor=False)
+if not scores:
+    st.info(f"This pair is in {SPLIT_WORDS.get(item['split'], item['split'])}, so there is no model trained "
+            "without it to compare with: only S_C and S_I pairs are scored.", icon=":material/info:")
+else:
+    without_model = "g" if with_model == "f" else "f"
+    st.caption(f"Model {with_model} was trained with this pair and model {without_model} without it; every other "
+               "training pair, the initialisation and the scoring views are the same. CLIPMem is how much better "
+               "the model trained with the pair aligns its image and caption (A_f − A_g), scaled over the run.")
+    metrics = st.columns(4)
+    metrics[0].metric("A_f · trained with it", ui.score_text(item["align_f"], 4))
+    metrics[1].metric("A_g · trained without it", ui.score_text(item["align_g"], 4))
+    metrics[2].metric("A_f − A_g", ui.score_text(scores["clipmem_raw"], 4))
+    metrics[3].metric("CLIPMem", ui.score_text(scores["clipmem"]))
+
+    views_col, dist_col = st.columns(2, gap="large")
+    with views_col:
+        st.markdown("**Alignment in each scoring view**")
+        if item.get("views_f") and item.get("views_g"):
+            st.plotly_chart(charts.views_chart(item["views_f"], item["views_g"]), key="views_chart")
+            st.caption("Each view is one augmentation of the image with one of its captions, the same for both "
+                       "models.")
+        else:
+            st.caption("This run stored no per-view alignments.")
+    with dist_col:
+        names = [n for n in run["score_names"] if n in scores]
+        dist_score = st.selectbox("Where this pair sits in the run", names, index=names.index("clipmem"),
+                                  key="dist_score")
+        hist = ui.fetch_part(api.histogram, run_name, dist_score, 50, True, what="the run's distribution")
+        value = scores.get(dist_score)
+        if hist is not None and value is not None:
+            counts = np.asarray(hist["counts"])
+            edges = np.asarray(hist["edges"])
+            below = counts[edges[1:] <= value].sum() + 0.5 * counts[(edges[:-1] <= value) & (edges[1:] > value)].sum()
+            share = below / max(counts.sum(), 1)
+            st.plotly_chart(charts.truth_histogram(hist["edges"], hist["by_truth"] or {"all": hist["counts"]},
+                                                   dist_score, marker=value, marker_label=f"this pair {value:.3f}"),
+                            key="dist_chart")
+            st.caption(f"{dist_score} = {value:.4f}, higher than about {share:.0%} of the run's "
+                       f"{hist['matched']:,} scored pairs.")
+
+    summary = ui.fetch_part(api.encoders, run_name, what="the run's layer curves")
+    if summary is not None and sample_id in summary["curve_sample_ids"]:
+        curves = ui.fetch_part(api.layer_curve, run_name, sample_id, what="this pair's layer curve")
+        if curves is not None:
+            curve_col, _ = st.columns(2, gap="large")
+            with curve_col:
+                st.markdown("**Memorization per layer of each tower**")
+                st.plotly_chart(charts.pair_layer_curves(curves, summary["layers"], "this pair against the run's "
+                                                                                   "mean"), key="pair_curve_chart")
+
+    with st.expander("Every score of this pair"):
+        st.dataframe({"score": list(scores), "value": list(scores.values())}, hide_index=True,
+                     column_config={"value": st.column_config.NumberColumn(format="%.5f")})
+
+# ---------------------------------------------------------------- retrieval
+st.header("What each model retrieves", anchor=False)
+if not item.get("has_embedding"):
+    st.info("This pair has no embeddings (only scored and S_E pairs are embedded), so there is nothing to "
+            "retrieve.", icon=":material/info:")
+    st.stop()
+st.caption("The captions nearest to this image and the images nearest to its first caption, among the run's "
+           "embedded pairs, in each model's own space. A memorized pair finds itself under the model trained "
+           "with it more readily than under the other.")
+nearby = ui.fetch_part(api.neighbours, run_name, sample_id, NEIGHBOURS, what="the nearest neighbours")
+if nearby is None:
+    st.stop()
+order = [with_model, "g" if with_model == "f" else "f"] if with_model else ["f", "g"]
+for column, model in zip(st.columns(2, gap="large"), order):
+    if with_model:
+        role = "trained with this pair" if model == with_model else "trained without it"
+    else:
+        role = "trained with it" if item["split"] == "shared" else "never saw it"
+    lists = nearby[model]
+    with column:
+        st.subheader(f"Model {model} · {role}", anchor=False)
+        st.markdown("**Captions nearest to the image**")
+        rows = [{"similarity": n["similarity"], "caption": n["caption"],
+                 "whose": "this pair" if n["same_pair"] else n["truth"]}
+                for n in lists["captions_near_image"]]
+        st.dataframe(rows, hide_index=True, width="stretch", key=f"captions_{model}",
+                     column_config={"similarity": st.column_config.NumberColumn(format="%.3f", width="small"),
+                                    "caption": st.column_config.TextColumn(width="large"),
+                                    "whose": st.column_config.TextColumn(width="small",
+                                                                         help="The truth tag of the pair the "
+                                                                              "caption belongs to")})
+        st.markdown("**Images nearest to the caption**")
+        found = lists["images_near_caption"]
+        pictures = api.images(run_name, tuple(n["sample_id"] for n in found), NEIGHBOUR_PX)
+        for start in range(0, len(found), 4):
+            for cell, n in zip(st.columns(4), found[start:start + 4]):
+                with cell:
+                    shown = pictures.get(n["sample_id"])
+                    if isinstance(shown, bytes):
+                        st.image(shown, width="stretch")
+                    label = "this pair" if n["same_pair"] else n["truth"]
+                    st.page_link("views/sample.py", label=f"{label} · {n['similarity']:.3f}",
+                                 query_params={"run": run_name, "sample": n["sample_id"]},
+                                 help=n["caption"])

@@ -1,0 +1,85 @@
+"""A live backend for the dashboard's tests: the session's tiny scored run and two small made-up runs without
+per-tower scores (sharing their sample ids, so they can be compared), ingested into a temporary SQLite
+database and served by `clipmem serve` on a free port."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from tests.frontend.stack import backend, ingest
+
+APP = Path(__file__).resolve().parents[2] / "frontend" / "app.py"
+TINY = "tiny"      # the real tiny run (tests/conftest.py), scored by the pipeline, with per-tower scores
+PLAIN = "plain"    # made-up runs (backend.synthetic_run) with the required scores only
+PLAIN_B = "plain-b"  # the same sample ids as PLAIN, other scores; ingested last, so the newest run
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("frontend_stack")
+
+
+@pytest.fixture(scope="session")
+def database_url(stack_dir, tiny_run) -> str:
+    from backend.synthetic_run import write_synthetic_run
+
+    url = f"sqlite:///{stack_dir / 'frontend.db'}"
+    run, _ = tiny_run
+    ingest(run.path, url, TINY, stack_dir / "ingest.log")
+    for name, seed in ((PLAIN, 5), (PLAIN_B, 6)):
+        made_up = write_synthetic_run(stack_dir / name, n_candidate=60, n_independent=60, n_shared=100, n_extra=20,
+                                      seed=seed)
+        ingest(made_up, url, name, stack_dir / "ingest.log")
+    return url
+
+
+@pytest.fixture(scope="session")
+def api_url(database_url, stack_dir) -> str:
+    with backend(database_url, stack_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def api(api_url) -> httpx.Client:
+    """Direct access to the test backend, to check what the pages show against it."""
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture()
+def app_env(api_url):
+    """The dashboard's environment pointed at the test backend, with empty caches."""
+    saved = {k: os.environ.get(k) for k in ("CLIPMEM_API_URL", "CLIPMEM_API_TOKEN")}
+    os.environ["CLIPMEM_API_URL"] = api_url
+    os.environ.pop("CLIPMEM_API_TOKEN", None)
+    st.cache_data.clear()
+    yield api_url
+    st.cache_data.clear()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture()
+def open_page(app_env):
+    """open_page(page, **query_params) -> a finished AppTest run of that page ("explore", "sample", ...)."""
+
+    def _open(page: str, **params: str) -> AppTest:
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        at.query_params.update(params)
+        at.run()
+        if page != "explore":
+            at.query_params.update(params)  # a page switch keeps the URL's params in the browser
+            at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return _open

@@ -1,0 +1,140 @@
+"""The dashboard in a real browser: Debian's Chromium (Playwright) against `clipmem serve` + `clipmem ui`.
+
+Screenshots of every page go to test-artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.frontend.conftest import TINY
+from tests.frontend.stack import ARTIFACTS, CHROMIUM, GRID_IMAGE, chromium, dashboard, error_messages, wait_for_app
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: install Debian's chromium "
+                                                             "(apt-get install -y chromium) to run browser tests")
+
+COUNT = re.compile(r"([\d,]+) of ([\d,]+) scored pairs match")
+
+
+@pytest.fixture(scope="module")
+def ui_url(api_url, stack_dir):
+    with dashboard(api_url, stack_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1200})
+    yield context.new_page()
+    context.close()
+
+
+def settle(page) -> None:
+    wait_for_app(page)
+    assert not error_messages(page), error_messages(page)
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(600)  # let Plotly's transitions finish
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def match_count(page) -> int:
+    found = COUNT.search(page.inner_text('[data-testid="stMain"]'))
+    assert found, "Explore shows no match count"
+    return int(found.group(1).replace(",", ""))
+
+
+def test_explore_filter_and_open_a_sample(page, ui_url, api):
+    page.goto(f"{ui_url}/?run={TINY}")
+    page.wait_for_selector(GRID_IMAGE, state="visible", timeout=60_000)
+    settle(page)
+    assert match_count(page) == 240
+    assert page.locator(GRID_IMAGE).count() == 24
+    shot(page, "explore")
+
+    # drag the lower end of the score range to the middle of the track, as a user would
+    slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]')
+    start = slider.locator('input[type="range"]').first
+    thumb = start.locator("xpath=../..").bounding_box()
+    track = slider.locator('[data-testid="stSliderTickBar"]').bounding_box()
+    page.mouse.move(thumb["x"] + thumb["width"] / 2, thumb["y"] + thumb["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(track["x"] + track["width"] / 2, thumb["y"] + thumb["height"] / 2, steps=8)
+    page.mouse.up()
+    page.wait_for_url(re.compile(r"[?&]lo=0\.\d+"), timeout=30_000)
+    settle(page)
+    low = float(re.search(r"[?&]lo=([\d.]+)", page.url).group(1))
+    assert 0.3 < low < 0.7
+    expected = api.get(f"/runs/{TINY}/samples", params={"limit": 1, "clipmem_min": low}).json()["total"]
+    assert match_count(page) == expected < 240
+    assert start.get_attribute("aria-valuetext") == f"{low:.3f}"
+    shot(page, "explore-filtered")
+
+    # open the first pair of the filtered grid
+    page.get_by_role("link", name="Open").first.click()
+    page.wait_for_url(re.compile(r"/sample\?"), timeout=30_000)
+    page.get_by_text("With versus without this pair").wait_for(timeout=60_000)
+    page.get_by_text("What each model retrieves").wait_for(timeout=60_000)
+    settle(page)
+    main = page.inner_text('[data-testid="stMain"]')
+    assert "Captions" in main and "A_f · trained with it" in main and "Captions nearest to the image" in main
+    assert f"run {TINY}" in main
+    shot(page, "sample")
+
+
+@pytest.mark.parametrize("name, heading", [("encoders", "Embedding maps of f and g"),
+                                           ("runs", "Detection quality"),
+                                           ("export", "A training set without them")])
+def test_every_other_page_renders(page, ui_url, name, heading):
+    page.goto(f"{ui_url}/{name}?run={TINY}")
+    page.get_by_text(heading).first.wait_for(timeout=60_000)
+    settle(page)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= (0 if name == "export" else 2)
+    shot(page, name)
+
+
+def test_an_unreachable_backend_is_explained_in_the_browser(browser, stack_dir):
+    from tests.frontend.stack import free_port
+
+    with dashboard(f"http://127.0.0.1:{free_port()}", stack_dir) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url)
+        page.get_by_text("The clipmem backend is not reachable").wait_for(timeout=60_000)
+        wait_for_app(page)
+        assert "clipmem serve" in page.inner_text('[data-testid="stMain"]')
+        assert page.locator('[data-testid="stException"]').count() == 0
+        shot(page, "backend-unreachable")
+        page.close()
+
+
+def test_selecting_points_on_a_map_lists_those_pairs(page, ui_url):
+    page.goto(f"{ui_url}/encoders?run={TINY}")
+    page.get_by_text("Embedding maps of f and g").wait_for(timeout=60_000)
+    settle(page)
+    f_map = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="f · image embeddings")
+    f_map.scroll_into_view_if_needed()
+    box = f_map.bounding_box()
+    # lasso (the maps' default drag mode) around the whole plotting area
+    corners = [(0.02, 0.1), (0.85, 0.1), (0.85, 0.97), (0.02, 0.97), (0.02, 0.1)]
+    points = [(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy) for fx, fy in corners]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point, steps=10)
+    page.mouse.up()
+    page.get_by_text(re.compile(r"\d+ selected pairs")).wait_for(timeout=60_000)
+    settle(page)
+    selected = int(re.search(r"(\d+) selected pairs", page.inner_text('[data-testid="stMain"]')).group(1))
+    assert selected > 10
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+    shot(page, "encoders-selection")

@@ -1,0 +1,370 @@
+"""Every page of the dashboard (Streamlit AppTest) against the live test backend."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pandas as pd
+import pytest
+
+from tests.frontend.conftest import PLAIN, PLAIN_B, TINY
+
+GRID = 24
+
+
+def count_shown(at) -> int:
+    """The "N of M scored pairs match" count at the top of Explore."""
+    for md in at.markdown:
+        found = re.match(r"\*\*([\d,]+)\*\* of [\d,]+ scored pairs match", md.value)
+        if found:
+            return int(found.group(1).replace(",", ""))
+    raise AssertionError("Explore shows no match count")
+
+
+def backend_total(api, run: str, **params) -> int:
+    response = api.get(f"/runs/{run}/samples", params={"limit": 1, **params})
+    response.raise_for_status()
+    return response.json()["total"]
+
+
+def tile_scores(at) -> list[float]:
+    return [float(m.group(1)) for md in at.markdown if (m := re.match(r"CLIPMem \*\*([\d.]+)\*\*", md.value))]
+
+
+def widget(elements, label):
+    matches = [e for e in elements if e.label == label]
+    assert matches, f"no widget labelled {label!r}"
+    return matches[0]
+
+
+# ---------------------------------------------------------------- Explore
+
+def test_explore_shows_the_grid_and_every_filter(open_page, api):
+    at = open_page("explore", run=TINY)
+    assert at.title[0].value == "Explore"
+    assert count_shown(at) == backend_total(api, TINY) == 240
+    assert len(at.get("image")) == GRID
+    assert len(at.get("page_link")) == GRID
+    labels = {s.label for s in at.selectbox}
+    assert {"Run", "Score", "Split", "Truth tag", "User tag", "Sort by", "Pairs per page"} <= labels
+    assert widget(at.slider, "clipmem between").value == (0.0, 1.0)
+    assert widget(at.text_input, "Caption contains").value == ""
+    assert len(at.sidebar.get("plotly_chart")) == 1  # the histogram drawn over the slider
+    scores = tile_scores(at)
+    assert scores == sorted(scores, reverse=True) and scores[0] == 1.0
+
+
+def test_truth_filter_changes_the_results_and_the_url(open_page, api):
+    at = open_page("explore", run=TINY)
+    widget(at.selectbox, "Truth tag").select("swapped").run()
+    assert not at.exception
+    swapped = backend_total(api, TINY, truth="swapped")
+    assert 0 < swapped < 240
+    assert count_shown(at) == swapped
+    assert at.query_params["truth"] == "swapped"
+    badges = [md.value for md in at.markdown if md.value.startswith("CLIPMem")]
+    assert len(badges) == min(swapped, GRID) and all("swapped" in b for b in badges)
+
+
+def test_score_slider_filters_by_range(open_page, api):
+    at = open_page("explore", run=TINY)
+    widget(at.slider, "clipmem between").set_range(0.6, 1.0).run()
+    assert not at.exception
+    expected = backend_total(api, TINY, clipmem_min=0.6)
+    assert count_shown(at) == expected < 240
+    assert float(at.query_params["lo"]) == pytest.approx(0.6)
+    assert "hi" not in at.query_params  # the top of the range is the run's maximum: no bound
+    assert min(tile_scores(at)) >= 0.6
+
+
+def test_caption_search_sort_order_and_other_score(open_page, api):
+    at = open_page("explore", run=TINY)
+    widget(at.text_input, "Caption contains").input("circle").run()
+    assert count_shown(at) == backend_total(api, TINY, caption="circle") > 0
+    at.button_group(key="flt_explore_order").set_value("asc").run()
+    scores = tile_scores(at)
+    assert scores == sorted(scores)
+    widget(at.selectbox, "Sort by").select("clipscore_g").run()
+    assert not at.exception
+    assert at.query_params["sort"] == "clipscore_g" and at.query_params["order"] == "asc"
+    assert any(md.value.startswith("`clipscore_g`") or "`clipscore_g`" in md.value for md in at.markdown)
+
+
+def test_a_shared_url_restores_the_view(open_page, api):
+    at = open_page("explore", run=TINY, truth="swapped", sort="clipscore_g", order="asc", lo="0.2", q="a")
+    assert widget(at.selectbox, "Truth tag").value == "swapped"
+    assert widget(at.selectbox, "Sort by").value == "clipscore_g"
+    assert widget(at.text_input, "Caption contains").value == "a"
+    assert widget(at.slider, "clipmem between").value[0] == pytest.approx(0.2)
+    assert count_shown(at) == backend_total(api, TINY, truth="swapped", clipmem_min=0.2, caption="a")
+
+
+def test_next_and_previous_page_follow_the_cursor(open_page):
+    at = open_page("explore", run=TINY)
+    first_page = tile_scores(at)
+    at.button(key="next_top").click().run()
+    assert not at.exception
+    assert "cursor" in at.query_params
+    assert any(md.value.startswith("page 2 · pairs 25–48 of 240") for md in at.markdown)
+    second_page = tile_scores(at)
+    assert second_page[0] <= first_page[-1]
+    at.button(key="prev_top").click().run()
+    assert "cursor" not in at.query_params
+    assert tile_scores(at) == first_page
+
+
+def test_the_filter_follows_the_user_across_pages(open_page, api):
+    at = open_page("explore", run=TINY, truth="swapped")
+    swapped = count_shown(at)
+    for page in ("runs", "export", "explore"):
+        at.query_params.clear()  # what a switch in the sidebar does to the URL
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception
+        assert at.query_params["run"] == TINY
+    assert at.query_params["truth"] == "swapped"
+    assert count_shown(at) == swapped
+    assert widget(at.selectbox, "Truth tag").value == "swapped"
+
+
+def test_a_bad_url_value_falls_back_instead_of_failing(open_page):
+    at = open_page("explore", run=TINY, sort="no_such_score", size="7", order="sideways", lo="abc")
+    assert count_shown(at) == 240
+    assert widget(at.selectbox, "Sort by").value == "clipmem"
+    assert not at.error
+
+
+def test_an_unknown_run_says_so_and_shows_the_newest(open_page):
+    at = open_page("explore", run="no-such-run")
+    assert any("no run named" in w.value for w in at.warning)
+    assert widget(at.selectbox, "Run").value == PLAIN_B
+
+
+# ---------------------------------------------------------------- Sample
+
+def top_pair(api, run: str = TINY) -> dict:
+    return api.get(f"/runs/{run}/samples", params={"limit": 1}).json()["items"][0]
+
+
+def test_sample_page_shows_the_pair_in_full(open_page, api):
+    pair = top_pair(api)
+    detail = api.get(f"/runs/{TINY}/samples/{pair['sample_id']}").json()
+    at = open_page("sample", run=TINY, sample=pair["sample_id"])
+    assert at.title[0].value == f"Sample {pair['sample_id']}"
+    text = " ".join(md.value for md in at.markdown)
+    for caption in detail["captions"]:
+        assert caption.split()[0] in text
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["A_f · trained with it"] == f"{detail['align_f']:.4f}"
+    assert metrics["A_g · trained without it"] == f"{detail['align_g']:.4f}"
+    assert metrics["CLIPMem"] == "1.000"
+    has_curve = pair["sample_id"] in api.get(f"/runs/{TINY}/encoders").json()["curve_sample_ids"]
+    charts = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(charts) == 2 + has_curve  # per-view alignments, place in the distribution, its layer curve
+    headers = [s.value for s in at.subheader]
+    seen_by = detail["seen_by"]
+    assert f"Model {seen_by} · trained with this pair" in headers
+    assert any(h.endswith("trained without it") for h in headers)
+    assert len(at.get("image")) == 1 + 2 * 8  # the pair, and 8 nearest images under each model
+    assert len(at.dataframe) >= 2
+
+
+def test_tags_are_added_filtered_and_removed(open_page, api):
+    pair = top_pair(api)["sample_id"]
+    at = open_page("sample", run=TINY, sample=pair)
+    widget(at.text_input, "Add a tag").input("needs-review")
+    at.button[[b.label for b in at.button].index("Add tag")].click().run()
+    assert not at.exception and not at.error
+    assert api.get(f"/runs/{TINY}/samples/{pair}").json()["tags"] == ["needs-review"]
+    assert at.button(key="untag_needs-review")
+
+    explore = open_page("explore", run=TINY, tag="needs-review")
+    assert count_shown(explore) == 1
+    assert "needs\\-review" in " ".join(md.value for md in explore.markdown)
+
+    at.button(key="untag_needs-review").click().run()
+    assert not at.exception
+    assert api.get(f"/runs/{TINY}/samples/{pair}").json()["tags"] == []
+    assert not [b for b in at.button if b.key == "untag_needs-review"]
+
+
+def test_an_invalid_tag_is_refused_with_the_rule(open_page, api):
+    pair = top_pair(api)["sample_id"]
+    at = open_page("sample", run=TINY, sample=pair)
+    widget(at.text_input, "Add a tag").input("no/slashes")
+    at.button[[b.label for b in at.button].index("Add tag")].click().run()
+    assert not at.exception
+    assert at.error and "letters, digits" in at.error[0].value
+    assert api.get(f"/runs/{TINY}/samples/{pair}").json()["tags"] == []
+
+
+def test_an_unscored_pair_says_why_it_has_no_comparison(open_page, api):
+    held_out = api.get(f"/runs/{TINY}/maps", params={"max_points": 5000}).json()
+    sample_id = next(s for s, split in zip(held_out["sample_id"], held_out["split"]) if split == "extra")
+    at = open_page("sample", run=TINY, sample=sample_id)
+    assert any("only S_C and S_I pairs are scored" in i.value for i in at.info)
+    assert not at.metric
+    assert any("never saw it" in s.value for s in at.subheader)
+
+
+def test_a_missing_pair_and_no_pair(open_page):
+    at = open_page("sample", run=TINY, sample="no-such-pair")
+    assert any("no-such-pair" in w.value for w in at.warning)
+    at = open_page("sample", run=TINY)
+    assert any("No pair is chosen" in i.value for i in at.info)
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.title[0].value.startswith("Sample ")
+
+
+# ---------------------------------------------------------------- Encoders
+
+def test_encoders_page_says_what_a_run_without_attribution_lacks(open_page):
+    at = open_page("encoders", run=PLAIN)
+    infos = " ".join(i.value for i in at.info)
+    assert "no per-tower scores" in infos and "mem_image" in infos
+    assert "no per-layer memorization" in infos
+    assert len(at.get("plotly_chart")) == 2  # only the maps of f and g
+    at.button_group(key="map_modality").set_value("text").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+
+
+def test_encoders_page_compares_the_towers_and_their_layers(open_page, api):
+    summary = api.get(f"/runs/{TINY}/encoders").json()
+    assert summary["has_tower_scores"] and summary["layers"] and summary["curve_sample_ids"]
+    at = open_page("encoders", run=TINY)
+    assert not at.info
+    # the per-pair scatter, LayerMem and ΔLayerMem, one pair's layer curve, the two maps
+    assert len(at.get("plotly_chart")) == 6
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Pearson r, image vs text"] == f"{summary['pearson']:.3f}"
+    means = next(d.value for d in at.dataframe if "image side" in d.value.columns)
+    assert list(means["truth"]) == [t["truth"] for t in summary["by_truth"]]
+    leader = "text" if summary["by_truth"][0]["text_exceeds_image"] else "image"
+    assert any(f"the **{leader} tower** carries more" in md.value for md in at.markdown)
+    at.selectbox(key="layer_truth").select("clean").run()
+    at.button_group(key="side_scale").set_value("raw").run()
+    assert not at.exception
+    last = summary["curve_sample_ids"][-1]
+    at.selectbox(key="curve_pair").select(last).run()
+    assert not at.exception
+    curve = next(c for c in at.get("plotly_chart") if c.key == "pair_curve_chart")
+    assert f"{last} against the run's mean" in curve.proto.spec
+
+
+# ---------------------------------------------------------------- Runs
+
+def test_runs_page_lists_runs_tradeoff_detection_and_comparison(open_page, api):
+    at = open_page("runs", run=TINY)
+    runs_table = at.dataframe[0].value
+    assert set(runs_table["run"]) == {TINY, PLAIN, PLAIN_B}
+    assert {"mean CLIPMem", "i2t_r1"} <= set(runs_table.columns)
+    detection = api.get(f"/runs/{TINY}/detection").json()
+    table = next(d.value for d in at.dataframe if "AUROC" in d.value.columns)
+    assert list(table["score"]) == [row["score"] for row in detection["faulty"]]
+    assert table["AUROC"].tolist() == pytest.approx([row["auroc"] for row in detection["faulty"]])
+    assert len(at.get("plotly_chart")) == 2  # trade-off, ROC
+    at.radio(key="detection_kind").set_value("swapped").run()
+    assert not at.exception
+    assert any("no scored pair in common" in i.value for i in at.info)  # tiny and the made-up runs
+
+
+def test_runs_page_compares_two_runs(open_page, api):
+    at = open_page("runs", run=PLAIN)
+    at.selectbox(key="compare_with").select(PLAIN_B).run()
+    assert not at.exception
+    expected = api.get("/comparisons", params={"run_a": PLAIN, "run_b": PLAIN_B, "score": "clipmem", "k": 100}).json()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Pairs scored in both"] == f"{expected['shared_pairs']:,}" == "120"
+    assert metrics["Spearman rank correlation"] == f"{expected['spearman']:.3f}"
+    assert len(at.get("plotly_chart")) == 3  # trade-off, ROC, means by truth tag in both runs
+
+
+# ---------------------------------------------------------------- Export
+
+def test_export_downloads_the_filter_and_the_training_set_without_it(open_page, api):
+    at = open_page("export", run=TINY, truth="swapped")
+    swapped = backend_total(api, TINY, truth="swapped")
+    assert any(f"selects **{swapped}**" in md.value for md in at.markdown)
+    at.button(key="prepare_selection").click().run()
+    assert not at.exception and not at.error
+    prepared = at.session_state["_clipmem_export"]
+    selection = pd.read_csv(io.BytesIO(next(iter(prepared.values()))))
+    assert len(selection) == swapped and set(selection["truth"]) == {"swapped"}
+    assert at.get("download_button")
+
+    at.button(key="prepare_open_clip").click().run()
+    assert not at.exception and not at.error
+    training = pd.read_csv(io.BytesIO(next(iter(at.session_state["_clipmem_export"].values()))), sep="\t")
+    assert list(training.columns) == ["filepath", "title"]
+    removed = {f"{sid}.png" for sid in selection["sample_id"]}
+    assert not any(path.rsplit("/", 1)[-1] in removed for path in training["filepath"])
+
+    # only the 5 most memorized of them
+    at.number_input(key="export_top").set_value(5).run()
+    at.button(key="prepare_selection").click().run()
+    top = pd.read_csv(io.BytesIO(next(iter(at.session_state["_clipmem_export"].values()))))
+    assert list(top["sample_id"]) == list(selection["sample_id"][:5])
+
+
+# ---------------------------------------------------------------- the backend missing or refusing
+
+@pytest.mark.parametrize("page", ["explore", "sample", "encoders", "runs", "export"])
+def test_an_unreachable_backend_says_how_to_start_it(page, app_env, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.frontend.conftest import APP
+    from tests.frontend.stack import free_port
+
+    monkeypatch.setenv("CLIPMEM_API_URL", f"http://127.0.0.1:{free_port()}")
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    if page != "explore":
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception
+    assert "not reachable" in at.error[0].value
+    assert any("clipmem serve" in c.value for c in at.code)
+
+
+def test_a_token_protected_backend_needs_the_token(database_url, stack_dir, app_env, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.frontend.conftest import APP
+    from tests.frontend.stack import backend
+
+    with backend(database_url, stack_dir, token="s3cret-token") as url:
+        monkeypatch.setenv("CLIPMEM_API_URL", url)
+        at = AppTest.from_file(str(APP), default_timeout=30).run()
+        assert not at.exception
+        assert "CLIPMEM_API_TOKEN" in at.error[0].value
+        monkeypatch.setenv("CLIPMEM_API_TOKEN", "s3cret-token")
+        st.cache_data.clear()
+        at = AppTest.from_file(str(APP), default_timeout=30)
+        at.query_params["run"] = TINY
+        at.run()
+        assert not at.exception and not at.error
+        assert count_shown(at) == 240
+
+
+def test_an_empty_backend_says_how_to_add_a_run(stack_dir, app_env, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.frontend.conftest import APP
+    from tests.frontend.stack import backend
+
+    with backend(f"sqlite:///{stack_dir / 'empty.db'}", stack_dir) as url:
+        monkeypatch.setenv("CLIPMEM_API_URL", url)
+        at = AppTest.from_file(str(APP), default_timeout=30).run()
+        assert not at.exception and not at.error
+        assert "holds no runs yet" in at.info[0].value
+        assert any("clipmem ingest" in c.value for c in at.code)
+
+
+def test_picking_another_run_starts_its_view_unfiltered(open_page):
+    at = open_page("explore", run=TINY, truth="swapped", sort="align_f")
+    widget(at.selectbox, "Run").select(PLAIN).run()
+    assert not at.exception
+    assert at.query_params["run"] == PLAIN and "truth" not in at.query_params
+    assert at.query_params["sort"] == "align_f"  # the sort order stays
+    assert count_shown(at) == 120
+    assert widget(at.selectbox, "Truth tag").value == "(all)"
