@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from conftest import tiny_run_config
+from run_fixtures import tiny_run_config
 from scoring.pipeline import run_all
 from scoring.rundir import RunDir
 

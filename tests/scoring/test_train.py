@@ -42,7 +42,7 @@ def test_resume_matches_uninterrupted(tmp_path, tiny_data):
     """Interrupted after epoch 2 of 4 and resumed, training ends on the same weights."""
     from dataclasses import replace
 
-    from conftest import tiny_run_config
+    from run_fixtures import tiny_run_config
     from scoring.pipeline import split_step, train_step
 
     run = RunDir(tmp_path / "run")

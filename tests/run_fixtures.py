@@ -1,0 +1,21 @@
+"""The tiny data set and run config shared by the test suites (imported by tests/conftest.py and tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scoring.config import DataConfig, RunConfig, SplitConfig, TrainConfig
+from scoring.data.synthetic import SynthConfig
+from scoring.splits import SplitSizes
+
+TINY_SYNTH = SynthConfig(n_pairs=900, seed=3, faults={"swapped": 0.05, "vague": 0.01, "atypical": 0.02})
+TINY_SIZES = SplitSizes(shared=600, candidate=120, independent=120, extra=60)
+
+
+def tiny_run_config(data_path: Path, epochs: int = 25, seed: int = 0) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(kind="folder", path=str(data_path)),
+        split=SplitConfig(sizes=TINY_SIZES, seed=seed),
+        train=TrainConfig(model="clipmem-tiny", epochs=epochs, batch_size=128, warmup_steps=10,
+                          init_seed=seed, data_seed=seed),
+    )
