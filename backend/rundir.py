@@ -1,9 +1,9 @@
 """Read and check a finished run directory before anything is written to the database.
 
-The file names and columns are scoring's output contract (scoring/rundir.py,
-scoring/pipeline.py, scoring/score.py). They are read here without importing scoring's
-modules because those import torch, which the backend never loads. Every problem is
-reported as a ClipmemError naming the file, column and an offending sample.
+The file names come from scoring.rundir.RunDir (torch-free); the columns are scoring's
+output contract (scoring/pipeline.py, scoring/score.py), checked here without importing
+the modules that compute them, since those import torch, which the backend never loads.
+Every problem is reported as a ClipmemError naming the file, column and an offending sample.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pandas as pd
 
 from backend.score_columns import REQUIRED_SCORES, SCORE_COLUMNS, SCORED_SPLITS, SPLITS
 from scoring.errors import ClipmemError
+from scoring.rundir import COMPLETE, RunDir
 
-COMPLETE = "COMPLETE"
 SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")
 SCORE_FILE_COLUMNS = ("sample_id", "split", "truth", "n_captions", "seen_by", *REQUIRED_SCORES, "views_f", "views_g")
 EMBEDDING_ARRAYS = ("sample_id", "split", "f_image", "f_text", "g_image", "g_text")
@@ -54,18 +54,18 @@ LAYER_COLUMNS = ("tower", "layer", "truth", "pairs", "layer_mem", "delta_layer_m
 CURVE_COLUMNS = ("sample_id", "tower", "layer", "layer_mem")
 
 
-def _read_layers(path: Path) -> tuple[list[dict] | None, dict | None]:
+def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
     """The optional LayerMem tables; absent files mean the run was scored without layer curves."""
     layers = curves = None
-    if (path / "layers.parquet").is_file():
-        frame, _ = _read_parquet(path / "layers.parquet", LAYER_COLUMNS, strings=("tower", "truth"))
+    if run.layers.is_file():
+        frame, _ = _read_parquet(run.layers, LAYER_COLUMNS, strings=("tower", "truth"))
         if not np.isfinite(frame[["layer_mem", "delta_layer_mem"]].to_numpy(dtype=float)).all():
-            raise ClipmemError(f"{path / 'layers.parquet'} holds NaN or infinite values")
+            raise ClipmemError(f"{run.layers} holds NaN or infinite values")
         layers = [{"tower": str(r.tower), "layer": int(r.layer), "truth": str(r.truth), "pairs": int(r.pairs),
                    "layer_mem": float(r.layer_mem), "delta_layer_mem": float(r.delta_layer_mem)}
                   for r in frame.itertuples()]
-    if (path / "layer_curves.parquet").is_file():
-        frame, _ = _read_parquet(path / "layer_curves.parquet", CURVE_COLUMNS, strings=("sample_id", "tower"))
+    if run.layer_curves.is_file():
+        frame, _ = _read_parquet(run.layer_curves, CURVE_COLUMNS, strings=("sample_id", "tower"))
         frame = frame.sort_values(["sample_id", "tower", "layer"])
         curves = {}
         for (sid, tower), group in frame.groupby(["sample_id", "tower"], sort=False):
@@ -75,29 +75,30 @@ def _read_layers(path: Path) -> tuple[list[dict] | None, dict | None]:
 
 def read_run(path: Path) -> RunContents:
     path = Path(path).expanduser().resolve()
+    run = RunDir(path)
     if not path.is_dir():
         raise ClipmemError(f"run directory {path} does not exist")
-    if not (path / COMPLETE).is_file():
+    if not run.is_finished():
         raise ClipmemError(f"{path} is not a finished run (no {COMPLETE} marker): run `clipmem score` on it first")
-    config = _read_json(path / "config.json")
-    data_root_file = _read_json(path / "data_root.json")
-    split = _read_json(path / "split.json")
-    metrics = _read_json(path / "metrics.json")
+    config = _read_json(run.config)
+    data_root_file = _read_json(run.data_root)
+    split = _read_json(run.split)
+    metrics = _read_json(run.metrics)
     root_value = data_root_file.get("data_root")
     if not isinstance(root_value, str) or not root_value:
-        raise ClipmemError(f"{path / 'data_root.json'} has no 'data_root' path")
+        raise ClipmemError(f"{run.data_root} has no 'data_root' path")
     data_root = Path(root_value)
     if not data_root.is_absolute() or not data_root.is_dir():
-        raise ClipmemError(f"data root {data_root} (from {path / 'data_root.json'}) is not an existing absolute "
+        raise ClipmemError(f"data root {data_root} (from {run.data_root}) is not an existing absolute "
                            "folder: the images must be where the run found them")
-    samples = _read_samples(path / "samples.parquet")
+    samples = _read_samples(run.samples)
     # one hash index of the sample ids, for every lookup by id below
     lookup = pd.Index(samples["sample_id"].to_numpy(), dtype=object)
-    _check_split_plan(path / "split.json", split, samples, lookup)
-    scores, score_names = _read_scores(path / "scores.parquet", samples, lookup)
-    emb_index, embeddings = _read_embeddings(path / "embeddings.npz", samples, scores, lookup)
+    _check_split_plan(run.split, split, samples, lookup)
+    scores, score_names = _read_scores(run.scores, samples, lookup)
+    emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
-    layers, curves = _read_layers(path)
+    layers, curves = _read_layers(run)
     return RunContents(path=path, config=config, data_root=data_root.resolve(),
                        dataset_kind=str(data_root_file.get("kind", "unknown")), split_sizes=sizes,
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,

@@ -94,7 +94,7 @@ def write_samples(run: RunDir, dataset: PairDataset, plan: SplitPlan) -> None:
     tmp = atomic_path(run.samples)
     frame.to_parquet(tmp, index=False)
     tmp.replace(run.samples)
-    write_json(run.path / "data_root.json", {"data_root": data_root, "kind": dataset.name})
+    write_json(run.data_root, {"data_root": data_root, "kind": dataset.name})
 
 
 def _has_synthetic_attributes(dataset: PairDataset) -> bool:

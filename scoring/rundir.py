@@ -28,6 +28,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     train_log = property(lambda self: self.path / "train_log.jsonl")
     samples = property(lambda self: self.path / "samples.parquet")
+    data_root = property(lambda self: self.path / "data_root.json")
     skipped = property(lambda self: self.path / "skipped.jsonl")
     scores = property(lambda self: self.path / "scores.parquet")
     embeddings = property(lambda self: self.path / "embeddings.npz")
