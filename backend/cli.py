@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
         map_method: Optional[str] = typer.Option(None, "--map", help="2-D map of the embeddings: pca (default, or "
                                                                      "CLIPMEM_MAP_METHOD) or umap (needs "
                                                                      "umap-learn)."),
+        experiment: Optional[str] = typer.Option(None, "--experiment", help="Experiment the run belongs to "
+                                                 "(default: the name in the run's experiment.json, written by "
+                                                 "`clipmem experiment`; runs without one belong to none)."),
     ):
         from scoring.cli import _fail, console
 
@@ -62,7 +65,7 @@ def register(app: typer.Typer) -> None:
             try:
                 migrate(engine)
                 result = ingest_run(engine, run_dir, name=name, replace=replace, map_method=method,
-                                    stored_thumbnail_px=settings.stored_thumbnail_px)
+                                    stored_thumbnail_px=settings.stored_thumbnail_px, experiment=experiment)
             except SQLAlchemyError as exc:
                 raise _database_error(exc, settings.database_url) from None
             finally:

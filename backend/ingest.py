@@ -26,7 +26,7 @@ from sqlalchemy import Engine, insert, or_, select, update
 from backend.images import is_stored, store_shard_images
 from backend.maps import check_map_method, project
 from backend.models import EmbeddingBlock, Run
-from backend.rundir import RunContents, read_run
+from backend.rundir import RunContents, check_experiment_name, read_run
 from backend.snapshots import EMBEDDING_ROWS, SCORES, write_snapshot
 from backend.store import bulk_insert, delete_run, is_postgresql, load_run_rows
 from backend.summary import summarize
@@ -59,10 +59,17 @@ def check_run_name(name: str) -> str:
 
 
 def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool = False,
-           map_method: str = "pca", stored_thumbnail_px: int = 256) -> IngestResult:
+           map_method: str = "pca", stored_thumbnail_px: int = 256,
+           experiment: str | None = None) -> IngestResult:
+    """Load a finished run. `experiment` names the experiment the run belongs to, instead of its
+    experiment.json's name (a run without experiment.json then joins it with no parameters)."""
     started = time.perf_counter()
     timings = {}
+    if experiment is not None:
+        check_experiment_name(experiment, "--experiment")
     contents = read_run(Path(run_dir))
+    if experiment is not None:
+        contents.experiment = experiment
     timings["read"] = time.perf_counter() - started
     name = check_run_name(name or contents.path.name)
     check_map_method(map_method)
@@ -144,6 +151,8 @@ def _insert_run(conn, contents: RunContents, map_method: str) -> int:
         created_at=datetime.now(timezone.utc),
         layers=contents.layers,
         layer_curves=contents.layer_curves,
+        experiment=contents.experiment,
+        experiment_params=contents.experiment_params,
     )
     return conn.execute(insert(Run).values(**values).returning(Run.id)).scalar_one()
 

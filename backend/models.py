@@ -17,10 +17,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (JSON, Boolean, DateTime, Double, ForeignKey, ForeignKeyConstraint, Index, Integer,
-                        LargeBinary, MetaData, String, Text, UniqueConstraint)
+                        LargeBinary, MetaData, String, Text, UniqueConstraint, column)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from backend.score_columns import SCORE_NAMES
+from backend.score_columns import SCORE_COLUMNS
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -62,6 +62,11 @@ class Run(Base):
     layers: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # layer_curves.parquet as {sample_id: {tower: [layer_mem per block]}}; null when the run has none
     layer_curves: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # runs made by `clipmem experiment`: the experiment's name (experiment.json, or `clipmem ingest --experiment`)
+    # and experiment.json as written (seed, captions_per_image, text_noise, removal_method, removal_count);
+    # null for other runs
+    experiment: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    experiment_params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Sample(Base):
@@ -91,6 +96,16 @@ def _sample_fk() -> ForeignKeyConstraint:
                                 ondelete="CASCADE")
 
 
+def score_index(name: str, partial: bool) -> Index:
+    """(run, score, pair) index of one score column. An optional score column (null in runs scored without it)
+    gets a partial index that leaves its nulls out, so such runs write no index entries for it; a query uses that
+    index only when its WHERE implies `name IS NOT NULL` (a range on the column does; sorting by it must add the
+    condition, see backend/api/routers/exports.py)."""
+    where = ({"postgresql_where": column(name).is_not(None), "sqlite_where": column(name).is_not(None)}
+             if partial else {})
+    return Index(f"ix_scores_run_id_{name}", "run_id", name, "pair_index", **where)
+
+
 class Score(Base):
     """Every score of a scored pair (splits candidate and independent)."""
 
@@ -99,7 +114,7 @@ class Score(Base):
         _sample_fk(),
         Index("ix_scores_run_id_split", "run_id", "split", "pair_index"),
         Index("ix_scores_run_id_truth", "run_id", "truth", "pair_index"),
-        *(Index(f"ix_scores_run_id_{name}", "run_id", name, "pair_index") for name in SCORE_NAMES),
+        *(score_index(c.name, partial=not c.required) for c in SCORE_COLUMNS),
         {"postgresql_partition_by": "LIST (run_id)"},
     )
 

@@ -48,6 +48,8 @@ class RunContents:
     metrics: dict
     layers: list[dict] | None = None           # layers.parquet rows, when the run has LayerMem
     layer_curves: dict | None = None           # {sample_id: {tower: [value per block]}}
+    experiment: str | None = None              # experiment.json's name, for runs made by `clipmem experiment`
+    experiment_params: dict | None = None      # experiment.json as written
 
 
 LAYER_COLUMNS = ("tower", "layer", "truth", "pairs", "layer_mem", "delta_layer_mem")
@@ -99,10 +101,54 @@ def read_run(path: Path) -> RunContents:
     emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
     layers, curves = _read_layers(run)
+    experiment, experiment_params = read_experiment(run.experiment)
     return RunContents(path=path, config=config, data_root=data_root.resolve(),
                        dataset_kind=str(data_root_file.get("kind", "unknown")), split_sizes=sizes,
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
-                       embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves)
+                       embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves,
+                       experiment=experiment, experiment_params=experiment_params)
+
+
+# experiment.json (written by `clipmem experiment`): the keys checked when present, with the types they must have;
+# others are kept as they are
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+EXPERIMENT_NAME_RULE = "1-100 characters: letters, digits, '.', '_', '-', starting with a letter or digit"
+REMOVAL_METHODS = ("top-clipmem", "lowest-similarity", "random")
+_INT_KEYS = ("seed", "captions_per_image", "removal_count")
+
+
+def check_experiment_name(name: str, source: str) -> str:
+    if not isinstance(name, str) or not EXPERIMENT_NAME.match(name):
+        raise ClipmemError(f"{source}: experiment name {name!r} is not allowed ({EXPERIMENT_NAME_RULE})")
+    return name
+
+
+def read_experiment(file: Path) -> tuple[str | None, dict | None]:
+    """(name, parameters) from a run's experiment.json; (None, None) when the run has none."""
+    if not file.exists():
+        return None, None
+    params = _read_json(file)
+    if "experiment" not in params:
+        raise ClipmemError(f"{file} has no 'experiment' name")
+    name = check_experiment_name(params["experiment"], str(file))
+    try:
+        json.dumps(params, allow_nan=False)
+    except ValueError:
+        raise ClipmemError(f"{file} holds NaN or infinite numbers") from None
+    for key in _INT_KEYS:
+        value = params.get(key)
+        if key in params and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                    or value < 0):
+            raise ClipmemError(f"{file}: '{key}' should be a whole number >= 0, not {value!r}")
+    noise = params.get("text_noise")
+    if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))
+                              or not np.isfinite(noise) or noise < 0):
+        raise ClipmemError(f"{file}: 'text_noise' should be a number >= 0, not {noise!r}")
+    method = params.get("removal_method")
+    if method is not None and method not in REMOVAL_METHODS:
+        raise ClipmemError(f"{file}: 'removal_method' should be one of {', '.join(REMOVAL_METHODS)} or null, "
+                           f"not {method!r}")
+    return name, params
 
 
 def _read_json(file: Path) -> dict:

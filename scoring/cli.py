@@ -82,12 +82,15 @@ def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_
     return cfg
 
 
-def _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device, no_augment, full_vocab):
+def _train_overrides(cfg, model=None, epochs=None, batch_size=None, lr=None, seed=None, captions_per_image=None,
+                     device=None, no_augment=False, full_vocab=False, text_noise=None, image_views=None,
+                     remove_ids=None):
     from scoring.transform import AugmentConfig
 
     t = cfg.train
     t = replace(t, **{k: v for k, v in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                                             captions_per_image=captions_per_image, device=device).items()
+                                             captions_per_image=captions_per_image, device=device,
+                                             text_noise=text_noise, image_views=image_views).items()
                       if v is not None})
     if seed is not None:
         t = replace(t, init_seed=seed, data_seed=seed)
@@ -95,8 +98,13 @@ def _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_imag
         t = replace(t, augment=AugmentConfig(enabled=False))
     if full_vocab:
         t = replace(t, compact_vocab=False)
+    if remove_ids is not None:
+        t = replace(t, remove_ids=read_id_list(remove_ids))
     if t.epochs < 1 or t.batch_size < 2:
         raise ClipmemError(f"--epochs must be >= 1 and --batch-size >= 2 (got {t.epochs}, {t.batch_size})")
+    if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
+        raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
+                           f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
     from scoring.models import resolve_config
 
     resolve_config(t.model)  # an unknown name fails here, before anything is written
@@ -104,10 +112,31 @@ def _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_imag
     return cfg
 
 
-def _source(csv_img_key, csv_caption_key, csv_separator, wds_caption_key, coco_images, on_error, inject) -> dict:
+def read_id_list(path: Path) -> list[str]:
+    """Sample ids, one per line, or the `sample_id` column of a CSV such as the dashboard's export."""
+    import csv
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ClipmemError(f"cannot read the id list {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ClipmemError(f"id list {path} is not UTF-8 text") from None
+    if lines and "sample_id" in next(csv.reader([lines[0]])):
+        rows = list(csv.DictReader(lines))
+        ids = [r["sample_id"].strip() for r in rows if r.get("sample_id", "").strip()]
+    else:
+        ids = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not ids:
+        raise ClipmemError(f"id list {path} names no sample ids")
+    return list(dict.fromkeys(ids))
+
+
+def _source(csv_img_key, csv_caption_key, csv_separator, wds_caption_key, coco_images, on_error, inject,
+            label_key=None) -> dict:
     return dict(csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, csv_separator=csv_separator,
                 wds_caption_key=wds_caption_key, coco_images=str(Path(coco_images).resolve()) if coco_images else None,
-                on_error=on_error, inject=inject)
+                on_error=on_error, inject=inject, label_key=label_key)
 
 
 # options shared by several commands
@@ -118,7 +147,8 @@ BatchOpt = typer.Option(None, "--batch-size", help="Pairs per optimisation step 
 LrOpt = typer.Option(None, "--lr", help="Peak AdamW learning rate (default 2e-3).")
 SeedOpt = typer.Option(None, "--seed", help="Seed for initial weights, batch order, captions and augmentations.")
 CaptionsOpt = typer.Option(None, "--captions-per-image",
-                           help="Captions of each pair used in training: 0 = all (default), 1 = first only.")
+                           help="Captions of each pair used in training: 0 = all (default), k = the first k, "
+                                "one drawn per step (1 is the published single-caption baseline).")
 DeviceOpt = typer.Option(None, "--device", help="auto (default: CUDA when present), cpu or cuda.")
 NoAugOpt = typer.Option(False, "--no-augment", help="Train and score without image augmentation.")
 FullVocabOpt = typer.Option(False, "--full-vocab",
@@ -138,6 +168,14 @@ OnErrorOpt = typer.Option(None, "--on-error", help="fail (default): stop at the 
 InjectOpt = typer.Option(None, "--inject", help="Corrupt a fraction of S_C and of S_I to measure detection on your "
                          "own data, e.g. swapped=0.02,vague=0.01 (tags: swapped, vague, duplicate).")
 SizesOpt = typer.Option(None, "--sizes", help=SIZES_HELP)
+LabelKeyOpt = typer.Option(None, "--label-key", help="A per-image label for the linear-probe utility metric: a CSV "
+                           "column or a key of a folder dataset's attributes (the built-in set uses shape and colour).")
+TextNoiseOpt = typer.Option(None, "--text-noise", help="σ of Gaussian noise added to the text embeddings during "
+                            "training, a memorization mitigation (default 0: none; 0.15 was best published).")
+ImageViewsOpt = typer.Option(None, "--image-views", help="0 (default): a fresh augmentation of each image at every "
+                             "step; k: k fixed augmented views per image, one drawn per step.")
+RemoveIdsOpt = typer.Option(None, "--remove-ids", help="File of sample ids (one per line, or a CSV with a sample_id "
+                            "column such as the dashboard's export) to leave out of training and scoring.")
 ViewsOpt = typer.Option(None, "--views", help="Augmented views per pair when scoring (default 8).")
 
 
@@ -179,6 +217,7 @@ def split(
     coco_images: Optional[Path] = CocoImagesOpt,
     on_error: Optional[str] = OnErrorOpt,
     inject: Optional[str] = InjectOpt,
+    label_key: Optional[str] = LabelKeyOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
 ):
     """Plan the split S_S / S_C / S_I / S_E and start a run directory (config.json, split.json)."""
@@ -187,7 +226,8 @@ def split(
 
     try:
         cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
-                                                               wds_caption_key, coco_images, on_error, inject))
+                                                               wds_caption_key, coco_images, on_error, inject,
+                                                               label_key))
         run = RunDir(out)
         run.prepare_new(overwrite)
         counts = split_step(run, cfg)
@@ -208,6 +248,9 @@ def train(
     device: Optional[str] = DeviceOpt,
     no_augment: bool = NoAugOpt,
     full_vocab: bool = FullVocabOpt,
+    text_noise: Optional[float] = TextNoiseOpt,
+    image_views: Optional[int] = ImageViewsOpt,
+    remove_ids: Optional[Path] = RemoveIdsOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint."),
 ):
     """Train f on S_S ∪ S_C and g on S_S ∪ S_I with the same recipe, initialisation and step count."""
@@ -218,11 +261,12 @@ def train(
         run = RunDir(run_dir)
         cfg = run.load_config()
         if resume:
-            if any(v is not None for v in (model, epochs, batch_size, lr, seed, captions_per_image)):
+            if any(v is not None for v in (model, epochs, batch_size, lr, seed, captions_per_image, text_noise,
+                                           image_views, remove_ids)):
                 raise ClipmemError("--resume continues with the saved recipe; drop the training options")
         else:
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
-                                   no_augment, full_vocab)
+                                   no_augment, full_vocab, text_noise, image_views, remove_ids)
         summary = train_step(run, cfg, resume=resume)
     except ClipmemError as exc:
         _fail(exc)
@@ -287,6 +331,10 @@ def run(
     no_augment: bool = NoAugOpt,
     full_vocab: bool = FullVocabOpt,
     views: Optional[int] = ViewsOpt,
+    text_noise: Optional[float] = TextNoiseOpt,
+    image_views: Optional[int] = ImageViewsOpt,
+    remove_ids: Optional[Path] = RemoveIdsOpt,
+    label_key: Optional[str] = LabelKeyOpt,
     csv_img_key: Optional[str] = CsvImgOpt,
     csv_caption_key: Optional[str] = CsvCapOpt,
     csv_separator: Optional[str] = CsvSepOpt,
@@ -309,9 +357,10 @@ def run(
             cfg = run_dir.load_config()
         else:
             cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
-                                                                   wds_caption_key, coco_images, on_error, inject))
+                                                                   wds_caption_key, coco_images, on_error, inject,
+                                                                   label_key))
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
-                                   no_augment, full_vocab)
+                                   no_augment, full_vocab, text_noise, image_views, remove_ids)
             if views is not None:
                 cfg.score = replace(cfg.score, views=views)
             run_dir.prepare_new(overwrite)
@@ -357,6 +406,122 @@ def report(
         _print_report(run_dir, as_json)
     except ClipmemError as exc:
         _fail(exc)
+
+
+@app.command()
+def experiment(
+    out: Path = typer.Option(..., "--out", help="Experiment directory: created, or continued where it stopped."),
+    name: Optional[str] = typer.Option(None, "--name", help="Experiment name; runs are ingested as NAME.SETTING.sSEED "
+                                       "(default: the directory's name)."),
+    grids: str = typer.Option("captions,text-noise,removal", "--grids", help="Comma-separated grids: captions "
+                              "(1, 2, 3, 5 captions per image), text-noise (σ 0, 0.05, 0.1, 0.15, 0.2, 0.3), removal "
+                              "(retrain without the top-CLIPMem, lowest-similarity or random N scored pairs)."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per setting (0..SEEDS-1); every setting uses the same ones."),
+    removal_counts: str = typer.Option("50,150", "--removal-counts", help="The sweep of N for the removal grid."),
+    epochs: int = typer.Option(40, "--epochs", help="Training epochs of every run (default 40; `clipmem run` uses 80)."),
+    jobs: int = typer.Option(0, "--jobs", help="Runs trained at once: 0 = one per CPU core up to 4 (1 on a GPU)."),
+    ingest: bool = typer.Option(True, "--ingest/--no-ingest", help="Ingest each finished run into the database "
+                                "(CLIPMEM_DATABASE_URL) under the experiment name; runs already there are kept."),
+    report_only: bool = typer.Option(False, "--report", help="Only write the report of the runs finished so far."),
+    dataset: str = DatasetOpt,
+    data: Optional[Path] = DataOpt,
+    sizes: Optional[str] = SizesOpt,
+    model: Optional[str] = ModelOpt,
+    batch_size: Optional[int] = BatchOpt,
+    device: Optional[str] = DeviceOpt,
+    views: Optional[int] = ViewsOpt,
+    label_key: Optional[str] = LabelKeyOpt,
+    csv_img_key: Optional[str] = CsvImgOpt,
+    csv_caption_key: Optional[str] = CsvCapOpt,
+    csv_separator: Optional[str] = CsvSepOpt,
+    wds_caption_key: Optional[str] = WdsKeyOpt,
+    coco_images: Optional[Path] = CocoImagesOpt,
+    on_error: Optional[str] = OnErrorOpt,
+    inject: Optional[str] = InjectOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the experiment directory and start again."),
+):
+    """Run a mitigation grid (captions per image, text-embedding noise, removal of pairs) over several seeds.
+
+    Every setting is an ordinary run with the same split and seeds; a finished run is never retrained, so
+    rerunning the command resumes it. Writes OUT/report/report.md with figures; the dashboard's Runs page shows
+    the same once the runs are ingested.
+    """
+    import shutil
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scoring.experiment import report_rows, run_experiment
+    from scoring.experiment_report import write_report
+
+    try:
+        exp_name = name or Path(out).resolve().name
+        if report_only:
+            rows = report_rows(out)
+            if not rows:
+                raise ClipmemError(f"{out} holds no finished experiment runs to report on")
+            path = write_report(rows, Path(out) / "report", f"Experiment {exp_name}")
+            console.print(f"report of {len(rows)} runs written to {path}")
+            return
+        from scoring.experiment import open_experiment
+
+        grid_list = [g.strip() for g in grids.split(",") if g.strip()]
+        try:
+            counts = [int(n) for n in removal_counts.split(",") if n.strip()]
+        except ValueError:
+            raise ClipmemError(f"--removal-counts '{removal_counts}': expected integers, e.g. 50,150") from None
+        if seeds < 1:
+            raise ClipmemError(f"--seeds must be >= 1, got {seeds}")
+        cfg = _run_config(dataset, data, sizes, None, _source(csv_img_key, csv_caption_key, csv_separator,
+                                                              wds_caption_key, coco_images, on_error, inject,
+                                                              label_key))
+        cfg = _train_overrides(cfg, model, epochs, batch_size, device=device)
+        # experiments compare mean CLIPMem and utility; the per-encoder views would triple the scoring time
+        cfg.score = replace(cfg.score, towers=False, layers=False, **({"views": views} if views else {}))
+        if overwrite and Path(out).exists():
+            shutil.rmtree(out)
+        exp = open_experiment(Path(out), exp_name, grid_list, list(range(seeds)), counts, cfg)
+        on_finished = _experiment_ingester() if ingest else None
+        columns = (TextColumn("[bold]experiment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("starting", total=len(exp.settings()) * seeds)
+
+            def progress(message, n_done, total):
+                bar.update(task, completed=n_done, total=total, description=message)
+
+            try:
+                runs = run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
+            finally:
+                if on_finished is not None:
+                    on_finished.close()
+        path = write_report(report_rows(out), Path(out) / "report", f"Experiment {exp_name}")
+    except ClipmemError as exc:
+        _fail(exc)
+    console.print(f"{len(runs)} runs finished; report written to {path}")
+
+
+def _experiment_ingester():
+    """on_finished callback that ingests a run unless the database already has it under that name."""
+    from sqlalchemy import select
+
+    from backend.db import make_engine, migrate
+    from backend.ingest import ingest as ingest_run
+    from backend.models import Run
+    from backend.settings import Settings
+
+    settings = Settings()
+    engine = make_engine(settings.database_url, bulk_write=True)
+    migrate(engine)
+
+    def on_finished(run, name):
+        with engine.connect() as conn:
+            if conn.execute(select(Run.id).where(Run.name == name)).first() is not None:
+                return
+        ingest_run(engine, run.path, name=name, replace=False, map_method=settings.map_method,
+                   stored_thumbnail_px=settings.stored_thumbnail_px)
+
+    on_finished.close = engine.dispose
+    return on_finished
 
 
 def _print_report(run_dir: Path, as_json: bool = False) -> None:

@@ -38,7 +38,10 @@ class TrainConfig:
     warmup_steps: int = 50
     init_seed: int = 0               # f and g start from the same weights
     data_seed: int = 0               # batch order, caption draws and augmentations
-    captions_per_image: int = 0      # 0: all of a pair's captions; 1: the first only
+    captions_per_image: int = 0      # 0: all of a pair's captions; k: the first k, one drawn per step
+    text_noise: float = 0.0          # σ of Gaussian noise added to text embeddings in training (0: none)
+    image_views: int = 0             # 0: a fresh augmentation every step; k: k fixed views per pair, one drawn per step
+    remove_ids: list[str] = field(default_factory=list)  # pairs left out of training (and of scoring)
     compact_vocab: bool = True       # shrink the token table to the tokens the data uses
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device: str = "auto"             # auto | cpu | cuda

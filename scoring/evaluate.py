@@ -55,3 +55,42 @@ def zero_shot(image: torch.Tensor, prompt_emb: torch.Tensor, attributes: list[di
         truth = [classes.index(attributes[i]["objects"][0][attr]) for i in keep]
         out[f"zeroshot_{attr}"] = float(np.mean([p == t for p, t in zip(pred, truth)]))
     return out
+
+
+def probe_labels(attributes: list[dict], label_key: str | None) -> dict[str, list]:
+    """Labels a linear probe can predict from an image, per label name (None where a pair has none).
+
+    The built-in set gives shape and colour of single-object images; other data a
+    label named by `label_key` (a CSV column or a key of the folder's attributes).
+    """
+    if label_key:
+        return {label_key: [a.get(label_key) for a in attributes]}
+    if any("objects" in a for a in attributes):
+        single = [a["objects"][0] if len(a.get("objects", [])) == 1 else None for a in attributes]
+        return {attr: [o[attr] if o else None for o in single] for attr in ("shape", "colour")}
+    return {}
+
+
+def linear_probe(train_x: torch.Tensor, train_y: list, test_x: torch.Tensor, test_y: list,
+                 inverse_l2=(0.1, 1.0, 10.0, 100.0), seed: int = 0) -> float | None:
+    """Test accuracy of a logistic regression fitted on frozen embeddings (CLIP's linear-probe protocol).
+
+    The L2 strength is picked on a seeded fifth of the training set, then the probe is
+    refitted on all of it. Pairs without a label (None) are left out of both sets.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    train = [i for i, y in enumerate(train_y) if y is not None]
+    test = [i for i, y in enumerate(test_y) if y is not None]
+    if len({train_y[i] for i in train}) < 2 or not test:
+        return None
+    x, y = train_x[train].double().numpy(), np.array([str(train_y[i]) for i in train])
+    order = np.random.default_rng(seed).permutation(len(train))
+    val, fit = order[: max(1, len(train) // 5)], order[max(1, len(train) // 5):]
+
+    def probe(c, rows):
+        return LogisticRegression(C=c, max_iter=1000).fit(x[rows], y[rows])
+
+    best = max(inverse_l2, key=lambda c: probe(c, fit).score(x[val], y[val]))
+    model = probe(best, np.arange(len(train)))
+    return float(model.score(test_x[test].double().numpy(), np.array([str(test_y[i]) for i in test])))

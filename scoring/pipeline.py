@@ -23,11 +23,11 @@ from scoring.data.inject import check_rates, inject_faults
 from scoring.data.synthetic import write as write_synthetic
 from scoring.data.tensors import TensorCorpus, build_corpus
 from scoring.errors import ClipmemError
-from scoring.evaluate import retrieval, zero_shot, zero_shot_prompts
+from scoring.evaluate import linear_probe, probe_labels, retrieval, zero_shot, zero_shot_prompts
 from scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
                             with_vocabulary)
 from scoring.rundir import RunDir, atomic_path, write_json
-from scoring.score import embeddings_arrays, score_run
+from scoring.score import embeddings_arrays, encode_images, score_run
 from scoring.splits import SplitPlan, plan_splits
 from scoring.train import MODELS, load_model_weights, pick_device, save_model, train_pair
 
@@ -110,6 +110,7 @@ def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) ->
         captions_per_image=cfg.train.captions_per_image, vocab=vocab,
         compact_vocab=cfg.train.compact_vocab, extra_texts=prompts,
     )
+    corpus.remove(cfg.train.remove_ids)
     return corpus, vocab, with_vocabulary(model_cfg, vocab)
 
 
@@ -201,6 +202,16 @@ def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg
     if all(p in text_id for p in prompts):
         prompt_emb = emb.caption_table[[text_id[p] for p in prompts]]
         out.update(zero_shot(image, prompt_emb, [corpus.attributes[r] for r in rows.tolist()]))
+    # linear probe: fitted on the clean image embeddings of S_S (which both models trained on), tested on S_E
+    labels = probe_labels(corpus.attributes, cfg.data.options.label_key)
+    if labels:
+        shared = corpus.rows("shared")
+        train_x = encode_images(model, corpus.pixels[shared], cfg.score.batch_size, device)
+        for label, values in labels.items():
+            accuracy = linear_probe(train_x, [values[r] for r in shared.tolist()], image,
+                                    [values[r] for r in rows.tolist()])
+            if accuracy is not None:
+                out[f"probe_{label}"] = accuracy
     return out
 
 

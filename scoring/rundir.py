@@ -35,6 +35,7 @@ class RunDir:
     layers = property(lambda self: self.path / "layers.parquet")
     layer_curves = property(lambda self: self.path / "layer_curves.parquet")
     metrics = property(lambda self: self.path / "metrics.json")
+    experiment = property(lambda self: self.path / "experiment.json")  # only in runs made by `clipmem experiment`
     marker = property(lambda self: self.path / COMPLETE)
     data = property(lambda self: self.path / "data")
 

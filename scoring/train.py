@@ -27,6 +27,7 @@ from scoring.errors import ClipmemError
 from scoring.transform import augment, sample_views
 
 MODELS = ("f", "g")
+NOISE_STREAM, VIEW_STREAM = 7919, 104729  # seed offsets: text noise and fixed image views draw from streams of their own
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,6 +48,29 @@ def slot_tables(corpus: TensorCorpus) -> tuple[torch.Tensor, torch.Tensor]:
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
+
+
+def fixed_image_views(n_rows: int, cfg: TrainConfig):
+    """k augmentation draws per pair, fixed for the whole training: row r's view j is entry r * k + j.
+
+    The image-side counterpart of k captions per image: a pair is seen through k
+    images instead of a fresh augmentation at every step.
+    """
+    if not cfg.augment.enabled:
+        raise ClipmemError("image_views > 0 needs augmentation: without it every view of a pair is the same image")
+    return sample_views(n_rows * cfg.image_views, cfg.augment, step_generator(cfg.data_seed + VIEW_STREAM, -1, -1))
+
+
+def noisy_text_forward(model, images: torch.Tensor, text: torch.Tensor, noise: torch.Tensor):
+    """The model's forward with Gaussian noise added to the text embeddings before normalisation.
+
+    The noise goes on the projection's output, whose entries have roughly unit
+    scale at any width, so σ means the same for a tiny model and a ViT-B; on the
+    normalised vector σ = 0.15 would swamp a 512-d embedding.
+    """
+    image_features = model.encode_image(images, normalize=True)
+    text_features = torch.nn.functional.normalize(model.encode_text(text) + noise, dim=-1)
+    return image_features, text_features, model.logit_scale.exp()
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -92,8 +116,12 @@ def train_pair(
     log_path: Path,
     resume: bool = False,
     show_progress: bool = True,
+    batch_hook=None,
 ) -> dict:
-    """Train f and g; returns a summary (steps, seconds, samples/s, final losses)."""
+    """Train f and g; returns a summary (steps, seconds, samples/s, final losses).
+
+    `batch_hook(model_name, corpus_rows)`, when given, sees every batch before its step.
+    """
     device = pick_device(cfg.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +136,13 @@ def train_pair(
     loss_fn = ClipLoss()
     pixels, tokens = corpus.pixels, corpus.tokens
     max_shift = cfg.augment.max_shift if cfg.augment.enabled else 0
+    fixed_views = fixed_image_views(len(corpus.ids), cfg) if cfg.image_views > 0 else None
+    if cfg.text_noise < 0:
+        raise ClipmemError(f"text noise σ must be >= 0, got {cfg.text_noise}")
+    embed_dim = 0
+    if cfg.text_noise > 0:
+        with torch.no_grad():
+            embed_dim = models["f"].encode_text(tokens[:1].to(device)).shape[-1]
 
     start_epoch = 0
     if resume:
@@ -148,6 +183,13 @@ def train_pair(
                 gen = step_generator(cfg.data_seed, epoch, step)
                 views = sample_views(len(slots), cfg.augment, gen)
                 caption_u = torch.rand(len(slots), generator=gen)
+                # drawn only when used, so the default recipe's random stream is unchanged
+                view_pick = noise = None
+                if fixed_views is not None:
+                    view_pick = (torch.rand(len(slots), generator=gen) * cfg.image_views).long()
+                if cfg.text_noise > 0:
+                    noise_gen = step_generator(cfg.data_seed + NOISE_STREAM, epoch, step)
+                    noise = torch.randn(len(slots), embed_dim, generator=noise_gen)
                 lr = lr_at(global_step, total_steps, cfg)
                 for name in MODELS:
                     rows = tables[name][slots]
@@ -155,12 +197,22 @@ def train_pair(
                     rows = rows[keep]
                     if len(rows) < 2:
                         continue  # a contrastive loss needs a negative; rare tail slot
-                    images = augment(pixels[rows], views.select(keep), max_shift).to(device, non_blocking=True)
+                    if batch_hook is not None:
+                        batch_hook(name, rows)
+                    if fixed_views is None:
+                        drawn = views.select(keep)
+                    else:
+                        drawn = fixed_views.select(rows * cfg.image_views + view_pick[keep])
+                    images = augment(pixels[rows], drawn, max_shift).to(device, non_blocking=True)
                     text = tokens[corpus.pick_captions(rows, caption_u[keep])].to(device, non_blocking=True)
                     for group in optimizers[name].param_groups:
                         group["lr"] = lr
                     with autocast:
-                        image_features, text_features, logit_scale = models[name](images, text)[:3]
+                        if noise is None:
+                            image_features, text_features, logit_scale = models[name](images, text)[:3]
+                        else:
+                            image_features, text_features, logit_scale = noisy_text_forward(
+                                models[name], images, text, cfg.text_noise * noise[keep].to(device))
                         loss = loss_fn(image_features, text_features, logit_scale)
                     optimizers[name].zero_grad(set_to_none=True)
                     loss.backward()

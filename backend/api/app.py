@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,6 +38,26 @@ When the server has CLIPMEM_API_TOKEN set, every endpoint but /health needs `Aut
 """
 
 
+def _add_docs(app: FastAPI) -> None:
+    """/openapi.json, /docs (Swagger UI) and /redoc, requiring the token when one is set (FastAPI's own are
+    always open). A browser sends no bearer header, neither when opening /docs nor when Swagger UI fetches
+    /openapi.json, so with a token set the pages answer 401 in a browser: fetch the schema with the header
+    instead, or browse the docs of a server without a token (docs/backend.md)."""
+    protected = [Depends(require_token)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+    def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=protected)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=protected)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+
 def create_app(settings: Settings | None = None, migrate_schema: bool = True) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings.database_url)
@@ -48,7 +69,9 @@ def create_app(settings: Settings | None = None, migrate_schema: bool = True) ->
         yield
         engine.dispose()
 
-    app = FastAPI(title="clipmem API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # the schema and its browsable pages are served by routes of our own, behind the same token as the data
+    app = FastAPI(title="clipmem API", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
@@ -58,6 +81,7 @@ def create_app(settings: Settings | None = None, migrate_schema: bool = True) ->
         app.include_router(module.router, dependencies=[Depends(require_token)],
                            responses={**UNAUTHORIZED, **NOT_FOUND})
     app.include_router(health.router)
+    _add_docs(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -36,6 +36,11 @@ class RunSummary(BaseModel):
     n_samples: int
     n_scored: int
     mean_clipmem: float
+    experiment: str | None = Field(description="The experiment the run belongs to (runs made by `clipmem "
+                                               "experiment`, or ingested with --experiment); null for others.")
+    experiment_params: dict | None = Field(description="The run's experiment.json: seed, captions_per_image, "
+                                                       "text_noise, removal_method, removal_count; null when the "
+                                                       "run has none.")
 
 
 class RunDetail(RunSummary):

@@ -149,6 +149,7 @@ class SourceOptions:
     csv_separator: str = "\t"
     wds_caption_key: str = "caption"   # key inside a .json caption member
     coco_images: str | None = None     # COCO image folder; default: beside the annotation JSON
+    label_key: str | None = None       # a per-image label for the linear probe: CSV column or folder attribute
 
 
 SOURCE_KINDS = ("synthetic", "folder", "coco", "csv", "webdataset")

@@ -32,7 +32,12 @@ def read_csv(path: Path, options: SourceOptions, problems: Problems, check_files
         for key, flag in ((options.csv_img_key, "--csv-img-key"), (options.csv_caption_key, "--csv-caption-key")):
             if key not in header:
                 raise ClipmemError(f"{path} has no column '{key}' ({flag}); its columns are: {', '.join(header)}")
+        if options.label_key is not None and options.label_key not in header:
+            raise ClipmemError(f"{path} has no column '{options.label_key}' (--label-key); "
+                               f"its columns are: {', '.join(header)}")
         img_col, cap_col = header.index(options.csv_img_key), header.index(options.csv_caption_key)
+        label_col = header.index(options.label_key) if options.label_key is not None else None
+        labels: dict[str, str] = {}
         width = len(header)
         exists: dict[str, bool] = {}
         for row_no, row in enumerate(reader, start=2):
@@ -54,9 +59,12 @@ def read_csv(path: Path, options: SourceOptions, problems: Problems, check_files
                         problems.report(where, f"image file {full} does not exist", image)
                         continue
                 captions[image] = []
+                if label_col is not None and row[label_col].strip():
+                    labels[image] = row[label_col].strip()
             captions[image].append(text)
     ids = list(captions)
     return PairDataset(
         name="csv", root=folder, ids=ids, captions=[captions[i] for i in ids], truth=["clean"] * len(ids),
-        image_refs=ids, open_image=lambda ref: decode_image(folder / ref), attributes=[],
+        image_refs=ids, open_image=lambda ref: decode_image(folder / ref),
+        attributes=[{options.label_key: labels[i]} if i in labels else {} for i in ids] if label_col is not None else [],
     )

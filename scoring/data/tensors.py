@@ -27,9 +27,24 @@ class TensorCorpus:
     caption_index: torch.Tensor    # (N, K) index into caption_texts, -1 padded
     caption_count: torch.Tensor    # (N,) number of captions used per pair
     truncated: int                 # captions longer than the context length
+    removed: frozenset[int] = frozenset()  # rows left out of training and scoring (TrainConfig.remove_ids)
 
     def rows(self, split: str) -> torch.Tensor:
-        return torch.tensor([i for i, s in enumerate(self.split) if s == split], dtype=torch.long)
+        """Rows of a split, less the removed ones: neither model trains on those, so none is scored."""
+        return torch.tensor([i for i, s in enumerate(self.split) if s == split and i not in self.removed],
+                            dtype=torch.long)
+
+    def remove(self, ids: list[str]) -> None:
+        """Leave these pairs out; each must be a planned pair that some model trains on."""
+        row_of = {sid: r for r, sid in enumerate(self.ids)}
+        rows = set()
+        for sid in ids:
+            if sid not in row_of:
+                raise ClipmemError(f"pair '{sid}' in the removal list is not in this run's split plan")
+            if self.split[row_of[sid]] == "extra":
+                raise ClipmemError(f"pair '{sid}' in the removal list is in S_E, which no model trains on")
+            rows.add(row_of[sid])
+        self.removed = frozenset(rows)
 
     def pick_captions(self, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Caption table index for each row, drawn uniformly from its captions with u in [0, 1)."""

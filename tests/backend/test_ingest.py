@@ -185,3 +185,144 @@ def test_umap_missing_is_a_clear_error(db, tmp_path, monkeypatch):
     run = write_synthetic_run(tmp_path / "unmapped", 5, 5, 5, 2, seed=18)
     with pytest.raises(ClipmemError, match="needs the umap-learn package"):
         ingest(db.engine, run, map_method="umap")
+
+
+# ---------------------------------------------------------------- partial indexes on the optional scores
+
+
+def _where_text(clause) -> str | None:
+    """An index predicate as comparable text: lower case, no parentheses, single spaces."""
+    if clause is None:
+        return None
+    return " ".join(str(clause).replace("(", " ").replace(")", " ").lower().split())
+
+
+def reflected_predicates(engine: Engine) -> dict[str, str | None]:
+    """Predicate of every index on scores (None for a full index), by index name."""
+    from sqlalchemy import inspect
+
+    kind = engine.dialect.name
+    return {ix["name"]: _where_text(ix.get("dialect_options", {}).get(f"{kind}_where"))
+            for ix in inspect(engine).get_indexes("scores")}
+
+
+def model_predicates(dialect: str) -> dict[str, str | None]:
+    from backend.models import Score
+
+    out = {}
+    for index in Score.__table__.indexes:
+        where = index.dialect_options[dialect]._non_defaults.get("where")
+        out[index.name] = _where_text(where.compile(compile_kwargs={"literal_binds": True})
+                                      if where is not None else None)
+    return out
+
+
+def partition_predicates(engine: Engine) -> list[tuple[str, str]]:
+    """(partition, index definition) of every index on a run partition of scores (PostgreSQL)."""
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename LIKE 'scores\\_run\\_%'"))]
+
+
+def check_partial_indexes(engine: Engine) -> None:
+    from backend.score_columns import SCORE_COLUMNS
+
+    predicates = reflected_predicates(engine)
+    assert predicates == model_predicates(engine.dialect.name)
+    for column in SCORE_COLUMNS:
+        expected = None if column.required else f"{column.name} is not null"
+        assert predicates[f"ix_scores_run_id_{column.name}"] == expected
+    if engine.dialect.name == "postgresql":
+        rows = partition_predicates(engine)
+        assert rows, "no run partitions to check"
+        for column in SCORE_COLUMNS:
+            defs = [d for _, d in rows if f"(run_id, {column.name}, pair_index)" in d]
+            assert len(defs) == len({t for t, _ in rows})  # one such index per partition
+            for definition in defs:
+                assert (f"WHERE ({column.name} IS NOT NULL)" in definition) is (not column.required), definition
+
+
+def test_optional_score_indexes_leave_nulls_out(db):
+    """The optional score columns' indexes are partial in the database (SQLite reflects the predicate, as
+    PostgreSQL does), on every run partition too; Alembic's comparison does not look at predicates."""
+    check_partial_indexes(db.engine)
+
+
+def _plan(conn, statement) -> str:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
+        prefix = "EXPLAIN "
+    else:
+        prefix = "EXPLAIN QUERY PLAN "
+    compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
+    return "\n".join(" ".join(map(str, row)) for row in conn.exec_driver_sql(prefix + str(compiled)))
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_export_sorted_by_an_optional_score_uses_its_partial_index(db, filtered):
+    """The export's ORDER BY an optional score can walk the partial index: the query says `IS NOT NULL`
+    (sort_conditions), or a range on the column implies it."""
+    from backend.api.query import SampleFilter, sql_conditions
+    from backend.api.routers.exports import page_order, sort_conditions
+
+    with db.engine.connect() as conn:
+        run = conn.execute(select(Run).where(Run.name == "mem")).first()
+        query = SampleFilter(**({"mem_text_min": 0.1} if filtered else {}))
+        from backend.models import Score
+        statement = (select(Score.pair_index).where(*sql_conditions(run, query), *sort_conditions("mem_text"))
+                     .order_by(*page_order("mem_text", "desc")).limit(20))
+        plan = _plan(conn, statement)
+        conn.rollback()
+    # SQLite names the index itself; PostgreSQL the partition's copy of it (..._run_id_mem_text_pair_index_idx)
+    assert "ix_scores_run_id_mem_text" in plan or "run_id_mem_text_pair_index_idx" in plan, plan
+
+
+@pytest.fixture
+def fresh_engine(database_url, tmp_path):
+    """An empty database of the session's kind, of this test's own."""
+    import os
+
+    from conftest import PG_ENV, _postgres_schema_url
+
+    from backend.db import make_engine
+
+    if database_url.startswith("sqlite"):
+        engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+        yield engine
+        engine.dispose()
+        return
+    admin, schema, url = _postgres_schema_url(os.environ[PG_ENV])
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_migrations_down_and_up_with_runs_ingested(fresh_engine, tmp_path):
+    """0003 rebuilds the optional score indexes on a database holding runs (PostgreSQL: on every attached
+    partition); its downgrade restores full indexes; downgrades keep the runs' rows (SQLite drops columns in
+    place: recreating `runs` would delete every run's rows by cascade)."""
+    from alembic import command
+
+    from backend.db import _alembic_config, migrate
+
+    migrate(fresh_engine)
+    ingest(fresh_engine, write_synthetic_run(tmp_path / "plain", 10, 10, 10, 3, seed=61))
+    ingest(fresh_engine, write_synthetic_run(tmp_path / "towers", 10, 10, 10, 3, seed=62, optional_scores=True))
+    with fresh_engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0002")
+    assert schema_revision(fresh_engine) == "0002"
+    assert set(reflected_predicates(fresh_engine).values()) == {None}
+    with fresh_engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0001")  # no downgrade may take rows with it
+    with fresh_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM scores")).scalar_one() == 40
+    migrate(fresh_engine)
+    assert schema_revision(fresh_engine) == head_revision()
+    check_partial_indexes(fresh_engine)
+    with fresh_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM scores WHERE mem_text IS NOT NULL")).scalar_one() == 20

@@ -49,6 +49,24 @@ def test_no_token_configured_means_open(client):
     assert client.get("/runs").status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_schema_and_docs_need_the_token_when_set(locked_client, path):
+    missing = locked_client.get(path)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert locked_client.get(path, headers={"Authorization": "Bearer not-it"}).status_code == 401
+    right = locked_client.get(path, headers={"Authorization": "Bearer s3cret-token"})
+    assert right.status_code == 200
+    if path == "/openapi.json":
+        assert "/runs/{run}/samples" in right.json()["paths"]
+    else:
+        assert "text/html" in right.headers["content-type"] and "/openapi.json" in right.text
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_schema_and_docs_open_without_a_token(client, path):
+    assert client.get(path).status_code == 200
+
+
 @pytest.mark.parametrize("path", [
     "/runs/alpha/images/..%2F..%2F..%2Fetc%2Fpasswd",
     "/runs/alpha/images/%2Fetc%2Fpasswd",

@@ -18,7 +18,7 @@ from backend.api.deps import RunDep, SessionDep
 from backend.api.errors import NOT_FOUND, ErrorMessage
 from backend.api.query import SampleFilter, SortFields, require_scores, sql_conditions
 from backend.models import Run, Sample, Score
-from backend.score_columns import TRAINING_SPLITS
+from backend.score_columns import SCORE_BY_NAME, TRAINING_SPLITS
 
 router = APIRouter(prefix="/runs/{run}/exports", tags=["exports"])
 
@@ -37,6 +37,13 @@ class OpenClipQuery(ExportQuery):
                                                       "pairs, g on shared + independent pairs.")
 
 
+def sort_conditions(sort: str) -> list:
+    """`sort IS NOT NULL` when sorting by an optional score: its index is partial (nulls left out) and serves
+    the ORDER BY only when the WHERE implies that. It drops no pair: a run is sorted only by scores it has
+    (require_scores), and a run that has one has it for every scored pair (ingest refuses NaN)."""
+    return [] if SCORE_BY_NAME[sort].required else [getattr(Score, sort).is_not(None)]
+
+
 def page_order(sort: str, order: str):
     column = getattr(Score, sort)
     if order == "desc":
@@ -51,7 +58,7 @@ def _limited(statement, query: ExportQuery):
 def _selection(run: Run, query: ExportQuery):
     """pair_index of the selected pairs: those matching the filter, the first `limit` of them in sort order."""
     require_scores(run, query.scores_used() | {query.sort})
-    return _limited(select(Score.pair_index).where(*sql_conditions(run, query))
+    return _limited(select(Score.pair_index).where(*sql_conditions(run, query), *sort_conditions(query.sort))
                     .order_by(*page_order(query.sort, query.order)), query)
 
 
@@ -88,7 +95,8 @@ def export_selection(run: RunDep, query: Annotated[ExportQuery, Query()], reques
         select(Sample.sample_id, Score.split, Score.truth, Score.seen_by, Score.n_captions, Sample.captions,
                Sample.image_ref, *(getattr(Score, n) for n in names))
         .join(Sample, and_(Sample.run_id == Score.run_id, Sample.pair_index == Score.pair_index))
-        .where(*sql_conditions(run, query)).order_by(*page_order(query.sort, query.order)), query)
+        .where(*sql_conditions(run, query), *sort_conditions(query.sort))
+        .order_by(*page_order(query.sort, query.order)), query)
     header = ["sample_id", "split", "truth", "seen_by", "n_captions", "caption", "image_ref", *names]
 
     def row_of(row):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import timezone
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
 from backend.api.deps import RunDep, SessionDep
 from backend.api.errors import NOT_FOUND
 from backend.api.schemas import RunDetail, RunSummary, ScoreSummary
 from backend.models import Run
+from backend.rundir import EXPERIMENT_NAME
 from backend.store import delete_run
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -20,13 +22,21 @@ def _summary(run: Run) -> dict:
     created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)  # SQLite
     return dict(name=run.name, dataset_kind=run.dataset_kind, model=run.model, created_at=created,
                 split_sizes=run.split_sizes, n_samples=run.n_samples, n_scored=run.n_scored,
-                mean_clipmem=run.summary["means"]["clipmem"])
+                mean_clipmem=run.summary["means"]["clipmem"], experiment=run.experiment,
+                experiment_params=run.experiment_params)
+
+
+ExperimentFilter = Annotated[str | None, Query(description="Only the runs of this experiment (its name, as in "
+                                                           "GET /experiments).", pattern=EXPERIMENT_NAME.pattern)]
 
 
 @router.get("", response_model=list[RunSummary])
-def list_runs(session: SessionDep) -> list[RunSummary]:
-    """Every ingested run, newest first."""
-    runs = session.scalars(select(Run).order_by(Run.id.desc())).all()
+def list_runs(session: SessionDep, experiment: ExperimentFilter = None) -> list[RunSummary]:
+    """Every ingested run (or every run of one experiment), newest first."""
+    statement = select(Run).order_by(Run.id.desc())
+    if experiment is not None:
+        statement = statement.where(Run.experiment == experiment)
+    runs = session.scalars(statement).all()
     return [RunSummary(**_summary(run)) for run in runs]
 
 

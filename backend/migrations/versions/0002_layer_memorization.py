@@ -25,6 +25,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("layer_curves")
-        batch.drop_column("layers")
+    # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), not a batch: a batch would copy `runs` and drop the
+    # old table, and with SQLite's foreign keys on, dropping `runs` deletes every run's rows by cascade
+    op.drop_column("runs", "layer_curves")
+    op.drop_column("runs", "layers")

@@ -1,0 +1,296 @@
+"""`clipmem experiment`: mitigation grids as ordinary runs sharing one split plan.
+
+Layout of an experiment directory:
+
+    EXP_DIR/experiment.json      name, grids, seeds and the base recipe
+    EXP_DIR/base/                the split plan (and the built-in data) every run shares
+    EXP_DIR/runs/<setting>-s<seed>/   one finished run per setting and seed, with experiment.json
+    EXP_DIR/report/              report.md, figures (HTML, PNG), runs.csv, summary.csv
+
+Every setting is trained with the same split and the same seeds, so settings differ
+only by the knob. Removal runs need the baseline run of their seed (they remove its
+top-CLIPMem, lowest-similarity or random scored pairs), so they start after it.
+A finished run is never retrained; an interrupted one resumes from its checkpoint.
+Runs are independent processes, so on a CPU several run at once with a thread each:
+small models use two threads poorly (one run at 2 threads: ~2,800 samples/s; two
+runs at 1 thread: ~2,000 each, measured on the 2-core project machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+from scoring.config import RunConfig
+from scoring.errors import ClipmemError
+from scoring.experiment_report import GRIDS, REMOVAL_METHODS
+from scoring.rundir import RunDir, write_json
+
+CAPTIONS = (1, 2, 3, 5)
+TEXT_NOISE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+REMOVAL_COUNTS = (50, 150)
+DEFAULT_EPOCHS = 40
+SHARED_FILES = ("split.json", "samples.parquet", "data_root.json", "skipped.jsonl")
+
+
+@dataclass(frozen=True)
+class Setting:
+    captions_per_image: int = 1
+    text_noise: float = 0.0
+    removal_method: str | None = None
+    removal_count: int = 0
+
+    @property
+    def slug(self) -> str:
+        name = f"c{self.captions_per_image}-n{self.text_noise:g}"
+        return name + (f"-{self.removal_method}-{self.removal_count}" if self.removal_count else "")
+
+
+def grid_settings(grids: list[str], removal_counts=REMOVAL_COUNTS) -> list[Setting]:
+    """The distinct settings of the named grids; the baseline appears once."""
+    unknown = [g for g in grids if g not in GRIDS]
+    if unknown:
+        raise ClipmemError(f"unknown grid {', '.join(unknown)}; known: {', '.join(GRIDS)}")
+    settings = [Setting()]
+    if "captions" in grids:
+        settings += [Setting(captions_per_image=k) for k in CAPTIONS]
+    if "text-noise" in grids:
+        settings += [Setting(text_noise=s) for s in TEXT_NOISE]
+    if "removal" in grids:
+        if any(n < 1 for n in removal_counts):
+            raise ClipmemError(f"removal counts must be >= 1, got {list(removal_counts)}")
+        settings += [Setting(removal_method=m, removal_count=n) for m in REMOVAL_METHODS for n in removal_counts]
+    return list(dict.fromkeys(settings))
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    grids: list[str]
+    seeds: list[int]
+    removal_counts: list[int]
+    base: RunConfig
+
+    @property
+    def base_run(self) -> RunDir:
+        return RunDir(self.path / "base")
+
+    def run_dir(self, setting: Setting, seed: int) -> RunDir:
+        return RunDir(self.path / "runs" / f"{setting.slug}-s{seed}")
+
+    def run_name(self, setting: Setting, seed: int) -> str:
+        return f"{self.name}.{setting.slug}.s{seed}"
+
+    def settings(self) -> list[Setting]:
+        return grid_settings(self.grids, self.removal_counts)
+
+    def to_json(self) -> dict:
+        return {"experiment": self.name, "grids": self.grids, "seeds": self.seeds,
+                "removal_counts": self.removal_counts, "base": self.base.to_json()}
+
+
+def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], removal_counts: list[int],
+                    base: RunConfig) -> Experiment:
+    """Start an experiment directory, or reopen one made with the same recipe (to resume or extend it)."""
+    exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=removal_counts, base=base)
+    exp.settings()  # validates grids and counts before anything is written
+    manifest = exp.path / "experiment.json"
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text())
+        old, new = saved.get("base", {}), exp.to_json()["base"]
+        for section in ("data", "split", "train", "score"):
+            if old.get(section) != new.get(section):
+                raise ClipmemError(f"{exp.path} holds experiment '{saved.get('experiment')}' made with other "
+                                   f"{section} settings; use another --out, or --overwrite to start again")
+        if saved.get("experiment") != name:
+            raise ClipmemError(f"{exp.path} holds experiment '{saved.get('experiment')}', not '{name}'")
+    exp.path.mkdir(parents=True, exist_ok=True)
+    write_json(manifest, exp.to_json())
+    return exp
+
+
+def prepare_base(exp: Experiment) -> None:
+    """Read the data and plan the split once; every run copies the plan."""
+    from scoring.pipeline import split_step
+
+    base = exp.base_run
+    if base.split.is_file() and base.samples.is_file():
+        return
+    base.path.mkdir(parents=True, exist_ok=True)
+    cfg = exp.base
+    if cfg.data.kind == "synthetic" and cfg.data.path is None:
+        from scoring.data.synthetic import write as write_synthetic
+
+        write_synthetic(cfg.data.synth, base.data)
+        cfg = replace(cfg, data=replace(cfg.data, path=str(base.data.resolve())))
+    split_step(base, cfg)
+
+
+def base_config(exp: Experiment) -> RunConfig:
+    """The recipe every run starts from: the base config, with the generated data read as a folder."""
+    if exp.base_run.config.is_file():
+        return exp.base_run.load_config()
+    return exp.base
+
+
+def removal_ids(baseline: RunDir, method: str, count: int, seed: int) -> list[str]:
+    """The `count` scored pairs of the baseline run to remove: by CLIPMem, by similarity, or at random."""
+    import numpy as np
+    import pandas as pd
+
+    scores = pd.read_parquet(baseline.scores, columns=["sample_id", "clipmem_raw", "clipscore_g"])
+    if count > len(scores):
+        raise ClipmemError(f"cannot remove {count} pairs: the baseline run scores only {len(scores)}")
+    if method == "top-clipmem":
+        order = np.argsort(-scores["clipmem_raw"].to_numpy(), kind="stable")
+    elif method == "lowest-similarity":
+        # the CLIPScore filter: lowest image-caption cosine under the model that did not train on the pair
+        order = np.argsort(-scores["clipscore_g"].to_numpy(), kind="stable")
+    elif method == "random":
+        order = np.random.default_rng(seed).permutation(len(scores))
+    else:
+        raise ClipmemError(f"unknown removal method '{method}'; known: {', '.join(REMOVAL_METHODS)}")
+    return scores["sample_id"].to_numpy()[order[:count]].tolist()
+
+
+def plan_run(exp: Experiment, setting: Setting, seed: int) -> RunDir:
+    """Write the run directory's config, shared split files and experiment.json (unless already there)."""
+    run = exp.run_dir(setting, seed)
+    cfg = base_config(exp)
+    remove = []
+    if setting.removal_count:
+        baseline = exp.run_dir(Setting(), seed)
+        baseline.require_finished()
+        remove = removal_ids(baseline, setting.removal_method, setting.removal_count, seed)
+    cfg = replace(cfg, train=replace(cfg.train, captions_per_image=setting.captions_per_image,
+                                     text_noise=setting.text_noise, remove_ids=remove,
+                                     init_seed=seed, data_seed=seed))
+    params = {"experiment": exp.name, "seed": seed, **asdict(setting)}
+    if run.config.is_file():
+        saved = run.load_config()
+        if asdict(saved.train) != asdict(cfg.train):
+            raise ClipmemError(f"{run.path} was trained with other settings than this experiment asks for; "
+                               "use another --out, or --overwrite")
+        return run
+    run.path.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_FILES:
+        src = exp.base_run.path / name
+        if src.is_file():
+            shutil.copy2(src, run.path / name)
+    run.save_config(cfg)
+    write_json(run.experiment, params)
+    return run
+
+
+def _run_one(path: str, threads: int) -> dict:
+    """Worker: train and score one planned run (resuming it if interrupted)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from scoring.pipeline import run_all
+
+    run = RunDir(path)
+    cfg = run.load_config()
+    return run_all(run, cfg, resume=True, show_progress=False)
+
+
+def worker_layout(jobs: int, device: str) -> tuple[int, int]:
+    """(parallel runs, torch threads per run). CUDA runs one at a time; CPU runs share the cores."""
+    cores = os.cpu_count() or 1
+    if jobs <= 0:
+        import torch
+
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        jobs = 1 if cuda else max(1, min(cores, 4))
+    return jobs, max(1, cores // jobs)
+
+
+def run_experiment(exp: Experiment, jobs: int = 0, on_finished: Callable[[RunDir, str], None] | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> list[RunDir]:
+    """Train and score every (setting, seed) not finished yet; returns all the experiment's run dirs.
+
+    `on_finished(run, name)` is called in this process for each finished run (also the ones
+    finished earlier), e.g. to ingest it. `progress(message, done, total)` reports each step.
+    """
+    prepare_base(exp)
+    settings = exp.settings()
+    tasks = [(s, seed) for seed in exp.seeds for s in settings]
+    first = [t for t in tasks if not t[0].removal_count]
+    later = [t for t in tasks if t[0].removal_count]
+    done = [t for t in tasks if exp.run_dir(*t).is_finished()]
+    total = len(tasks)
+    report = progress or (lambda message, n, of: None)
+    report(f"{len(done)} of {total} runs already finished", len(done), total)
+    finished_runs = []
+
+    def finish(task):
+        run = exp.run_dir(*task)
+        finished_runs.append(run)
+        if on_finished is not None:
+            on_finished(run, exp.run_name(*task))
+
+    for task in done:
+        finish(task)
+    n_jobs, threads = worker_layout(jobs, exp.base.train.device)
+    pending = [t for t in first if t not in done]
+    waiting = [t for t in later if t not in done]
+    ctx = get_context("spawn")  # forking a process that already runs torch threads can deadlock OpenMP
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        running = {}
+
+        def submit_ready():
+            for task in list(pending):
+                running[pool.submit(_run_one, str(plan_run(exp, *task).path), threads)] = task
+                pending.remove(task)
+            for task in list(waiting):
+                if exp.run_dir(Setting(), task[1]).is_finished():
+                    running[pool.submit(_run_one, str(plan_run(exp, *task).path), threads)] = task
+                    waiting.remove(task)
+
+        submit_ready()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                try:
+                    future.result()
+                except Exception as exc:
+                    for other in running:
+                        other.cancel()
+                    raise ClipmemError(f"run {exp.run_dir(*task).path} failed: {exc}; rerun the same command "
+                                       "to resume") from exc
+                done.append(task)
+                report(f"finished {exp.run_name(*task)}", len(done), total)
+                finish(task)
+            submit_ready()
+    if waiting:
+        raise ClipmemError("removal runs could not start: their baseline runs did not finish")
+    return finished_runs
+
+
+def report_rows(exp_path: Path) -> list[dict]:
+    """One row per finished run of the experiment directory (see experiment_report.run_row)."""
+    import pandas as pd
+
+    from scoring.experiment_report import run_row
+
+    rows = []
+    for run_path in sorted((Path(exp_path) / "runs").glob("*")):
+        run = RunDir(run_path)
+        if not run.is_finished() or not run.experiment.is_file():
+            continue
+        scores = pd.read_parquet(run.scores, columns=["clipmem_raw", "clipmem"])
+        metrics = json.loads(run.metrics.read_text())
+        row = run_row(json.loads(run.experiment.read_text()), scores["clipmem_raw"].mean(), scores["clipmem"].mean(),
+                      {m: metrics.get(m, {}) for m in ("f", "g")})
+        row["run"] = run_path.name
+        row["train_seconds"] = metrics.get("timings", {}).get("train_seconds")
+        rows.append(row)
+    return rows

@@ -1,0 +1,241 @@
+"""Tables, figures and the Markdown report of a mitigation experiment.
+
+Torch-free (pandas and Plotly only): `clipmem experiment --report` builds its rows
+from run directories, the backend from its database, and both hand them to the
+same `summarize` and `figures`, so the report and the dashboard's Runs page show
+the same numbers.
+
+A run belongs to a grid by its parameters, and the baseline (1 caption, σ = 0,
+nothing removed) belongs to all three: it is captions = 1, σ = 0 and N = 0.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+GRIDS = ("captions", "text-noise", "removal")
+REMOVAL_METHODS = ("top-clipmem", "lowest-similarity", "random")
+KNOB_LABELS = {"captions": "captions per image", "text-noise": "σ of text-embedding noise",
+               "removal": "pairs removed from training"}
+MEMORIZATION_METRICS = ("mean_clipmem_raw", "mean_clipmem")
+# utility on S_E, averaged over f and g; the probe keys depend on the labels the data has
+UTILITY_METRICS = ("probe_shape", "probe_colour", "i2t_r1", "t2i_r1", "i2t_r5", "zeroshot_shape", "zeroshot_colour")
+METRIC_LABELS = {
+    "mean_clipmem_raw": "mean raw CLIPMem", "mean_clipmem": "mean CLIPMem (min-max scaled per run)",
+    "probe_shape": "linear probe: shape", "probe_colour": "linear probe: colour",
+    "i2t_r1": "image→text R@1", "t2i_r1": "text→image R@1", "i2t_r5": "image→text R@5",
+    "zeroshot_shape": "zero-shot shape", "zeroshot_colour": "zero-shot colour",
+}
+PARAMETERS = ("captions_per_image", "text_noise", "removal_method", "removal_count")
+
+
+def run_row(experiment: dict, mean_clipmem_raw: float, mean_clipmem: float, utility: dict) -> dict:
+    """One flat row per run: its parameters (experiment.json), mean scores, utility averaged over f and g."""
+    row = {"experiment": experiment.get("experiment"), "seed": int(experiment["seed"])}
+    row.update({key: experiment.get(key) for key in PARAMETERS})
+    row["captions_per_image"] = int(row["captions_per_image"] or 0)
+    row["text_noise"] = float(row["text_noise"] or 0.0)
+    row["removal_count"] = int(row["removal_count"] or 0)
+    row["mean_clipmem_raw"] = float(mean_clipmem_raw)
+    row["mean_clipmem"] = float(mean_clipmem)
+    keys = sorted({k for model in ("f", "g") for k, v in (utility.get(model) or {}).items()
+                   if isinstance(v, (int, float))})
+    for key in keys:
+        values = [utility[m][key] for m in ("f", "g") if key in (utility.get(m) or {})]
+        row[key] = sum(values) / len(values)
+    return row
+
+
+def grid_points(row: dict) -> list[tuple[str, str | None, float]]:
+    """(grid, method, knob value) for each grid this run is a point of."""
+    baseline_captions = row["captions_per_image"] == 1
+    clean_text = row["text_noise"] == 0
+    removed = row["removal_count"] > 0
+    points = []
+    if clean_text and not removed:
+        points.append(("captions", None, float(row["captions_per_image"])))
+    if baseline_captions and not removed:
+        points.append(("text-noise", None, row["text_noise"]))
+    if baseline_captions and clean_text:
+        if removed:
+            points.append(("removal", row["removal_method"], float(row["removal_count"])))
+        else:  # N = 0 is the start of every removal method's curve
+            points.extend(("removal", method, 0.0) for method in REMOVAL_METHODS)
+    return points
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    present = {k for row in rows for k in row}
+    utility = [m for m in UTILITY_METRICS if m in present]
+    utility += sorted(k for k in present if k.startswith("probe_") and k not in utility)
+    return [m for m in MEMORIZATION_METRICS if m in present] + utility
+
+
+def summarize(rows: list[dict]) -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds of every metric, per grid, method and knob value."""
+    records = []
+    metrics = metric_names(rows)
+    for row in rows:
+        for grid, method, value in grid_points(row):
+            for metric in metrics:
+                if row.get(metric) is not None and not _is_nan(row[metric]):
+                    records.append({"grid": grid, "method": method or "", "value": value, "metric": metric,
+                                    "seed": row["seed"], "x": float(row[metric])})
+    columns = ["grid", "method", "value", "metric", "mean", "std", "n"]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    long = pd.DataFrame(records)
+    # a grid made of the baseline alone (not asked for) says nothing
+    spread = long.groupby("grid")["value"].nunique()
+    long = long[long["grid"].isin(spread[spread > 1].index)]
+    if long.empty:
+        return pd.DataFrame(columns=columns)
+    out = (long.groupby(["grid", "method", "value", "metric"], sort=True)["x"]
+           .agg(mean="mean", std=lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0, n="count").reset_index())
+    out["grid"] = pd.Categorical(out["grid"], GRIDS, ordered=True)
+    return out.sort_values(["grid", "method", "metric", "value"]).reset_index(drop=True)[columns] \
+        .assign(grid=lambda d: d["grid"].astype(str))
+
+
+def _is_nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def figures(summary: pd.DataFrame, utility: tuple[str, ...] | None = None):
+    """One Plotly figure per grid: mean CLIPMem (left) and utility (right) against the knob, ± std over seeds."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    out = {}
+    if summary.empty:
+        return out
+    present = list(dict.fromkeys(summary["metric"]))
+    utility = [m for m in (utility or present) if m not in MEMORIZATION_METRICS and m in present]
+    # the probe is the published utility measure; keep the panel readable with at most three lines
+    utility = ([m for m in utility if m.startswith("probe_")] + [m for m in utility if not m.startswith("probe_")])[:3]
+    for grid in GRIDS:
+        part = summary[summary["grid"] == grid]
+        if part.empty:
+            continue
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("memorization", "utility on S_E"))
+        for col, metrics in ((1, ["mean_clipmem_raw"]), (2, utility)):
+            for metric in metrics:
+                for method, line in part[part["metric"] == metric].groupby("method", sort=False):
+                    line = line.sort_values("value")
+                    name = METRIC_LABELS.get(metric, metric) + (f" ({method})" if method else "")
+                    fig.add_trace(go.Scatter(
+                        x=line["value"], y=line["mean"], mode="lines+markers", name=name,
+                        error_y=dict(type="data", array=line["std"], visible=True),
+                        customdata=line["n"], hovertemplate="%{x}: %{y:.4f} ± %{error_y.array:.4f} "
+                                                            "over %{customdata} seeds<extra>" + name + "</extra>",
+                    ), row=1, col=col)
+        fig.update_xaxes(title_text=KNOB_LABELS[grid])
+        fig.update_yaxes(title_text="mean raw CLIPMem", row=1, col=1)
+        fig.update_yaxes(title_text="accuracy / recall", row=1, col=2)
+        fig.update_layout(title=f"{grid}: memorization and utility, mean ± std over seeds", height=460,
+                          legend=dict(orientation="h", y=-0.25), margin=dict(t=70))
+        out[grid] = fig
+    return out
+
+
+def findings(summary: pd.DataFrame, utility_metric: str | None = None) -> list[str]:
+    """Plain sentences comparing each knob's extremes with the baseline, with the spread over seeds."""
+    if summary.empty:
+        return []
+    utility_metric = utility_metric or next(
+        (m for m in summary["metric"].unique() if m.startswith("probe_shape")),
+        next((m for m in summary["metric"].unique() if m not in MEMORIZATION_METRICS), None))
+
+    def at(grid, method, value, metric):
+        hit = summary[(summary.grid == grid) & (summary.method == method) & (summary.value == value)
+                      & (summary.metric == metric)]
+        return None if hit.empty else hit.iloc[0]
+
+    def fmt(r):
+        return f"{r['mean']:.4f} ± {r['std']:.4f}"
+
+    def compare(label, grid, method, base_value, value):
+        parts = []
+        for metric in ("mean_clipmem_raw", utility_metric):
+            a, b = at(grid, method, base_value, metric), at(grid, method, value, metric)
+            if a is None or b is None:
+                return None
+            delta = b["mean"] - a["mean"]
+            spread = max(a["std"], b["std"])
+            verdict = ("lower" if delta < 0 else "higher") if abs(delta) > spread else "within the seed spread of"
+            parts.append(f"{METRIC_LABELS.get(metric, metric)} {fmt(a)} → {fmt(b)} ({verdict}"
+                         f"{' than' if verdict != 'within the seed spread of' else ''} the baseline)")
+        return f"{label}: " + "; ".join(parts) + "."
+
+    out = []
+    for grid in ("captions", "text-noise"):
+        values = sorted(summary[(summary.grid == grid)]["value"].unique())
+        base = 1.0 if grid == "captions" else 0.0
+        for value in values:
+            if value == base:
+                continue
+            knob = f"{int(value)} captions per image" if grid == "captions" else f"σ = {value:g}"
+            line = compare(knob, grid, "", base, value)
+            if line:
+                out.append(line)
+    removal = summary[summary.grid == "removal"]
+    for value in sorted(v for v in removal["value"].unique() if v > 0):
+        cells = []
+        for method in REMOVAL_METHODS:
+            r = at("removal", method, value, utility_metric) if utility_metric else None
+            if r is not None:
+                cells.append((r["mean"], method, r))
+        base = at("removal", REMOVAL_METHODS[0], 0.0, utility_metric) if utility_metric else None
+        if cells and base is not None:
+            ranked = ", ".join(f"{m} {fmt(r)}" for _, m, r in sorted(cells, key=lambda c: -c[0]))
+            out.append(f"Removing {int(value)} pairs, {METRIC_LABELS.get(utility_metric, utility_metric)} "
+                       f"(baseline {fmt(base)}): {ranked}.")
+    return out
+
+
+def markdown_table(summary: pd.DataFrame, grid: str, metrics: list[str]) -> str:
+    part = summary[(summary.grid == grid) & summary.metric.isin(metrics)]
+    if part.empty:
+        return ""
+    part = part.assign(cell=[f"{m:.4f} ± {s:.4f}" for m, s in zip(part["mean"], part["std"])])
+    wide = part.pivot_table(index=["method", "value", "n"], columns="metric", values="cell", aggfunc="first")
+    wide = wide[[m for m in metrics if m in wide.columns]].reset_index()
+    header = ["method", KNOB_LABELS[grid], "seeds"] + [METRIC_LABELS.get(m, m) for m in wide.columns[3:]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in wide.iterrows():
+        value = f"{r['value']:g}"
+        lines.append("| " + " | ".join([r["method"] or "—", value, str(int(r["n"]))]
+                                       + [str(r[m]) for m in wide.columns[3:]]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (), png: bool = True) -> Path:
+    """report.md with the tables, the findings and each grid's figure as HTML and PNG beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    summary.to_csv(out / "summary.csv", index=False)
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    metrics = metric_names(rows)
+    lines = [f"# {title}", "", *notes, "", "## Findings", ""]
+    lines += [f"- {s}" for s in findings(summary)] or ["- No grid has both a baseline and another setting yet."]
+    png_problem = None
+    for grid, fig in figures(summary).items():
+        html = out / f"{grid}.html"
+        fig.write_html(html, include_plotlyjs="directory")
+        lines += ["", f"## {grid}: {KNOB_LABELS[grid]}", "", f"Interactive figure: [{html.name}]({html.name})", ""]
+        if png and png_problem is None:
+            try:
+                fig.write_image(out / f"{grid}.png", width=1100, height=480)
+                lines += [f"![{grid}]({grid}.png)", ""]
+            except Exception as exc:  # kaleido needs a Chrome/Chromium; the HTML figure does not
+                png_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        lines.append(markdown_table(summary, grid, metrics))
+    if png_problem:
+        lines += ["", f"PNG figures were not written ({png_problem}); install Chromium or set BROWSER_PATH."]
+    lines += ["", "Per-run figures: `runs.csv`; aggregated table: `summary.csv`.", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
