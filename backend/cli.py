@@ -19,7 +19,7 @@ INGEST_HELP = ("Load a finished run into the database, in one transaction, so `c
                + DATABASE_HELP)
 SERVE_HELP = ("Start the HTTP API over the ingested runs (interactive docs at http://HOST:PORT/docs). "
               + DATABASE_HELP + " Set CLIPMEM_API_TOKEN to require 'Authorization: Bearer <token>' on every "
-              "endpoint but /health.")
+              "endpoint but /health, the docs and /openapi.json included.")
 
 
 def _database_error(exc: Exception, url: str) -> ClipmemError:

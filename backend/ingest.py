@@ -61,14 +61,17 @@ def check_run_name(name: str) -> str:
 def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool = False,
            map_method: str = "pca", stored_thumbnail_px: int = 256,
            experiment: str | None = None) -> IngestResult:
-    """Load a finished run. `experiment` names the experiment the run belongs to, instead of its
-    experiment.json's name (a run without experiment.json then joins it with no parameters)."""
+    """Load a finished run. `experiment` names the experiment the run belongs to instead of the name in its
+    experiment.json (which it must have: the parameters place it in the experiment's grids)."""
     started = time.perf_counter()
     timings = {}
     if experiment is not None:
         check_experiment_name(experiment, "--experiment")
     contents = read_run(Path(run_dir))
     if experiment is not None:
+        if contents.experiment_params is None:
+            raise ClipmemError(f"--experiment {experiment}: {contents.path} has no experiment.json (written by "
+                               "`clipmem experiment`), so it has no parameters to place it in an experiment")
         contents.experiment = experiment
     timings["read"] = time.perf_counter() - started
     name = check_run_name(name or contents.path.name)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from backend.score_columns import REQUIRED_SCORES, SCORE_COLUMNS, SCORED_SPLITS, SPLITS
 from scoring.errors import ClipmemError
+from scoring.experiment_report import REMOVAL_METHODS
 from scoring.rundir import COMPLETE, RunDir
 
 SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")
@@ -97,7 +98,8 @@ def read_run(path: Path) -> RunContents:
     # one hash index of the sample ids, for every lookup by id below
     lookup = pd.Index(samples["sample_id"].to_numpy(), dtype=object)
     _check_split_plan(run.split, split, samples, lookup)
-    scores, score_names = _read_scores(run.scores, samples, lookup)
+    removed = set((config.get("train") or {}).get("remove_ids") or []) if isinstance(config, dict) else set()
+    scores, score_names = _read_scores(run.scores, samples, lookup, removed)
     emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
     layers, curves = _read_layers(run)
@@ -109,11 +111,11 @@ def read_run(path: Path) -> RunContents:
                        experiment=experiment, experiment_params=experiment_params)
 
 
-# experiment.json (written by `clipmem experiment`): the keys checked when present, with the types they must have;
-# others are kept as they are
+# experiment.json (written by `clipmem experiment`): "experiment" (the name) and "seed" are required; the grid
+# parameters are checked when present (scoring.experiment_report reads a missing one as the baseline's); other
+# keys are kept as they are
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 EXPERIMENT_NAME_RULE = "1-100 characters: letters, digits, '.', '_', '-', starting with a letter or digit"
-REMOVAL_METHODS = ("top-clipmem", "lowest-similarity", "random")
 _INT_KEYS = ("seed", "captions_per_image", "removal_count")
 
 
@@ -128,8 +130,9 @@ def read_experiment(file: Path) -> tuple[str | None, dict | None]:
     if not file.exists():
         return None, None
     params = _read_json(file)
-    if "experiment" not in params:
-        raise ClipmemError(f"{file} has no 'experiment' name")
+    for key in ("experiment", "seed"):
+        if key not in params:
+            raise ClipmemError(f"{file} has no '{key}'")
     name = check_experiment_name(params["experiment"], str(file))
     try:
         json.dumps(params, allow_nan=False)
@@ -137,8 +140,8 @@ def read_experiment(file: Path) -> tuple[str | None, dict | None]:
         raise ClipmemError(f"{file} holds NaN or infinite numbers") from None
     for key in _INT_KEYS:
         value = params.get(key)
-        if key in params and value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                                    or value < 0):
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not whole and (key == "seed" or value is not None):
             raise ClipmemError(f"{file}: '{key}' should be a whole number >= 0, not {value!r}")
     noise = params.get("text_noise")
     if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))
@@ -312,7 +315,10 @@ def _duplicate(position: np.ndarray) -> np.ndarray:
     return first[position] != rows
 
 
-def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index) -> tuple[pd.DataFrame, list[str]]:
+def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index,
+                 removed: set[str] = frozenset()) -> tuple[pd.DataFrame, list[str]]:
+    """scores.parquet checked against samples.parquet; pairs the run removed from training (config
+    train.remove_ids) are the only candidate or independent pairs allowed to lack a score."""
     frame, views = _read_parquet(file, SCORE_FILE_COLUMNS, strings=("sample_id", "split", "truth", "seen_by"),
                                  raw=("views_f", "views_g"))
     if frame.empty:
@@ -334,6 +340,8 @@ def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index) -> tuple[p
     has_scores = np.zeros(len(samples), dtype=bool)
     has_scores[position] = True
     should_be_scored = samples["split"].isin(SCORED_SPLITS).to_numpy() & ~has_scores
+    if removed:
+        should_be_scored &= ~samples["sample_id"].isin(removed).to_numpy()
     if should_be_scored.any():
         raise ClipmemError(f"{file} has no scores for sample {_first_bad(samples, should_be_scored)} "
                            "(every candidate and independent pair is scored)")

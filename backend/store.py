@@ -64,7 +64,8 @@ def load_run_rows(conn: Connection, table: str, run_id: int, columns: Columns) -
         partition = partition_name(table, run_id)
         conn.exec_driver_sql(f"CREATE TABLE {partition} (LIKE {table} INCLUDING DEFAULTS)")
         bulk_insert(conn, partition, columns)
-        # index builds on attach sort in memory when they can
+        # ATTACH builds each index of the parent on the partition (a partial one with its predicate, so the
+        # nulls of optional scores get no entries); the builds sort in memory when they can
         conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
         conn.exec_driver_sql(f"ALTER TABLE {table} ATTACH PARTITION {partition} FOR VALUES IN ({int(run_id)})")
         conn.exec_driver_sql(f"ANALYZE {partition}")

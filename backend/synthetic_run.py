@@ -27,8 +27,12 @@ SHARED_IMAGES = 16  # images="shared": this many files, reused by every pair
 
 def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_shared: int, n_extra: int, *,
                         dim: int = 16, views: int = 4, seed: int = 0, images: str = "files",
-                        optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}") -> Path:
+                        optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}",
+                        utility: dict[str, float] | None = None, experiment: dict | None = None) -> Path:
     """Write a finished run into `out` (created) with its images under out/data.
+
+    utility: model f's metrics on S_E in metrics.json (g gets each minus 0.01); default retrieval and
+    zero-shot figures. experiment: written as experiment.json, as `clipmem experiment` does for its runs.
 
     images: "files" (one PNG per pair), "tar" (one PNG per pair inside data/shards/000.tar,
     referenced as shards/000.tar#member) or "shared" (a few PNGs reused, for big runs).
@@ -86,11 +90,13 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
     _json(out / "data_root.json", {"data_root": str(data_root.resolve()), "kind": "folder"})
     _json(out / "split.json", {"seed": seed, "sizes": sizes,
                                "ids": {name: ids[split == name].tolist() for name in sizes}})
-    utility = {"i2t_r1": 0.5, "i2t_r5": 0.8, "t2i_r1": 0.45, "t2i_r5": 0.75, "zeroshot_shape": 0.9,
-               "zeroshot_colour": 0.8}
+    utility = utility or {"i2t_r1": 0.5, "i2t_r5": 0.8, "t2i_r1": 0.45, "t2i_r5": 0.75, "zeroshot_shape": 0.9,
+                          "zeroshot_colour": 0.8}
     _json(out / "metrics.json", {"f": utility, "g": {k: v - 0.01 for k, v in utility.items()},
                                  "scoring": {"pairs": int(len(scored)), "views": views}, "peak_rss_mb": 100.0,
                                  "timings": {"score_seconds": 1.0}})
+    if experiment is not None:
+        _json(out / "experiment.json", experiment)
     (out / "COMPLETE").write_text(json.dumps({"outputs": sorted(p.name for p in out.iterdir())}))
     return out
 

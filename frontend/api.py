@@ -69,7 +69,7 @@ def run(name: str) -> dict:
 
 def delete_run(name: str) -> None:
     client().delete(_run_path(name))
-    st.cache_data.clear()
+    st.cache_data.clear()  # also the experiments the run was part of
 
 
 @st.cache_data(ttl=RUN, show_spinner=False)
@@ -93,6 +93,21 @@ def layer_curve(run_name: str, sample_id: str) -> dict:
 @st.cache_data(ttl=RUN, show_spinner=False)
 def comparison(run_a: str, run_b: str, score: str, k: int) -> dict:
     return client().get_json("/comparisons", run_a=run_a, run_b=run_b, score=score, k=k)
+
+
+# ---------------------------------------------------------------- experiments
+
+@st.cache_data(ttl=FRESH, show_spinner=False)
+def experiments() -> list[dict]:
+    """Every experiment with runs in the backend: name, runs, seeds, grids."""
+    return client().get_json("/experiments")
+
+
+@st.cache_data(ttl=FRESH, show_spinner=False)
+def experiment(name: str) -> dict:
+    """An experiment's per-run rows ("runs") and its summary over seeds ("summary": grid, method, value, metric,
+    mean, std, n)."""
+    return client().get_json(f"/experiments/{quote(name, safe='')}")
 
 
 # ---------------------------------------------------------------- pairs

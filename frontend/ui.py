@@ -22,8 +22,10 @@ RUN_PICKER = "run_picker"
 FIRST_PAINT_DONE = "_clipmem_first_paint_done"
 FIRST_PAINT_S = 0.4
 # the query params each page takes over from the last view when it is opened without any
-CARRIED = {"explore": FILTER_KEYS, "export": FILTER_KEYS, "encoders": ("run",), "runs": ("run",),
+CARRIED = {"explore": FILTER_KEYS, "export": FILTER_KEYS, "encoders": ("run",), "runs": ("run", "experiment"),
            "sample": ("run", "sample")}
+# query params that do not belong to a run: they stay when another run is picked
+RUN_INDEPENDENT = ("experiment",)
 SCORE_HELP = ("`_f` = the model trained with the pair, `_g` = the model trained without it. clipmem and "
               "clipmem_contrastive are scaled to [0, 1] over the run; `_raw` are the unscaled differences.")
 
@@ -149,7 +151,8 @@ def run_picker(page: str) -> None:
         old = ViewFilter.from_params(st.query_params)
         # a new run starts unfiltered; the sort order and page size stay
         fresh = ViewFilter(run=chosen, sort=old.sort, order=old.order, size=old.size)
-        st.query_params.from_dict(fresh.to_params() if page in ("explore", "export") else {"run": chosen})
+        kept = {k: st.query_params[k] for k in RUN_INDEPENDENT if k in CARRIED.get(page, ()) and k in st.query_params}
+        st.query_params.from_dict(fresh.to_params() if page in ("explore", "export") else {"run": chosen, **kept})
         remember_params()
 
     st.sidebar.selectbox("Run", list(by_name), key=RUN_PICKER, on_change=_on_change,

@@ -11,7 +11,13 @@ with forward hooks during the same passes.
 The swap check fits orthogonal maps between g's and f's spaces on the shared
 pairs (which both models saw) and recomputes the alignment with one tower taken
 from the model that did not see the pair: the drop tells which tower carried
-the pair's memorization.
+the pair's memorization. It needs the published scheme's S_S, so k-fold runs have
+no swap columns (they are optional in scores.parquet); tower scores and LayerMem
+use the same with/without means as CLIPMem itself.
+
+Like the views of CLIPMem, the tower views are drawn for the whole scored set and
+sliced, so a shard of the scored pairs gets the values a single pass gives them;
+per-pair layer values are aggregated afterwards (`layer_tables`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import torch.nn.functional as F
 from scoring.config import ScoreConfig, TrainConfig
 from scoring.data.tensors import TensorCorpus
 from scoring.models import apply_vocabulary, tokenize
-from scoring.score import ScoreResult, encode_images, encode_texts, minmax
+from scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
+                           scored_rows, to_device, with_without)
 from scoring.transform import sample_views
 
 TOWERS = ("image", "text")
@@ -89,8 +96,12 @@ class TowerViews:
 
 
 def draw_tower_views(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig, train_cfg: TrainConfig,
-                     context_length: int, vocab) -> TowerViews:
-    """Seeded view pairs for both towers; the same for f and g."""
+                     context_length: int, vocab, part: slice | None = None) -> TowerViews:
+    """Seeded view pairs for both towers; the same for every model.
+
+    Drawn for all `rows`; `part` (a slice of rows) returns that part's views, identical to
+    the same rows' views in the whole (only the part's captions are tokenised).
+    """
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     n = cfg.views * len(rows)
     image_params = (sample_views(n, train_cfg.augment, gen), sample_views(n, train_cfg.augment, gen))
@@ -100,15 +111,20 @@ def draw_tower_views(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig,
     first = torch.clamp((torch.rand(n, generator=gen) * counts).long(), max=counts - 1)
     offset = 1 + torch.clamp((torch.rand(n, generator=gen) * (counts - 1)).long(), min=0)
     second = torch.where(counts > 1, (first + offset) % counts.clamp(min=1), first)
+    flat = slice(0, n) if part is None else slice(part.start * cfg.views, part.stop * cfg.views)
     idx_a = corpus.caption_index[rep, first]
     idx_b = corpus.caption_index[rep, second]
-    tokens_a = corpus.tokens[idx_a]
-    tokens_b = corpus.tokens[idx_b].clone()
-    single = torch.nonzero(counts == 1).flatten().tolist()
-    if single:
-        dropped = [_drop_word(corpus.caption_texts[int(idx_a[j])], gen) for j in single]
-        raw, _ = tokenize(dropped, context_length)
-        tokens_b[single] = apply_vocabulary(raw, vocab)
+    tokens_a = corpus.tokens[idx_a[flat]]
+    tokens_b = corpus.tokens[idx_b[flat]].clone()
+    # one-word dropout of single-caption pairs: the draws of the rows before the part are made (and
+    # dropped) so the generator reaches the part's rows in the same state as in a single pass
+    single = torch.nonzero(counts[: flat.stop] == 1).flatten().tolist()
+    dropped = [_drop_word(corpus.caption_texts[int(idx_a[j])], gen) for j in single]
+    keep = [(j - flat.start, text) for j, text in zip(single, dropped) if j >= flat.start]
+    if keep:
+        raw, _ = tokenize([text for _, text in keep], context_length)
+        tokens_b[[j for j, _ in keep]] = apply_vocabulary(raw, vocab)
+    image_params = tuple(p.select(flat) for p in image_params)
     max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
     return TowerViews(image_params=image_params, text_tokens=(tokens_a, tokens_b), max_shift=max_shift)
 
@@ -121,12 +137,12 @@ def _drop_word(text: str, gen: torch.Generator) -> str:
     return " ".join(words[:k] + words[k + 1:])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def tower_similarities(model, corpus: TensorCorpus, rows: torch.Tensor, views: TowerViews, cfg: ScoreConfig,
                        device, layers: bool) -> dict[str, torch.Tensor]:
     """Cosine between the two views per (pair, view): final embedding (N, n) and, with layers, per block (B, N, n)."""
     n_rows = len(rows)
-    pixels = corpus.pixels[rows].repeat_interleave(cfg.views, dim=0)
+    pixels = corpus.pixels[rows]
     out = {}
     for tower in TOWERS:
         blocks = (image_blocks(model) if tower == "image" else text_blocks(model)) if layers else []
@@ -136,14 +152,15 @@ def tower_similarities(model, corpus: TensorCorpus, rows: torch.Tensor, views: T
             with capture_blocks(blocks, mask_ref) as store:
                 if tower == "image":
                     final = encode_images(model, pixels, cfg.batch_size, device, views=views.image_params[v],
-                                          max_shift=views.max_shift)
+                                          max_shift=views.max_shift, repeat=cfg.views)
                 else:
                     toks = views.text_tokens[v]
                     chunks = []
                     for s in range(0, len(toks), cfg.batch_size):
-                        chunk = toks[s:s + cfg.batch_size]
-                        mask_ref["mask"] = (chunk != 0).to(device)
-                        chunks.append(model.encode_text(chunk.to(device), normalize=True).float().cpu())
+                        chunk = to_device(toks[s:s + cfg.batch_size], device)
+                        mask_ref["mask"] = chunk != 0
+                        with encode_context(device):
+                            chunks.append(model.encode_text(chunk, normalize=True).float().cpu())
                     final = torch.cat(chunks)
             finals.append(final)
             pooled.append([torch.cat(parts) for parts in store])
@@ -160,24 +177,28 @@ def orthogonal_map(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (u @ vh).float()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def swap_check(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, device) -> dict[str, np.ndarray]:
-    """Memorization removed by swapping in the text (or image) tower of the model that did not see the pair."""
+    """Memorization removed by swapping in the text (or image) tower of the model that did not see the pair.
+
+    Published scheme only (f and g, fitted on S_S); {} otherwise.
+    """
     shared = corpus.rows("shared")
-    if len(shared) == 0:
+    if len(shared) == 0 or tuple(models) != ("f", "g"):
         return {}
     first_caption = corpus.caption_index[shared, 0]
+    caption = result.view_captions
+    needed = None if result.part is None else caption  # a part encodes only its views' captions
     emb = {}
     for name, model in models.items():
         emb[name] = {
             "image": encode_images(model, corpus.pixels[shared], cfg.batch_size, device),
             "text": encode_texts(model, corpus.tokens[first_caption], cfg.batch_size, device),
-            "table": encode_texts(model, corpus.tokens, cfg.batch_size, device),
+            "table": encode_captions(model, corpus, needed, cfg.batch_size, device),
         }
     # maps from g's space to f's, fitted where both models saw the data; the inverse is the transpose
     w = {tower: orthogonal_map(emb["g"][tower], emb["f"][tower]) for tower in ("image", "text")}
     n = len(result.scored)
-    caption = result.view_captions
     seen_f = result.seen_by_f.repeat_interleave(cfg.views)
 
     def pick(a, b):
@@ -198,19 +219,22 @@ def block_names(model) -> dict[str, int]:
     return {"image": len(image_blocks(model)), "text": len(text_blocks(model))}
 
 
-@torch.no_grad()
-def attribute(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,
-              context_length: int, vocab, device, layers: bool = True, top_k_curves: int = 50):
-    """Add tower and swap scores to the score table; return (frame, layers table, per-pair curves)."""
-    rows = result.scored
-    views = draw_tower_views(corpus, rows, cfg, train_cfg, context_length, vocab)
-    sims = {name: tower_similarities(m, corpus, rows, views, cfg, device, layers) for name, m in models.items()}
-    seen_f = result.seen_by_f
+@torch.inference_mode()
+def tower_scores(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,
+                 context_length: int, vocab, device, layers: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The score table with per-tower (raw and scaled over these pairs) and swap scores added, and, with
+    `layers`, each pair's LayerMem per block: {tower: (blocks, N)}."""
+    views = draw_tower_views(corpus, scored_rows(corpus), cfg, train_cfg, context_length, vocab, result.part)
+    sims = {name: tower_similarities(m, corpus, result.scored, views, cfg, device, layers)
+            for name, m in models.items()}
 
     def seen_minus_unseen(key: str) -> torch.Tensor:
-        f, g = sims["f"][key], sims["g"][key]
-        mask = seen_f.view(*([1] * (f.dim() - 2)), -1, 1)
-        return (torch.where(mask, f, g) - torch.where(mask, g, f)).mean(-1)
+        values = torch.stack([sims[name][key] for name in models])  # (models, [blocks,] N, n)
+        if values.dim() == 4:  # pairs first for the with/without means
+            values = values.transpose(1, 2)
+        with_, without = with_without(values, result.seen)
+        out = (with_ - without).mean(-1)
+        return out.T if out.dim() == 2 else out
 
     frame = result.frame.copy()
     for tower in TOWERS:
@@ -218,22 +242,40 @@ def attribute(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: Scor
         frame[f"mem_{tower}_raw"] = raw
         frame[f"mem_{tower}"] = minmax(raw)
     frame = frame.assign(**swap_check(models, corpus, result, cfg, device))
+    per_pair = {tower: seen_minus_unseen(f"{tower}_layers").numpy() for tower in TOWERS} if layers else {}
+    return frame, per_pair
 
+
+def layer_tables(frame: pd.DataFrame, per_pair: dict[str, np.ndarray],
+                 top_k_curves: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """LayerMem and ΔLayerMem per tower, block and truth tag; per-pair curves of the top_k most memorized pairs.
+
+    per_pair: {tower: (blocks, N)} in frame order; the frame's `clipmem` must be scaled over the whole run.
+    """
     layer_rows, curve_rows = [], []
-    if layers:
-        top = np.argsort(-frame["clipmem"].to_numpy(), kind="stable")[:top_k_curves]
-        truth = frame["truth"].to_numpy()
-        for tower in TOWERS:
-            per_pair = seen_minus_unseen(f"{tower}_layers").numpy()  # (blocks, N)
-            groups = {"all": np.ones(len(frame), bool), **{t: truth == t for t in np.unique(truth)}}
-            for group, mask in groups.items():
-                means = per_pair[:, mask].mean(1)
-                for layer, value in enumerate(means):
-                    layer_rows.append({"tower": tower, "layer": layer + 1, "truth": group, "pairs": int(mask.sum()),
-                                       "layer_mem": float(value),
-                                       "delta_layer_mem": float(value - (means[layer - 1] if layer else 0.0))})
-            for j in top:
-                for layer, value in enumerate(per_pair[:, j]):
-                    curve_rows.append({"sample_id": frame["sample_id"].iloc[j], "tower": tower, "layer": layer + 1,
-                                       "layer_mem": float(value)})
-    return frame, pd.DataFrame(layer_rows), pd.DataFrame(curve_rows)
+    if not per_pair:
+        return pd.DataFrame(layer_rows), pd.DataFrame(curve_rows)
+    top = np.argsort(-frame["clipmem"].to_numpy(), kind="stable")[:top_k_curves]
+    truth = frame["truth"].to_numpy()
+    for tower in TOWERS:
+        values = per_pair[tower]  # (blocks, N)
+        groups = {"all": np.ones(len(frame), bool), **{t: truth == t for t in np.unique(truth)}}
+        for group, mask in groups.items():
+            means = values[:, mask].mean(1)
+            for layer, value in enumerate(means):
+                layer_rows.append({"tower": tower, "layer": layer + 1, "truth": group, "pairs": int(mask.sum()),
+                                   "layer_mem": float(value),
+                                   "delta_layer_mem": float(value - (means[layer - 1] if layer else 0.0))})
+        for j in top:
+            for layer, value in enumerate(values[:, j]):
+                curve_rows.append({"sample_id": frame["sample_id"].iloc[j], "tower": tower, "layer": layer + 1,
+                                   "layer_mem": float(value)})
+    return pd.DataFrame(layer_rows), pd.DataFrame(curve_rows)
+
+
+def attribute(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,
+              context_length: int, vocab, device, layers: bool = True, top_k_curves: int = 50):
+    """Add tower and swap scores to the score table; return (frame, layers table, per-pair curves)."""
+    frame, per_pair = tower_scores(models, corpus, result, cfg, train_cfg, context_length, vocab, device, layers)
+    layer_frame, curves = layer_tables(frame, per_pair, top_k_curves)
+    return frame, layer_frame, curves

@@ -28,6 +28,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+EXPERIMENT_EPOCHS = 30  # the default grid (45 runs) then fits in an hour on the 2-core project machine
 SIZES_HELP = ("Split sizes as SHARED,CANDIDATE,INDEPENDENT,EXTRA: counts (2400,300,300,300) or fractions "
               "of the dataset (0.7,0.1,0.1,0.1). S_S trains both models, S_C only f, S_I only g, S_E neither.")
 
@@ -50,7 +51,7 @@ def _parse_sizes(text: str):
 
 
 def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_seed: Optional[int],
-                source: Optional[dict] = None):
+                source: Optional[dict] = None, scheme: Optional[str] = None, folds: Optional[int] = None):
     from scoring.config import DataConfig, RunConfig, SplitConfig
     from scoring.data.base import SOURCE_KINDS, SourceOptions
     from scoring.data.inject import check_rates
@@ -78,6 +79,12 @@ def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_
         split = replace(split, sizes=_parse_sizes(sizes))
     if split_seed is not None:
         split = replace(split, seed=split_seed)
+    if scheme is not None or folds is not None:
+        split = replace(split, scheme=scheme or ("kfold" if folds else "published"), folds=folds or 0)
+        from scoring.pipeline import check_scheme
+
+        cfg.split = split
+        check_scheme(cfg)
     cfg.split = split
     return cfg
 
@@ -177,6 +184,11 @@ ImageViewsOpt = typer.Option(None, "--image-views", help="0 (default): a fresh a
 RemoveIdsOpt = typer.Option(None, "--remove-ids", help="File of sample ids (one per line, or a CSV with a sample_id "
                             "column such as the dashboard's export) to leave out of training and scoring.")
 ViewsOpt = typer.Option(None, "--views", help="Augmented views per pair when scoring (default 8).")
+SchemeOpt = typer.Option(None, "--scheme", help="published (default): S_S/S_C/S_I/S_E and models f, g. kfold: S_E held "
+                         "out, the other pairs (as many as S_S + S_C + S_I of --sizes) in --folds K folds; model k "
+                         "trains on every fold but k, and every non-S_E pair is scored (model k against the mean of "
+                         "the other K-1).")
+FoldsOpt = typer.Option(None, "--folds", help="Number of folds K >= 2 of --scheme kfold (K models are trained).")
 
 
 @app.command()
@@ -218,22 +230,25 @@ def split(
     on_error: Optional[str] = OnErrorOpt,
     inject: Optional[str] = InjectOpt,
     label_key: Optional[str] = LabelKeyOpt,
+    scheme: Optional[str] = SchemeOpt,
+    folds: Optional[int] = FoldsOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
 ):
-    """Plan the split S_S / S_C / S_I / S_E and start a run directory (config.json, split.json)."""
+    """Plan the split S_S / S_C / S_I / S_E (or k folds and S_E) and start a run directory (config.json, split.json)."""
     from scoring.pipeline import split_step
     from scoring.rundir import RunDir
 
     try:
         cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
                                                                wds_caption_key, coco_images, on_error, inject,
-                                                               label_key))
+                                                               label_key), scheme, folds)
         run = RunDir(out)
         run.prepare_new(overwrite)
         counts = split_step(run, cfg)
     except ClipmemError as exc:
         _fail(exc)
-    console.print(f"split plan written to {run.split}: {counts}")
+    folds = f" in {cfg.split.folds} folds (f = fold0, g = fold1)" if cfg.split.scheme == "kfold" else ""
+    console.print(f"split plan written to {run.split}: {counts}{folds}")
 
 
 @app.command()
@@ -253,7 +268,11 @@ def train(
     remove_ids: Optional[Path] = RemoveIdsOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint."),
 ):
-    """Train f on S_S ∪ S_C and g on S_S ∪ S_I with the same recipe, initialisation and step count."""
+    """Train f on S_S ∪ S_C and g on S_S ∪ S_I (or the k fold models) with the same recipe, initialisation and steps.
+
+    Under torchrun (`torchrun --nproc_per_node N -m scoring.train RUN_DIR`, or `torchrun ... -m scoring.cli train
+    RUN_DIR`) the processes train together with DistributedDataParallel, sharing each batch.
+    """
     from scoring.pipeline import train_step
     from scoring.rundir import RunDir
 
@@ -270,7 +289,12 @@ def train(
         summary = train_step(run, cfg, resume=resume)
     except ClipmemError as exc:
         _fail(exc)
-    console.print(f"trained f and g: {summary['steps']} steps each, {summary['samples_per_s']} samples/s")
+    if summary.get("world_size", 1) > 1 and "weights_sha256" not in summary:
+        return  # ranks other than 0: rank 0 reports
+    names = summary["models"]
+    console.print(f"trained {' and '.join(names) if len(names) == 2 else ', '.join(names)}: {summary['steps']} "
+                  f"steps each, {summary['samples_per_s']} samples/s"
+                  + (f" on {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else ""))
 
 
 @app.command()
@@ -283,11 +307,20 @@ def score(
                                                 "on S_S ∪ S_C): an open_clip trainer checkpoint or a state dict."),
     checkpoint_g: Optional[Path] = typer.Option(None, "--checkpoint-g", help="Score this checkpoint as g (trained "
                                                 "on S_S ∪ S_I)."),
+    shard: Optional[int] = typer.Option(None, "--shard", help="Score only part I (0-based) of --num-shards N "
+                                        "contiguous parts of the scored pairs into RUN_DIR/score_parts/"
+                                        "part-I-of-N.parquet; a current part file is not recomputed."),
+    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Number of parts N for --shard (and for "
+                                             "--merge when parts of several N are present)."),
+    merge: bool = typer.Option(False, "--merge", help="Finish the run from the parts of every shard: scaled scores, "
+                               "layer tables, embeddings, utility. Refuses, naming them, when parts are missing."),
 ):
     """Compute CLIPMem, its contrastive variant and the CLIPScore baselines; evaluate utility on S_E.
 
     With --checkpoint-f/--checkpoint-g, models trained elsewhere (e.g. by open_clip's trainer on the CSVs of
-    `clipmem export-splits`) are scored instead of clipmem's own.
+    `clipmem export-splits`) are scored instead of clipmem's own. With --shard/--num-shards several processes (or
+    machines sharing RUN_DIR) score parts at once, and `--merge` finishes the run; under torchrun each rank scores
+    the part of its rank and rank 0 merges.
     """
     from scoring.pipeline import score_step
     from scoring.rundir import RunDir
@@ -309,9 +342,14 @@ def score(
             if views < 1:
                 raise ClipmemError(f"--views must be >= 1, got {views}")
             cfg.score = replace(cfg.score, views=views)
-        score_step(run, cfg, checkpoint_f, checkpoint_g)
+        result = score_step(run, cfg, checkpoint_f, checkpoint_g, shard=shard, num_shards=num_shards, merge=merge)
     except ClipmemError as exc:
         _fail(exc)
+    if "part" in result:
+        if shard is not None:  # with --shard; under torchrun the other ranks say nothing
+            done = "already current, skipped" if result["skipped"] else f"written in {result['seconds']} s"
+            console.print(f"shard {result['shard']} of {result['num_shards']}: {result['part']} {done}")
+        return
     _print_report(Path(run_dir))
 
 
@@ -342,10 +380,12 @@ def run(
     coco_images: Optional[Path] = CocoImagesOpt,
     on_error: Optional[str] = OnErrorOpt,
     inject: Optional[str] = InjectOpt,
+    scheme: Optional[str] = SchemeOpt,
+    folds: Optional[int] = FoldsOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped."),
 ):
-    """Every step in one go: data, split, train f and g, score, evaluate, report."""
+    """Every step in one go: data, split, train f and g (or the fold models), score, evaluate, report."""
     from scoring.pipeline import run_all
     from scoring.rundir import RunDir
 
@@ -358,7 +398,7 @@ def run(
         else:
             cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
                                                                    wds_caption_key, coco_images, on_error, inject,
-                                                                   label_key))
+                                                                   label_key), scheme, folds)
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
                                    no_augment, full_vocab, text_noise, image_views, remove_ids)
             if views is not None:
@@ -408,6 +448,50 @@ def report(
         _fail(exc)
 
 
+@app.command("compare-schemes")
+def compare_schemes(
+    run_a: Path = typer.Argument(..., help="A finished run (e.g. the published scheme)."),
+    run_b: Path = typer.Argument(..., help="Another finished run of the same data (e.g. --scheme kfold)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+):
+    """Do two runs agree on which pairs are memorized? Spearman rank correlation of CLIPMem on the pairs both
+    score, and each run's swapped-pair detection AUROC (on its own scored pairs and on the common ones)."""
+    import pandas as pd
+
+    from scoring.report import compare_runs
+    from scoring.rundir import RunDir
+
+    try:
+        frames, labels = [], []
+        for path in (run_a, run_b):
+            run = RunDir(path)
+            run.require_finished()
+            frames.append(pd.read_parquet(run.scores))
+            cfg = run.load_config()
+            labels.append(f"{path} ({cfg.split.scheme}{f', K={cfg.split.folds}' if cfg.split.scheme == 'kfold' else ''})")
+        result = compare_runs(frames[0], frames[1])
+    except ClipmemError as exc:
+        _fail(exc)
+    result = {"run_a": labels[0], "run_b": labels[1], **result}
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    console.print(f"A = {labels[0]}: {result['pairs_a']} scored pairs", highlight=False)
+    console.print(f"B = {labels[1]}: {result['pairs_b']} scored pairs", highlight=False)
+    console.print(f"{result['common_pairs']} pairs scored by both; Spearman ρ of clipmem "
+                  f"{_num(result['spearman_clipmem'])}, of clipmem_contrastive "
+                  f"{_num(result['spearman_clipmem_contrastive'])}", highlight=False)
+    table = Table("swapped-pair AUROC", "A, own pairs", "B, own pairs", "A, common", "B, common",
+                  title="Finding swapped pairs")
+    for row in result["swapped_auroc"]:
+        table.add_row(row["score"], *(_num(row[k]) for k in ("a_own", "b_own", "a_common", "b_common")))
+    console.print(table)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 @app.command()
 def experiment(
     out: Path = typer.Option(..., "--out", help="Experiment directory: created, or continued where it stopped."),
@@ -418,7 +502,8 @@ def experiment(
                               "(retrain without the top-CLIPMem, lowest-similarity or random N scored pairs)."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per setting (0..SEEDS-1); every setting uses the same ones."),
     removal_counts: str = typer.Option("50,150", "--removal-counts", help="The sweep of N for the removal grid."),
-    epochs: int = typer.Option(40, "--epochs", help="Training epochs of every run (default 40; `clipmem run` uses 80)."),
+    epochs: int = typer.Option(EXPERIMENT_EPOCHS, "--epochs", help=f"Training epochs of every run (default "
+                               f"{EXPERIMENT_EPOCHS}; `clipmem run` uses 80)."),
     jobs: int = typer.Option(0, "--jobs", help="Runs trained at once: 0 = one per CPU core up to 4 (1 on a GPU)."),
     ingest: bool = typer.Option(True, "--ingest/--no-ingest", help="Ingest each finished run into the database "
                                 "(CLIPMEM_DATABASE_URL) under the experiment name; runs already there are kept."),
@@ -537,10 +622,18 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
     metrics = json.loads(run.metrics.read_text())
     summary["utility"] = {k: metrics[k] for k in ("f", "g") if k in metrics}
     summary["skipped_items"] = len(run.skipped.read_text().splitlines()) if run.skipped.is_file() else 0
+    if "scheme" in metrics:
+        summary["scheme"] = metrics["scheme"]
+        summary["utility_per_fold_model"] = metrics.get("folds", {})
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
     console.print(f"[bold]{run_dir}[/]: {len(scores)} scored pairs, mean CLIPMem {summary['mean_clipmem']:.3f}")
+    if "scheme" in summary:
+        scheme = summary["scheme"]
+        console.print(f"{scheme['name']} scheme, {scheme['folds']} fold models; a pair of fold k: model k against the "
+                      f"mean of the others. Literal models: f = {scheme['literal_models']['f']}, "
+                      f"g = {scheme['literal_models']['g']}", highlight=False)
     if summary["skipped_items"]:
         console.print(f"{summary['skipped_items']} source items were skipped as unreadable: see {run.skipped}")
     table = Table("truth", "pairs", "CLIPMem", "raw", "contrastive", title="Mean score per truth tag")
@@ -557,6 +650,13 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
         for row in summary[key]:
             table.add_row(row["score"], f"{row['auroc']:.3f}", f"{row['average_precision']:.3f}",
                           f"{row['precision_at_k']:.3f}", str(row["k"]))
+        console.print(table)
+    if summary.get("by_fold"):
+        table = Table("fold", "pairs", "mean raw", "A with (other folds' models)", "A without (fold model)",
+                      title="Per fold (a large mean raw means the fold's model trained worse than the others)")
+        for row in summary["by_fold"]:
+            table.add_row(str(row["fold"]), str(row["pairs"]), f"{row['clipmem_raw']:+.4f}", f"{row['align_f']:.4f}",
+                          f"{row['align_g']:.4f}")
         console.print(table)
     if summary["towers_by_truth"]:
         table = Table("truth", "image-side (raw)", "text-side (raw)", "swap image", "swap text", "text > image",
@@ -584,3 +684,6 @@ from backend.cli import register as _register_backend  # noqa: E402
 _register_backend(app)
 from frontend.cli import register as _register_frontend  # noqa: E402
 _register_frontend(app)
+
+if __name__ == "__main__":  # pragma: no cover  (python -m scoring.cli, e.g. under torchrun)
+    main()

@@ -26,6 +26,8 @@ class DataConfig:
 class SplitConfig:
     sizes: SplitSizes = field(default_factory=SplitSizes)
     seed: int = 0
+    scheme: str = "published"        # published (S_S/S_C/S_I/S_E, models f and g) | kfold
+    folds: int = 0                   # kfold: number of folds K >= 2 (K models)
 
 
 @dataclass

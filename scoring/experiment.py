@@ -35,7 +35,6 @@ from scoring.rundir import RunDir, write_json
 CAPTIONS = (1, 2, 3, 5)
 TEXT_NOISE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 REMOVAL_COUNTS = (50, 150)
-DEFAULT_EPOCHS = 40
 SHARED_FILES = ("split.json", "samples.parquet", "data_root.json", "skipped.jsonl")
 
 

@@ -104,39 +104,50 @@ def _is_nan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def figures(summary: pd.DataFrame, utility: tuple[str, ...] | None = None):
-    """One Plotly figure per grid: mean CLIPMem (left) and utility (right) against the knob, ± std over seeds."""
+def headline_metrics(metrics) -> list[str]:
+    """The panels of a figure: memorization, the linear probe (the published utility measure), retrieval.
+
+    Of several probes the shape one is preferred on the built-in data, where colour saturates at 1.0.
+    """
+    present = list(dict.fromkeys(metrics))
+    probes = sorted((m for m in present if m.startswith("probe_")), key=lambda m: (m != "probe_shape", m))
+    chosen = ["mean_clipmem_raw"] + probes[:1] + [m for m in ("i2t_r1",) if m in present]
+    return [m for m in chosen if m in present]
+
+
+METHOD_COLOURS = {"": "#1f77b4", "top-clipmem": "#d62728", "lowest-similarity": "#2ca02c", "random": "#7f7f7f"}
+
+
+def figures(summary: pd.DataFrame):
+    """One Plotly figure per grid: mean raw CLIPMem, the linear probe and R@1 against the knob, ± std over seeds."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     out = {}
     if summary.empty:
         return out
-    present = list(dict.fromkeys(summary["metric"]))
-    utility = [m for m in (utility or present) if m not in MEMORIZATION_METRICS and m in present]
-    # the probe is the published utility measure; keep the panel readable with at most three lines
-    utility = ([m for m in utility if m.startswith("probe_")] + [m for m in utility if not m.startswith("probe_")])[:3]
+    panels = headline_metrics(summary["metric"])
     for grid in GRIDS:
         part = summary[summary["grid"] == grid]
         if part.empty:
             continue
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("memorization", "utility on S_E"))
-        for col, metrics in ((1, ["mean_clipmem_raw"]), (2, utility)):
-            for metric in metrics:
-                for method, line in part[part["metric"] == metric].groupby("method", sort=False):
-                    line = line.sort_values("value")
-                    name = METRIC_LABELS.get(metric, metric) + (f" ({method})" if method else "")
-                    fig.add_trace(go.Scatter(
-                        x=line["value"], y=line["mean"], mode="lines+markers", name=name,
-                        error_y=dict(type="data", array=line["std"], visible=True),
-                        customdata=line["n"], hovertemplate="%{x}: %{y:.4f} ± %{error_y.array:.4f} "
-                                                            "over %{customdata} seeds<extra>" + name + "</extra>",
-                    ), row=1, col=col)
+        fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08,
+                            subplot_titles=[METRIC_LABELS.get(m, m) for m in panels])
+        for col, metric in enumerate(panels, start=1):
+            for method, line in part[part["metric"] == metric].groupby("method", sort=False):
+                line = line.sort_values("value")
+                name = method or grid
+                fig.add_trace(go.Scatter(
+                    x=line["value"], y=line["mean"], mode="lines+markers", name=name, legendgroup=name,
+                    showlegend=col == 1, line=dict(color=METHOD_COLOURS.get(method, None)),
+                    error_y=dict(type="data", array=line["std"], visible=True), customdata=line["n"],
+                    hovertemplate="%{x}: %{y:.4f} ± %{error_y.array:.4f} over %{customdata} seeds"
+                                  f"<extra>{name}: {METRIC_LABELS.get(metric, metric)}</extra>",
+                ), row=1, col=col)
         fig.update_xaxes(title_text=KNOB_LABELS[grid])
-        fig.update_yaxes(title_text="mean raw CLIPMem", row=1, col=1)
-        fig.update_yaxes(title_text="accuracy / recall", row=1, col=2)
-        fig.update_layout(title=f"{grid}: memorization and utility, mean ± std over seeds", height=460,
-                          legend=dict(orientation="h", y=-0.25), margin=dict(t=70))
+        fig.update_layout(title=f"{grid}: mean ± std over seeds (utility on S_E, mean of f and g)", height=420,
+                          legend=dict(orientation="h", y=-0.3), margin=dict(t=80),
+                          showlegend=grid == "removal")
         out[grid] = fig
     return out
 

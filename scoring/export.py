@@ -36,10 +36,19 @@ def write_open_clip_csv(dataset: PairDataset, ids: list[str], path: Path, all_ca
     return rows
 
 
+def train_sets(plan: SplitPlan) -> dict[str, list[str]]:
+    """File name -> sample ids: train_f.csv, train_g.csv (published) or train_fold{k}.csv (k-fold), and extra.csv."""
+    if plan.folds is None:
+        return {name: [sid for s in splits for sid in plan.ids[s]] for name, splits in TRAIN_SETS.items()}
+    sets = {f"train_fold{k}.csv": [sid for j, fold in enumerate(plan.folds) if j != k for sid in fold]
+            for k in range(len(plan.folds))}
+    return {**sets, "extra.csv": list(plan.ids["extra"])}
+
+
 def export_splits(dataset: PairDataset, plan: SplitPlan, out_dir: Path, all_captions: bool = True) -> dict[str, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {name: write_open_clip_csv(dataset, [sid for s in splits for sid in plan.ids[s]], out_dir / name, all_captions)
-            for name, splits in TRAIN_SETS.items()}
+    return {name: write_open_clip_csv(dataset, ids, out_dir / name, all_captions)
+            for name, ids in train_sets(plan).items()}
 
 
 def export_run(run, out: Path | None = None) -> dict:
@@ -67,7 +76,7 @@ def export_run(run, out: Path | None = None) -> dict:
         {"model_cfg": resolve_config(cfg.train.model), "preprocess_cfg": {}}, indent=2))
     t = cfg.train
     commands = []
-    for name in ("f", "g"):
+    for name in ("f", "g") if plan.folds is None else [f"fold{k}" for k in range(len(plan.folds))]:
         args = ["torchrun", "--nproc_per_node", "1", "-m", "open_clip_train.main",
                 "--model", f"local-dir:{model_dir.resolve()}", "--train-data", str((folder / f"train_{name}.csv").resolve()),
                 "--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "title",

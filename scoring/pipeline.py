@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoring.attribution import attribute
+from scoring import distributed
+from scoring.attribution import layer_tables, tower_scores
 from scoring.config import RunConfig
 from scoring.data import PairDataset, load_dataset
 from scoring.data.base import Problems, verify_images
@@ -27,9 +28,12 @@ from scoring.evaluate import linear_probe, probe_labels, retrieval, zero_shot, z
 from scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
                             with_vocabulary)
 from scoring.rundir import RunDir, atomic_path, write_json
-from scoring.score import embeddings_arrays, encode_images, score_run
-from scoring.splits import SplitPlan, plan_splits
-from scoring.train import MODELS, load_model_weights, pick_device, save_model, train_pair
+from scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
+from scoring.score import (clean_embeddings, embeddings_arrays, encode_images, prepare_model, scale_scores,
+                           score_run, scored_rows)
+from scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
+from scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
+from scoring.train import load_model_weights, save_model, train_models
 
 
 def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:
@@ -52,9 +56,13 @@ def open_planned(cfg: RunConfig, run: RunDir) -> tuple[PairDataset, SplitPlan]:
 def split_step(run: RunDir, cfg: RunConfig) -> dict[str, int]:
     """Read and check the source, plan the split, inject faults; writes split.json and samples.parquet."""
     check_rates(cfg.data.inject)
+    check_scheme(cfg)
     problems = Problems(cfg.data.on_error)
     dataset = verify_images(read_source(cfg, run, problems), problems)
-    plan = plan_splits(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.seed)
+    if cfg.split.scheme == "kfold":
+        plan = plan_kfold(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.folds, cfg.split.seed)
+    else:
+        plan = plan_splits(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.seed)
     dataset = inject_faults(dataset, plan, cfg.data.inject, cfg.data.inject_seed)
     with open(atomic_path(run.skipped), "w") as fh:
         for item in problems.skipped:
@@ -64,6 +72,15 @@ def split_step(run: RunDir, cfg: RunConfig) -> dict[str, int]:
     plan.save(run.split)
     run.save_config(cfg)
     return plan.sizes()
+
+
+def check_scheme(cfg: RunConfig) -> None:
+    if cfg.split.scheme not in SCHEMES:
+        raise ClipmemError(f"unknown split scheme '{cfg.split.scheme}'; known: {', '.join(SCHEMES)}")
+    if cfg.split.scheme == "kfold" and cfg.split.folds < 2:
+        raise ClipmemError(f"the kfold scheme needs --folds K with K >= 2, got {cfg.split.folds}")
+    if cfg.split.scheme == "published" and cfg.split.folds:
+        raise ClipmemError("--folds applies to --scheme kfold")
 
 
 def write_samples(run: RunDir, dataset: PairDataset, plan: SplitPlan) -> None:
@@ -115,81 +132,224 @@ def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) ->
 
 
 def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
-    run.mark_unfinished()
+    """Train the run's models (f and g, or the K fold models); under torchrun, with DDP over the processes.
+
+    Only rank 0 writes. At the end every rank's weights digest is gathered: the summary records
+    them, and training fails if ranks disagree.
+    """
+    ctx = distributed.from_environment()
+    device = distributed.device_for(ctx, cfg.train.device)
+    owned = distributed.init(ctx, device)
+    try:
+        return _train(run, cfg, resume, show_progress, ctx, device)
+    finally:
+        if owned:
+            distributed.shutdown(ctx)
+
+
+def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, device) -> dict:
+    if ctx.is_main:
+        run.mark_unfinished()
     if not run.split.is_file():
         raise ClipmemError(f"{run.path} has no split.json: run `clipmem split` first")
     vocab = Vocabulary.from_json(json.loads(run.vocab.read_text())) if resume and run.vocab.is_file() else None
     t0 = time.perf_counter()
     corpus, vocab, model_cfg = load_corpus(run, cfg, vocab)
-    write_json(run.vocab, vocab.to_json())
-    write_json(run.path / "model_config.json", model_cfg)
-    run.save_config(cfg)
-    if corpus.truncated:
-        print(f"note: {corpus.truncated} distinct captions exceed the context length and were truncated")
-    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in MODELS}
+    if ctx.is_main:
+        write_json(run.vocab, vocab.to_json())
+        write_json(run.path / "model_config.json", model_cfg)
+        run.save_config(cfg)
+        if corpus.truncated:
+            print(f"note: {corpus.truncated} distinct captions exceed the context length and were truncated")
+    names = model_names(corpus)
+    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in names}
     prep_seconds = time.perf_counter() - t0
-    summary = train_pair(models, corpus, cfg.train, run.checkpoints, run.train_log, resume=resume,
-                         show_progress=show_progress)
-    for name in MODELS:
-        save_model(run.model_checkpoint(name), models[name], cfg.train.epochs, cfg.train.model)
-    summary["prepare_seconds"] = round(prep_seconds, 2)
-    write_json(run.path / "train_summary.json", summary)
+    summary = train_models(models, corpus, cfg.train, run.checkpoints, run.train_log, resume=resume,
+                           show_progress=show_progress, ctx=ctx, device=device)
+    digests = distributed.gather_objects(ctx, {name: distributed.weights_digest(m) for name, m in models.items()})
+    if ctx.is_main:
+        for name in names:
+            save_model(run.model_checkpoint(name), models[name], cfg.train.epochs, cfg.train.model)
+        summary["prepare_seconds"] = round(prep_seconds, 2)
+        summary["weights_sha256"] = digests[0]
+        if ctx.active:
+            summary["rank_weights_sha256"] = digests
+            summary["ranks_agree"] = all(d == digests[0] for d in digests)
+        write_json(run.path / "train_summary.json", summary)
+        if not summary.get("ranks_agree", True):
+            raise ClipmemError("distributed training ended with different weights on different ranks "
+                               f"(see {run.path / 'train_summary.json'})")
     return summary
 
 
+def _load_models(run: RunDir, cfg: RunConfig, corpus, model_cfg, checkpoint_f, checkpoint_g):
+    """The scheme's models with their weights, and the file each came from."""
+    names = model_names(corpus)
+    if checkpoint_f is not None:
+        if names != PUBLISHED_MODELS:
+            raise ClipmemError(f"--checkpoint-f/--checkpoint-g import f and g of the published scheme; {run.path} "
+                               f"uses the {cfg.split.scheme} scheme ({len(names)} models)")
+        paths = {"f": Path(checkpoint_f), "g": Path(checkpoint_g)}
+    else:
+        paths = {name: run.model_checkpoint(name) for name in names}
+        missing = [p.name for p in paths.values() if not p.is_file()]
+        if missing:
+            raise ClipmemError(f"{run.path} has no trained models ({', '.join(missing)}): run `clipmem train` first")
+    models = {}
+    for name, path in paths.items():
+        model = create_model(model_cfg, cfg.train.init_seed)
+        load_model_weights(model, path)
+        models[name] = model
+    return models, paths
+
+
 def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, checkpoint_g: Path | None = None,
-               show_progress: bool = True) -> dict:
-    """Score, embed and evaluate; finishes the run."""
-    run.mark_unfinished()
+               show_progress: bool = True, shard: int | None = None, num_shards: int | None = None,
+               merge: bool = False) -> dict:
+    """Score, embed and evaluate; finishes the run.
+
+    With `shard`/`num_shards`: score that part of the scored pairs into RUN_DIR/score_parts (skipped
+    when its file is current) and return; with `merge`: finish the run from all parts. Under
+    torchrun (without those options) each rank scores the part of its rank and rank 0 merges.
+    """
+    check_shard(shard, num_shards)
+    if merge and shard is not None:
+        raise ClipmemError("--merge combines the parts of all shards; drop --shard")
+    ctx = distributed.from_environment()
+    if ctx.active and (merge or shard is not None):
+        raise ClipmemError("under torchrun every rank scores the shard of its rank and rank 0 merges: "
+                           "drop --shard, --num-shards and --merge")
+    launched = ctx.active
+    if launched:
+        shard, num_shards = ctx.rank, ctx.world_size
     t0 = time.perf_counter()
-    if checkpoint_f is None and not run.model_checkpoint("f").is_file():
-        raise ClipmemError(f"{run.path} has no trained models (f.pt, g.pt): run `clipmem train` first")
     vocab = Vocabulary.from_json(json.loads(run.vocab.read_text())) if run.vocab.is_file() else Vocabulary()
     corpus, vocab, model_cfg = load_corpus(run, cfg, vocab)
-    models = {}
-    for name, given in (("f", checkpoint_f), ("g", checkpoint_g)):
-        model = create_model(model_cfg, cfg.train.init_seed)
-        load_model_weights(model, Path(given) if given else run.model_checkpoint(name))
-        models[name] = model
-    device = pick_device(cfg.train.device)
-    result = score_run(models, corpus, cfg.score, cfg.train, device)
-    scores, emb, embedded = result.frame, result.clean, result.embedded
-    score_seconds = time.perf_counter() - t0
-    layers = curves = None
-    if cfg.score.towers:
-        t1 = time.perf_counter()
-        scores, layers, curves = attribute(models, corpus, result, cfg.score, cfg.train, context_length_of(model_cfg),
-                                           vocab, device, layers=cfg.score.layers,
-                                           top_k_curves=cfg.score.layer_curves_top_k)
-        attribution_seconds = time.perf_counter() - t1
+    models, paths = _load_models(run, cfg, corpus, model_cfg, checkpoint_f, checkpoint_g)
+    device = distributed.device_for(ctx if launched else distributed.SINGLE, cfg.train.device)
+    owned = launched and distributed.init(ctx, device, backend="gloo", long_timeout=True)
+    try:
+        run.mark_unfinished()
+        scored = scored_rows(corpus)
+        clean = None
+        if shard is not None:
+            if num_shards > len(scored):
+                raise ClipmemError(f"--num-shards {num_shards} exceeds the {len(scored)} scored pairs of {run.path}")
+            print_ = fingerprint(run, cfg, paths)
+            path = part_path(run, shard, num_shards)
+            skipped = path.is_file() and read_fingerprint(path) == print_
+            if not skipped:
+                part = distributed.share_bounds(len(scored), num_shards, shard)
+                write_part(path, *_score_part(models, corpus, cfg, vocab, model_cfg, device, part), print_)
+            if not launched:
+                return {"part": str(path), "skipped": skipped, "shard": shard, "num_shards": num_shards,
+                        "seconds": round(time.perf_counter() - t0, 2)}
+            ctx.barrier()
+            if not ctx.is_main:
+                return {"part": str(path), "skipped": skipped, "shard": shard, "num_shards": num_shards}
+            frame, per_pair = read_parts(run, num_shards, print_)
+        elif merge:
+            num_shards = resolve_count(run, num_shards)
+            frame, per_pair = read_parts(run, num_shards, fingerprint(run, cfg, paths))
+        else:
+            result = score_run(models, corpus, cfg.score, cfg.train, device)
+            frame, per_pair = result.frame, {}
+            if cfg.score.towers:
+                frame, per_pair = tower_scores(models, corpus, result, cfg.score, cfg.train,
+                                               context_length_of(model_cfg), vocab, device, layers=cfg.score.layers)
+            clean = result.clean
+        score_seconds = time.perf_counter() - t0
+        metrics = _finish(run, cfg, corpus, models, frame, per_pair, clean, device)
+        metrics["scoring"] = {"pairs": len(frame), "views": cfg.score.views, "seconds": round(score_seconds, 2),
+                              "pairs_per_s": round(len(frame) / score_seconds, 1),
+                              **({"shards": num_shards} if num_shards else {})}
+        metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        write_json(run.metrics, metrics)
+        run.save_config(cfg)
+        run.mark_finished()
+        return metrics
+    finally:
+        if owned:
+            distributed.shutdown(ctx)
 
-    metrics = {name: evaluate_model(models[name], corpus, emb[name], embedded, cfg, device) for name in MODELS}
-    metrics["scoring"] = {"pairs": len(scores), "views": cfg.score.views, "seconds": round(score_seconds, 2),
-                          "pairs_per_s": round(len(scores) / score_seconds, 1)}
+
+def _score_part(models, corpus, cfg: RunConfig, vocab, model_cfg, device, part: slice):
+    """The per-pair scores of one contiguous part of the scored pairs (unscaled where it matters)."""
+    result = score_run(models, corpus, cfg.score, cfg.train, device, part=part, embed=False)
+    if not cfg.score.towers:
+        return result.frame, {}
+    return tower_scores(models, corpus, result, cfg.score, cfg.train, context_length_of(model_cfg), vocab, device,
+                        layers=cfg.score.layers)
+
+
+def _finish(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, per_pair: dict, clean: dict | None,
+            device) -> dict:
+    """From the per-pair scores of every scored pair: scaled scores, layer tables, embeddings and utility."""
+    for model in models.values():  # outside inference mode: moved parameters stay ordinary tensors
+        prepare_model(model, device)
+    with torch.inference_mode():
+        return _finish_outputs(run, cfg, corpus, models, frame, per_pair, clean, device)
+
+
+def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, per_pair: dict, clean: dict | None,
+                    device) -> dict:
+    t1 = time.perf_counter()
+    scores = scale_scores(frame)
+    layers, curves = layer_tables(scores, per_pair, cfg.score.layer_curves_top_k)
+    names = tuple(models)
+    literal = literal_models(names)
+    extra = corpus.rows("extra")
+    embedded = torch.cat([scored_rows(corpus), extra])
+    if clean is None:
+        clean = {name: clean_embeddings(models[name], corpus, embedded, cfg.score, device)
+                 for name in literal.values()}
+    metrics = {}
+    per_model = {}
+    for name in names:
+        if name in clean:
+            per_model[name] = evaluate_model(models[name], corpus, clean[name], embedded, cfg, device,
+                                             probe_rows=_probe_rows(corpus, name, names))
+        else:  # fold models beyond the two literal ones: utility from their S_E embeddings alone
+            per_model[name] = evaluate_model(models[name], corpus,
+                                             clean_embeddings(models[name], corpus, extra, cfg.score, device), extra,
+                                             cfg, device, probe_rows=_probe_rows(corpus, name, names))
+    for key, name in literal.items():
+        metrics[key] = per_model[name]
+    if names != PUBLISHED_MODELS:
+        metrics["scheme"] = {"name": cfg.split.scheme, "folds": len(names), "literal_models": literal}
+        metrics["folds"] = per_model
     if cfg.score.towers:
-        metrics["attribution"] = {"seconds": round(attribution_seconds, 2), "layers": cfg.score.layers}
-    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        metrics["attribution"] = {"layers": cfg.score.layers}
+    metrics["finish_seconds"] = round(time.perf_counter() - t1, 2)
 
     tmp = atomic_path(run.scores)
     scores.to_parquet(tmp, index=False)
     tmp.replace(run.scores)
-    for frame, path in ((layers, run.layers), (curves, run.layer_curves)):
-        if frame is not None and len(frame):
-            frame.to_parquet(atomic_path(path), index=False)
+    for table, path in ((layers, run.layers), (curves, run.layer_curves)):
+        if table is not None and len(table):
+            table.to_parquet(atomic_path(path), index=False)
             atomic_path(path).replace(path)
         else:
             path.unlink(missing_ok=True)
     tmp = run.embeddings.with_name("embeddings.tmp.npz")
-    np.savez(tmp, **embeddings_arrays(corpus, emb, embedded))
+    np.savez(tmp, **embeddings_arrays(corpus, {key: clean[name] for key, name in literal.items()}, embedded))
     tmp.replace(run.embeddings)
-    write_json(run.metrics, metrics)
-    run.save_config(cfg)
-    run.mark_finished()
     return metrics
 
 
-def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg: RunConfig, device) -> dict:
-    """Retrieval and zero-shot accuracy on S_E with this model's clean embeddings."""
+def _probe_rows(corpus, name: str, names: tuple[str, ...]) -> torch.Tensor:
+    """Where the linear probe is fitted: S_S (both f and g trained on it); for fold model k, its training folds."""
+    if names == PUBLISHED_MODELS:
+        return corpus.rows("shared")
+    k = names.index(name)
+    rows = torch.cat([corpus.rows("candidate"), corpus.rows("independent")])
+    return rows[corpus.fold[rows] != k]
+
+
+def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg: RunConfig, device,
+                   probe_rows: torch.Tensor | None = None) -> dict:
+    """Retrieval and zero-shot accuracy on S_E with this model's clean embeddings; a linear probe fitted on
+    `probe_rows` (default S_S)."""
     extra = [i for i, r in enumerate(embedded.tolist()) if corpus.split[r] == "extra"]
     if not extra:
         return {}
@@ -205,7 +365,7 @@ def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg
     # linear probe: fitted on the clean image embeddings of S_S (which both models trained on), tested on S_E
     labels = probe_labels(corpus.attributes, cfg.data.options.label_key)
     if labels:
-        shared = corpus.rows("shared")
+        shared = corpus.rows("shared") if probe_rows is None else probe_rows
         train_x = encode_images(model, corpus.pixels[shared], cfg.score.batch_size, device)
         for label, values in labels.items():
             accuracy = linear_probe(train_x, [values[r] for r in shared.tolist()], image,
@@ -223,7 +383,8 @@ def run_all(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bo
         split_step(run, cfg)
     timings["split_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    done = resume and run.model_checkpoint("f").is_file() and run.model_checkpoint("g").is_file()
+    names = configured_names(cfg.split.scheme, cfg.split.folds)
+    done = resume and all(run.model_checkpoint(name).is_file() for name in names)
     if not done:
         train_step(run, cfg, resume=resume, show_progress=show_progress)
     timings["train_seconds"] = round(time.perf_counter() - t, 2)

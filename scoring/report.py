@@ -63,4 +63,45 @@ def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
     }
     if layers is not None and len(layers):
         out["layers"] = layers[layers["truth"].isin(["all", "clean", "swapped"])].to_dict("records")
+    if "fold" in scores:
+        # k-fold runs: a fold's mean raw score carries the quality gap between its held-out model and the others
+        out["by_fold"] = (scores.groupby("fold").agg(pairs=("clipmem_raw", "size"),
+                                                     clipmem_raw=("clipmem_raw", "mean"),
+                                                     align_f=("align_f", "mean"), align_g=("align_g", "mean"))
+                          .reset_index().to_dict("records"))
     return out
+
+
+def _auroc(scores: pd.DataFrame, column: str, positive: set[str]) -> float | None:
+    y = scores["truth"].isin(positive).to_numpy()
+    if column not in scores or y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, scores[column].to_numpy()))
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> dict:
+    """Agreement of two runs' scores (e.g. a published-scheme and a k-fold run of the same data).
+
+    Spearman rank correlation of clipmem (and of the contrastive variant) over the pairs both runs
+    score — min-max scaling does not change ranks, so it is the correlation of the raw scores too —
+    and each run's swapped-pair AUROC per score, on its own scored pairs and on the common pairs.
+    """
+    from scipy.stats import spearmanr
+
+    common = a[["sample_id"]].merge(b[["sample_id"]], on="sample_id")["sample_id"]
+    ca = a.set_index("sample_id").loc[common].reset_index()
+    cb = b.set_index("sample_id").loc[common].reset_index()
+
+    def rho(column: str) -> float | None:
+        if len(common) < 3 or column not in ca or column not in cb:
+            return None
+        value = spearmanr(ca[column].to_numpy(), cb[column].to_numpy()).statistic
+        return None if np.isnan(value) else float(value)
+
+    rows = [{"score": col, "a_own": _auroc(a, col, {"swapped"}), "b_own": _auroc(b, col, {"swapped"}),
+             "a_common": _auroc(ca, col, {"swapped"}), "b_common": _auroc(cb, col, {"swapped"})}
+            for col in SCORE_COLUMNS]
+    return {"pairs_a": len(a), "pairs_b": len(b), "common_pairs": int(len(common)),
+            "common_swapped": int(ca["truth"].eq("swapped").sum()) if len(common) else 0,
+            "spearman_clipmem": rho("clipmem"), "spearman_clipmem_contrastive": rho("clipmem_contrastive"),
+            "swapped_auroc": rows}

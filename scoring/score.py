@@ -10,10 +10,21 @@ Column convention in scores.parquet: `_f` is the model trained *with* the pair
 (model f for S_C, model g for S_I: the roles swap, as in the metric) and `_g` the
 model trained without it; `seen_by` names the literal model. Embeddings are stored
 per literal model, since they live in that model's space.
+
+In general "with" is the mean over the models that trained on the pair and "without"
+the mean over those that did not (scoring.schemes.trained_on): one model each in the
+published scheme; in the k-fold scheme, for a pair of fold k, the K-1 other fold models
+against model k.
+
+Every draw (views, captions, reference set) is made for the whole scored set and then
+sliced, so any contiguous part of the scored pairs (`part`, a shard) gets exactly the
+values it gets in a single pass; only the min-max scaling needs the whole set
+(`scale_scores`).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +33,7 @@ import torch
 
 from scoring.config import ScoreConfig, TrainConfig
 from scoring.data.tensors import TensorCorpus
+from scoring.schemes import trained_on
 from scoring.transform import augment, normalize, sample_views
 
 SCORED_SPLITS = ("candidate", "independent")
@@ -36,22 +48,85 @@ class Embeddings:
     caption_table: torch.Tensor  # (M, D) every distinct caption
 
 
-@torch.no_grad()
+def encode_context(device: torch.device):
+    """bf16 autocast for the encoders on CUDA; nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host to device: pinned and non-blocking on CUDA; the tensor itself on the CPU."""
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def prepare_model(model, device: torch.device):
+    """Evaluation mode on `device`; channels_last image tower on CUDA."""
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.visual.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.inference_mode()
 def encode_images(model, pixels: torch.Tensor, batch_size: int, device: torch.device,
-                  views=None, max_shift: int = 0) -> torch.Tensor:
+                  views=None, max_shift: int = 0, repeat: int = 1) -> torch.Tensor:
+    """Embeddings of uint8 images (clean, or through the given views), computed in batches on `device`.
+
+    With `repeat` = n each image stands for n consecutive inputs (its n views), as if the pixels
+    were repeat_interleave'd. On CUDA the pixels go to the GPU once and are augmented there.
+    """
     out = []
-    for s in range(0, len(pixels), batch_size):
-        chunk = pixels[s : s + batch_size]
-        x = normalize(chunk) if views is None else augment(chunk, views.select(slice(s, s + batch_size)), max_shift)
-        out.append(model.encode_image(x.to(device), normalize=True).float().cpu())
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        pixels = to_device(pixels, device)
+    total = len(pixels) * repeat
+    with encode_context(device):
+        for s in range(0, total, batch_size):
+            e = min(s + batch_size, total)
+            chunk = pixels[s:e] if repeat == 1 else pixels[torch.arange(s, e, device=pixels.device) // repeat]
+            x = normalize(chunk) if views is None else augment(chunk, views.select(slice(s, e)), max_shift)
+            x = x.contiguous(memory_format=torch.channels_last) if on_cuda else x.to(device)
+            out.append(model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_texts(model, tokens: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    out = [model.encode_text(tokens[s : s + batch_size].to(device), normalize=True).float().cpu()
-           for s in range(0, len(tokens), batch_size)]
-    return torch.cat(out)
+    out = []
+    with encode_context(device):
+        for s in range(0, len(tokens), batch_size):
+            out.append(model.encode_text(to_device(tokens[s : s + batch_size], device), normalize=True).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@dataclass
+class CaptionTable:
+    """Embeddings of some distinct captions, looked up by caption-table index."""
+
+    rows: torch.Tensor   # (M,) position of each caption in `emb`, -1 where not encoded
+    emb: torch.Tensor    # (m, D)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.emb[self.rows[idx]]
+
+
+def encode_captions(model, corpus: TensorCorpus, needed: torch.Tensor | None, batch_size: int,
+                    device: torch.device) -> CaptionTable:
+    """Encode the captions at `needed` (every caption when None)."""
+    n = len(corpus.tokens)
+    needed = torch.arange(n) if needed is None else torch.unique(needed[needed >= 0])
+    rows = torch.full((n,), -1, dtype=torch.long)
+    rows[needed] = torch.arange(len(needed))
+    return CaptionTable(rows=rows, emb=encode_texts(model, corpus.tokens[needed], batch_size, device))
+
+
+def clean_embeddings(model, corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig,
+                     device: torch.device) -> Embeddings:
+    """Clean image and first-caption embeddings of `rows`, and the whole caption table, under one model."""
+    table = encode_texts(model, corpus.tokens, cfg.batch_size, device)
+    image = encode_images(model, corpus.pixels[rows], cfg.batch_size, device)
+    return Embeddings(image=image, text=table[corpus.caption_index[rows, 0]], caption_table=table)
 
 
 def reference_set(corpus: TensorCorpus, size: int, seed: int) -> torch.Tensor:
@@ -66,34 +141,65 @@ def reference_set(corpus: TensorCorpus, size: int, seed: int) -> torch.Tensor:
     return pool
 
 
-def view_draws(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig, train_cfg: TrainConfig):
-    """The n paired views of each row: augmentation parameters and caption indices, seeded."""
+def scored_rows(corpus: TensorCorpus) -> torch.Tensor:
+    """Corpus rows of the scored pairs (S_C, then S_I), in scores.parquet order."""
+    return torch.cat([corpus.rows(s) for s in SCORED_SPLITS])
+
+
+def view_draws(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig, train_cfg: TrainConfig,
+               part: slice | None = None):
+    """The n paired views of each row: augmentation parameters and caption indices, seeded.
+
+    Drawn for all `rows`; `part` (a slice of rows) returns that part's draws, identical to
+    the same rows' draws in the whole.
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     views = sample_views(len(rows) * cfg.views, train_cfg.augment, gen)  # row-major: (row, view)
     u = torch.rand(len(rows) * cfg.views, generator=gen)
+    if part is not None:
+        flat = slice(part.start * cfg.views, part.stop * cfg.views)
+        views, u, rows = views.select(flat), u[flat], rows[part]
     captions = corpus.pick_captions(rows.repeat_interleave(cfg.views), u)
     return views, captions
 
 
 @dataclass
 class ScoreResult:
-    frame: pd.DataFrame               # one row per scored pair (scores.parquet)
-    clean: dict[str, "Embeddings"]    # per literal model, rows = `embedded`
-    embedded: torch.Tensor            # corpus rows of scored + S_E pairs
+    frame: pd.DataFrame               # one row per scored pair (scores.parquet, scaled over these pairs)
+    clean: dict[str, "Embeddings"] | None  # per model, rows = `embedded` (None when not asked for)
+    embedded: torch.Tensor            # corpus rows of scored + S_E pairs (or of the scored pairs alone)
     scored: torch.Tensor              # corpus rows of scored pairs, frame order
-    view_images: dict[str, torch.Tensor]  # per literal model, (N * n, D) image embeddings of the views
+    view_images: dict[str, torch.Tensor]  # per model, (N * n, D) image embeddings of the views
     view_captions: torch.Tensor       # (N * n,) caption-table index of each view
-    seen_by_f: torch.Tensor           # (N,) True where f is the model that saw the pair
+    seen: torch.Tensor                # (N, models) True where the model trained on the pair
+    names: tuple[str, ...]            # the models, in `seen`'s column order
+    part: slice | None = None         # the part of the scored set these rows are (None: all of it)
+
+    @property
+    def seen_by_f(self) -> torch.Tensor:
+        """(N,) True where f (the first model) is a model that saw the pair."""
+        return self.seen[:, 0]
 
 
-@torch.no_grad()
+def with_without(values: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the models that saw each pair, and over those that did not.
+
+    values: (models, N, ...); seen: (N, models). With one model on each side (the published
+    scheme) these are exactly that model's values.
+    """
+    w = seen.T.to(values.dtype).reshape(*seen.T.shape, *([1] * (values.dim() - 2)))
+    u = 1 - w
+    return (values * w).sum(0) / w.sum(0), (values * u).sum(0) / u.sum(0)
+
+
+@torch.inference_mode()
 def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx, cfg: ScoreConfig,
                     train_cfg: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-view cosine and contrastive (log-softmax vs. reference captions) scores, shape (N, n),
-    and the views' image embeddings."""
+    and the views' image embeddings. `text_table` maps caption-table indices to embeddings."""
     max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
-    pixels = corpus.pixels[rows].repeat_interleave(cfg.views, dim=0)
-    image = encode_images(model, pixels, cfg.batch_size, device, views=views, max_shift=max_shift)
+    image = encode_images(model, corpus.pixels[rows], cfg.batch_size, device, views=views, max_shift=max_shift,
+                          repeat=cfg.views)
     text = text_table[caption_idx]
     cos = (image * text).sum(-1)
     scale = model.logit_scale.exp().float().cpu()
@@ -110,55 +216,86 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
 
-@torch.no_grad()
+SCALED = {"clipmem": "clipmem_raw", "clipmem_contrastive": "clipmem_contrastive_raw",
+          "mem_image": "mem_image_raw", "mem_text": "mem_text_raw"}
+
+
+def scale_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """(Re)compute the min-max scaled scores from their raw columns, over the pairs of `frame`."""
+    frame = frame.copy()
+    for scaled, raw in SCALED.items():
+        if raw in frame:
+            frame[scaled] = minmax(frame[raw].to_numpy())
+    return frame
+
+
 def score_run(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
-              device: torch.device) -> ScoreResult:
-    """Score S_C ∪ S_I; also return the clean embeddings of scored + S_E rows and the views' embeddings."""
-    for m in models.values():
-        m.to(device).eval()
-    scored = torch.cat([corpus.rows(s) for s in SCORED_SPLITS])
-    embedded = torch.cat([scored, corpus.rows("extra")])
+              device: torch.device, part: slice | None = None, embed: bool = True) -> ScoreResult:
+    """Score S_C ∪ S_I (or the contiguous `part` of it); also return the views' embeddings and, with
+    `embed`, the clean embeddings of the scored + S_E rows under every model.
+
+    `models` are the scheme's models in order (f, g; or fold0..fold{K-1}).
+    """
+    for m in models.values():  # outside inference mode: moved parameters stay ordinary tensors
+        prepare_model(m, device)
+    with torch.inference_mode():
+        return _score(models, corpus, cfg, train_cfg, device, part, embed)
+
+
+def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
+           device: torch.device, part: slice | None, embed: bool) -> ScoreResult:
+    names = tuple(models)
+    scored_all = scored_rows(corpus)
+    whole = part is None or (part.start == 0 and part.stop >= len(scored_all))
+    if embed and not whole:
+        raise ValueError("clean embeddings (embed=True) are made for the whole scored set, not for a part")
+    part = slice(0, len(scored_all)) if part is None else part
+    scored = scored_all[part]
+    embedded = torch.cat([scored, corpus.rows("extra")]) if embed else scored
     ref_idx = reference_set(corpus, cfg.reference_captions, cfg.seed)
-    views, caption_idx = view_draws(corpus, scored, cfg, train_cfg)
-
-    per_model, emb, view_images = {}, {}, {}
-    for name, model in models.items():
-        table = encode_texts(model, corpus.tokens, cfg.batch_size, device)
-        *per_model[name], view_images[name] = view_alignments(model, corpus, scored, views, caption_idx, table,
-                                                              ref_idx, cfg, train_cfg, device)
-        image = encode_images(model, corpus.pixels[embedded], cfg.batch_size, device)
-        emb[name] = Embeddings(image=image, text=table[corpus.caption_index[embedded, 0]], caption_table=table)
-
-    # CLIPScore-style baselines on the clean image against every caption the pair trains with
-    n_scored = len(scored)
+    views, caption_idx = view_draws(corpus, scored_all, cfg, train_cfg, part)
     cap_idx = corpus.caption_index[scored]
+    # a part encodes only the captions it looks at; the whole run encodes the table once
+    needed = None if whole else torch.cat([caption_idx, ref_idx, cap_idx.flatten()])
+
+    cos, con, clipscore, emb, view_images = [], [], [], {}, {}
     valid = cap_idx >= 0
-    clipscore = {}
-    for name in models:
-        sims = (emb[name].image[:n_scored, None, :] * emb[name].caption_table[cap_idx.clamp(min=0)]).sum(-1)
-        clipscore[name] = 1 - (sims * valid).sum(1) / valid.sum(1)
+    for name, model in models.items():
+        table = encode_captions(model, corpus, needed, cfg.batch_size, device)
+        c, k, view_images[name] = view_alignments(model, corpus, scored, views, caption_idx, table, ref_idx,
+                                                  cfg, train_cfg, device)
+        cos.append(c)
+        con.append(k)
+        image = encode_images(model, corpus.pixels[embedded], cfg.batch_size, device)
+        if embed:
+            emb[name] = Embeddings(image=image, text=table[corpus.caption_index[embedded, 0]], caption_table=table.emb)
+        # CLIPScore-style baseline on the clean image against every caption the pair trains with
+        sims = (image[: len(scored), None, :] * table[cap_idx.clamp(min=0)]).sum(-1)
+        clipscore.append(1 - (sims * valid).sum(1) / valid.sum(1))
 
-    is_candidate = torch.tensor([corpus.split[int(r)] == "candidate" for r in scored])
-    seen, unseen = {}, {}
-    for key, values in (("cos", 0), ("contrastive", 1)):
-        f_vals, g_vals = per_model["f"][values], per_model["g"][values]
-        seen[key] = torch.where(is_candidate[:, None], f_vals, g_vals)
-        unseen[key] = torch.where(is_candidate[:, None], g_vals, f_vals)
-    cs_seen = torch.where(is_candidate, clipscore["f"], clipscore["g"])
-    cs_unseen = torch.where(is_candidate, clipscore["g"], clipscore["f"])
+    seen = trained_on(corpus, scored)
+    with_cos, without_cos = with_without(torch.stack(cos), seen)
+    with_con, without_con = with_without(torch.stack(con), seen)
+    cs_seen, cs_unseen = with_without(torch.stack(clipscore), seen)
 
-    align_f, align_g = seen["cos"].mean(1).numpy(), unseen["cos"].mean(1).numpy()
-    con_f, con_g = seen["contrastive"].mean(1).numpy(), unseen["contrastive"].mean(1).numpy()
+    align_f, align_g = with_cos.mean(1).numpy(), without_cos.mean(1).numpy()
+    con_f, con_g = with_con.mean(1).numpy(), without_con.mean(1).numpy()
     raw = align_f - align_g
     raw_con = con_f - con_g
     rows = scored.tolist()
-    frame = pd.DataFrame({
+    split = [corpus.split[r] for r in rows]
+    columns = {
         "sample_id": [corpus.ids[r] for r in rows],
-        "split": [corpus.split[r] for r in rows],
+        "split": split,
         "truth": [corpus.truth[r] for r in rows],
         "caption": [corpus.captions[r][0] for r in rows],
         "n_captions": [len(corpus.captions[r]) for r in rows],
-        "seen_by": np.where(is_candidate.numpy(), "f", "g"),
+        # the literal model that saw the pair: f for S_C, g for S_I (in a k-fold run: fold0, fold1)
+        "seen_by": np.where(np.array(split) == "candidate", "f", "g"),
+    }
+    if corpus.fold is not None:
+        columns["fold"] = corpus.fold[scored].numpy()
+    columns.update({
         "clipmem": minmax(raw),
         "clipmem_raw": raw,
         "clipmem_contrastive": minmax(raw_con),
@@ -169,14 +306,16 @@ def score_run(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: T
         "contrastive_g": con_g,
         "clipscore_f": cs_seen.numpy(),
         "clipscore_g": cs_unseen.numpy(),
-        "views_f": list(seen["cos"].numpy().astype(np.float32)),
-        "views_g": list(unseen["cos"].numpy().astype(np.float32)),
+        "views_f": list(with_cos.numpy().astype(np.float32)),
+        "views_g": list(without_cos.numpy().astype(np.float32)),
     })
-    return ScoreResult(frame=frame, clean=emb, embedded=embedded, scored=scored, view_images=view_images,
-                       view_captions=caption_idx, seen_by_f=is_candidate)
+    return ScoreResult(frame=pd.DataFrame(columns), clean=emb if embed else None, embedded=embedded, scored=scored,
+                       view_images=view_images, view_captions=caption_idx, seen=seen, names=names,
+                       part=None if whole else part)
 
 
 def embeddings_arrays(corpus: TensorCorpus, emb: dict[str, Embeddings], rows: torch.Tensor) -> dict[str, np.ndarray]:
+    """embeddings.npz: ids, splits and `{model}_image` / `{model}_text` per key of `emb` (the literal f and g)."""
     out = {
         "sample_id": np.array([corpus.ids[r] for r in rows.tolist()]),
         "split": np.array([corpus.split[r] for r in rows.tolist()]),

@@ -1,4 +1,4 @@
-"""Train the reference models f (S_S ∪ S_C) and g (S_S ∪ S_I) in lockstep.
+"""Train the reference models f (S_S ∪ S_C) and g (S_S ∪ S_I) — or the K fold models — in lockstep.
 
 The main noise in CLIPMem is f and g drifting apart, so their training is
 coupled: same initial weights, one shared sequence of batch "slots" in which a
@@ -6,6 +6,11 @@ slot is either a shared pair (the same for both models) or the i-th candidate fo
 f and the i-th independent pair for g, and one augmentation/caption draw per slot
 used by both. Both therefore take the same number of optimisation steps with the
 same recipe. Draws are seeded per (epoch, step), so `--resume` continues exactly.
+The k-fold scheme uses the same loop over K models: each pair has one slot, left
+empty by the model that holds its fold out (scoring.schemes.slot_table).
+
+`python -m scoring.train RUN_DIR` (alone or under torchrun) trains a run's models;
+see scoring.distributed.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from scoring.config import TrainConfig
 from scoring.data.tensors import TensorCorpus
+from scoring.distributed import SINGLE, Dist, RaggedClipLoss, share_sizes
 from scoring.errors import ClipmemError
+from scoring.schemes import PUBLISHED_MODELS, published_slots, slot_batch_size, slot_table
 from scoring.transform import augment, sample_views
 
-MODELS = ("f", "g")
+MODELS = PUBLISHED_MODELS  # the published scheme's models; see scoring.schemes for the k-fold ones
 NOISE_STREAM, VIEW_STREAM = 7919, 104729  # seed offsets: text noise and fixed image views draw from streams of their own
 
 
@@ -38,12 +45,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def slot_tables(corpus: TensorCorpus) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row of each slot for f and for g (-1 where a model has no pair in that slot)."""
-    shared, cand, indep = corpus.rows("shared"), corpus.rows("candidate"), corpus.rows("independent")
-    width = max(len(cand), len(indep))
-    pad = lambda rows: torch.cat([rows, torch.full((width - len(rows),), -1, dtype=torch.long)])  # noqa: E731
-    return torch.cat([shared, pad(cand)]), torch.cat([shared, pad(indep)])
+slot_tables = published_slots  # f's and g's row per slot (scoring.schemes.slot_table generalises it to K models)
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -81,7 +83,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW without weight decay on gains, biases, embeddings' norms and the logit scale, as open_clip does."""
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
     named = list(model.named_parameters())
@@ -89,7 +91,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         {"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
         {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": cfg.weight_decay},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    extra = {"fused": True} if fused else {}  # fused=True: one CUDA kernel for the whole update
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, **extra)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -97,10 +100,10 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_training_state(path: Path) -> dict:
+def load_training_state(path: Path, names=PUBLISHED_MODELS) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or not {"epoch", "f", "g"} <= set(state):
+        if not isinstance(state, dict) or not {"epoch", *names} <= set(state):
             raise ValueError("missing keys")
     except Exception as exc:  # torch raises many types for a damaged file
         raise ClipmemError(f"checkpoint {path} is corrupt or not a clipmem checkpoint ({type(exc).__name__}); "
@@ -108,7 +111,27 @@ def load_training_state(path: Path) -> dict:
     return state
 
 
-def train_pair(
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host to device: pinned and non-blocking on CUDA; the tensor itself on the CPU."""
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class TrainForward(torch.nn.Module):
+    """One model's training forward (optionally with text-embedding noise) as a module, so DDP can wrap it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor, noise: torch.Tensor | None = None):
+        if noise is None:
+            return self.model(images, text)[:3]
+        return noisy_text_forward(self.model, images, text, noise)
+
+
+def train_models(
     models: dict[str, torch.nn.Module],
     corpus: TensorCorpus,
     cfg: TrainConfig,
@@ -117,24 +140,50 @@ def train_pair(
     resume: bool = False,
     show_progress: bool = True,
     batch_hook=None,
+    ctx: Dist = SINGLE,
+    device: torch.device | None = None,
 ) -> dict:
-    """Train f and g; returns a summary (steps, seconds, samples/s, final losses).
+    """Train a scheme's models in lockstep; returns a summary (steps, seconds, samples/s, final losses).
 
-    `batch_hook(model_name, corpus_rows)`, when given, sees every batch before its step.
+    `models` are f and g (published scheme) or fold0..fold{K-1} (k-fold), in that order, all
+    with the same initial weights. Under torchrun (`ctx` active) each rank trains on its share
+    of every batch with the models wrapped in DistributedDataParallel; only rank 0 writes.
+    `batch_hook(model_name, corpus_rows, images, tokens)`, when given, sees every batch exactly as the
+    model is about to (this rank's share under torchrun), e.g. to audit what a mitigation changes.
     """
-    device = pick_device(cfg.device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    tables = dict(zip(MODELS, slot_tables(corpus)))
-    n_slots = len(tables["f"])
-    steps_per_epoch = math.ceil(n_slots / cfg.batch_size)
+    device = device or pick_device(cfg.device)
+    on_cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    names = list(models)
+    table = slot_table(corpus)
+    if table.shape[0] != len(names):
+        raise ClipmemError(f"the split plan defines {table.shape[0]} models, but {len(names)} were given")
+    tables = dict(zip(names, table))
+    n_slots = table.shape[1]
+    batch = slot_batch_size(table, cfg.batch_size)
+    steps_per_epoch = math.ceil(n_slots / batch)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizers = {}
+    if ctx.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    optimizers, forwards = {}, {}
     for name, model in models.items():
         model.to(device).train()
-        optimizers[name] = make_optimizer(model, cfg)
-    loss_fn = ClipLoss()
+        if on_cuda:
+            model.visual.to(memory_format=torch.channels_last)
+        optimizers[name] = make_optimizer(model, cfg, fused=on_cuda)
+        forwards[name] = TrainForward(model)
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forwards = {name: DistributedDataParallel(f, device_ids=[device.index] if on_cuda else None)
+                    for name, f in forwards.items()}
+        loss_fn = RaggedClipLoss(ctx.rank, ctx.world_size)
+    else:
+        loss_fn = ClipLoss()
+    min_rows = max(2, ctx.world_size)  # a contrastive loss needs a negative, and every rank a row
     pixels, tokens = corpus.pixels, corpus.tokens
+    if on_cuda:  # uint8 pixels and tokens live on the GPU; augmentation runs there
+        pixels, tokens = _to_device(pixels, device), _to_device(tokens, device)
     max_shift = cfg.augment.max_shift if cfg.augment.enabled else 0
     fixed_views = fixed_image_views(len(corpus.ids), cfg) if cfg.image_views > 0 else None
     if cfg.text_noise < 0:
@@ -142,44 +191,46 @@ def train_pair(
     embed_dim = 0
     if cfg.text_noise > 0:
         with torch.no_grad():
-            embed_dim = models["f"].encode_text(tokens[:1].to(device)).shape[-1]
+            embed_dim = models[names[0]].encode_text(tokens[:1].to(device)).shape[-1]
 
     start_epoch = 0
     if resume:
         last = latest_checkpoint(checkpoint_dir)
         if last is not None:
-            state = load_training_state(last)
-            for name in MODELS:
+            state = load_training_state(last, names)
+            for name in names:
                 models[name].load_state_dict(state[name]["state_dict"])
                 optimizers[name].load_state_dict(state[name]["optimizer"])
             start_epoch = int(state["epoch"])
-    elif log_path.exists():
+    elif log_path.exists() and ctx.is_main:
         log_path.unlink()
+    ctx.barrier()  # every rank has read the checkpoint before rank 0 writes the next
 
     samples, seconds = 0, 0.0
-    losses = {name: float("nan") for name in MODELS}
+    losses = {name: float("nan") for name in names}
     progress = Progress(
-        TextColumn("[bold]train f,g"),
+        TextColumn(f"[bold]train {','.join(names) if len(names) <= 2 else f'{len(names)} fold models'}"),
         BarColumn(),
         TextColumn("epoch {task.fields[epoch]}"),
-        TextColumn("loss f {task.fields[loss_f]:.3f} g {task.fields[loss_g]:.3f}"),
+        TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[rate]:.0f} samples/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=not show_progress,
+        disable=not show_progress or not ctx.is_main,
         transient=False,
     )
     with progress:
         task = progress.add_task("train", total=total_steps, completed=start_epoch * steps_per_epoch,
-                                 epoch=f"{start_epoch}/{cfg.epochs}", loss_f=float("nan"), loss_g=float("nan"), rate=0.0)
+                                 epoch=f"{start_epoch}/{cfg.epochs}", loss="-", rate=0.0)
         for epoch in range(start_epoch, cfg.epochs):
             order = torch.randperm(n_slots, generator=step_generator(cfg.data_seed, epoch, -1))
-            epoch_loss = {name: 0.0 for name in MODELS}
+            # on the device, in float64: the sum of the step losses, read once per epoch
+            epoch_loss = {name: torch.zeros((), dtype=torch.float64, device=device) for name in names}
             t0 = time.perf_counter()
             epoch_samples = 0
             for step in range(steps_per_epoch):
                 global_step = epoch * steps_per_epoch + step
-                slots = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                slots = order[step * batch : (step + 1) * batch]
                 gen = step_generator(cfg.data_seed, epoch, step)
                 views = sample_views(len(slots), cfg.augment, gen)
                 caption_u = torch.rand(len(slots), generator=gen)
@@ -191,67 +242,91 @@ def train_pair(
                     noise_gen = step_generator(cfg.data_seed + NOISE_STREAM, epoch, step)
                     noise = torch.randn(len(slots), embed_dim, generator=noise_gen)
                 lr = lr_at(global_step, total_steps, cfg)
-                for name in MODELS:
+                for name in names:
                     rows = tables[name][slots]
                     keep = rows >= 0
                     rows = rows[keep]
-                    if len(rows) < 2:
-                        continue  # a contrastive loss needs a negative; rare tail slot
-                    if batch_hook is not None:
-                        batch_hook(name, rows)
+                    n_rows = len(rows)
+                    if n_rows < min_rows:
+                        continue  # rare tail slot
                     if fixed_views is None:
                         drawn = views.select(keep)
                     else:
                         drawn = fixed_views.select(rows * cfg.image_views + view_pick[keep])
-                    images = augment(pixels[rows], drawn, max_shift).to(device, non_blocking=True)
-                    text = tokens[corpus.pick_captions(rows, caption_u[keep])].to(device, non_blocking=True)
+                    captions = corpus.pick_captions(rows, caption_u[keep])
+                    picked_noise = None if noise is None else noise[keep]
+                    if ctx.active:  # this rank's share of the global batch
+                        share = ctx.share(n_rows)
+                        loss_fn.set_sizes(share_sizes(n_rows, ctx.world_size))
+                        rows, drawn, captions = rows[share], drawn.select(share), captions[share]
+                        picked_noise = None if picked_noise is None else picked_noise[share]
+                    if on_cuda:
+                        images = augment(pixels[_to_device(rows, device)], drawn.to(device), max_shift)
+                        images = images.contiguous(memory_format=torch.channels_last)
+                        text = tokens[_to_device(captions, device)]
+                    else:
+                        images = augment(pixels[rows], drawn, max_shift)
+                        text = tokens[captions]
+                    if batch_hook is not None:
+                        batch_hook(name, rows, images, text)
                     for group in optimizers[name].param_groups:
                         group["lr"] = lr
                     with autocast:
-                        if noise is None:
-                            image_features, text_features, logit_scale = models[name](images, text)[:3]
-                        else:
-                            image_features, text_features, logit_scale = noisy_text_forward(
-                                models[name], images, text, cfg.text_noise * noise[keep].to(device))
+                        extra = () if picked_noise is None else (cfg.text_noise * _to_device(picked_noise, device),)
+                        image_features, text_features, logit_scale = forwards[name](images, text, *extra)
                         loss = loss_fn(image_features, text_features, logit_scale)
                     optimizers[name].zero_grad(set_to_none=True)
                     loss.backward()
                     optimizers[name].step()
                     with torch.no_grad():  # open_clip clamps the scale to 100
                         models[name].logit_scale.clamp_(0, math.log(100))
-                    epoch_loss[name] += loss.item()
-                    epoch_samples += len(rows)
+                    epoch_loss[name] += loss.detach().to(torch.float64)
+                    epoch_samples += n_rows
                 elapsed = time.perf_counter() - t0
                 progress.update(task, advance=1, epoch=f"{epoch + 1}/{cfg.epochs}",
-                                loss_f=epoch_loss["f"] / (step + 1), loss_g=epoch_loss["g"] / (step + 1),
                                 rate=epoch_samples / max(elapsed, 1e-9))
+            totals = torch.stack([epoch_loss[name] for name in names])
+            if ctx.active:  # each rank holds its weighted share of every step's loss
+                torch.distributed.all_reduce(totals)
+                totals = totals / ctx.world_size
+            losses = dict(zip(names, (totals / steps_per_epoch).tolist()))
             epoch_seconds = time.perf_counter() - t0
             samples += epoch_samples
             seconds += epoch_seconds
-            losses = {name: epoch_loss[name] / steps_per_epoch for name in MODELS}
-            _save_epoch(checkpoint_dir, epoch + 1, models, optimizers, cfg)
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps({"epoch": epoch + 1, "loss_f": losses["f"], "loss_g": losses["g"],
-                                     "seconds": epoch_seconds, "samples_per_s": epoch_samples / epoch_seconds}) + "\n")
+            progress.update(task, loss=" ".join(f"{name} {value:.3f}" for name, value in losses.items()))
+            if ctx.is_main:
+                _save_epoch(checkpoint_dir, epoch + 1, models, optimizers, cfg)
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps({"epoch": epoch + 1, **{f"loss_{name}": losses[name] for name in names},
+                                         "seconds": epoch_seconds,
+                                         "samples_per_s": epoch_samples / epoch_seconds}) + "\n")
     for model in models.values():
         model.eval()
+        if on_cuda:
+            model.visual.to(memory_format=torch.contiguous_format)
     return {
+        "models": names,
         "epochs": cfg.epochs,
         "steps": total_steps,
         "steps_per_model": total_steps,
+        "slots_per_step": batch,
         "device": str(device),
+        "world_size": ctx.world_size,
         "train_seconds_this_session": round(seconds, 2),
         "samples_per_s": round(samples / seconds, 1) if seconds else None,
-        "final_loss_f": losses["f"],
-        "final_loss_g": losses["g"],
+        **{f"final_loss_{name}": losses[name] for name in names},
     }
+
+
+train_pair = train_models  # the published scheme's name for it
 
 
 def _save_epoch(directory: Path, epoch: int, models, optimizers, cfg: TrainConfig) -> None:
     state = {
         "epoch": epoch,
         "train_config": asdict(cfg),
-        **{name: {"state_dict": models[name].state_dict(), "optimizer": optimizers[name].state_dict()} for name in MODELS},
+        **{name: {"state_dict": model.state_dict(), "optimizer": optimizers[name].state_dict()}
+           for name, model in models.items()},
     }
     path = directory / f"epoch_{epoch}.pt"
     tmp = path.with_name(path.name + ".tmp")
@@ -286,3 +361,11 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ClipmemError(f"checkpoint {path} does not fit the model architecture: {first}") from None
+
+
+if __name__ == "__main__":  # python -m scoring.train RUN_DIR, e.g. under torchrun
+    import sys
+
+    from scoring.distributed import main
+
+    sys.exit(main())

@@ -19,18 +19,19 @@ from starlette.routing import Match
 from backend.api.deps import require_token
 from backend.api.errors import NOT_FOUND, UNAUTHORIZED
 from backend.api.frames import RunCache
-from backend.api.routers import (comparisons, detection, encoders, exports, health, histograms, images, maps,
-                                 neighbours, runs, samples, tags)
+from backend.api.routers import (comparisons, detection, encoders, experiments, exports, health, histograms,
+                                 images, maps, neighbours, runs, samples, tags)
 from backend.db import make_engine, migrate, session_factory
 from backend.settings import Settings
 from scoring import __version__
 
 RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, comparisons, exports,
-                    tags)
+                    tags, experiments)
 DESCRIPTION = """\
 Browse which image-caption pairs a CLIP model memorized (CLIPMem), as measured by `clipmem run` and loaded
 with `clipmem ingest`. Every resource hangs off a run: its samples (filter, sort, page), images, nearest
 neighbours under f and g, score histograms, 2-D embedding maps, detection quality, exports and user tags.
+Experiments (`clipmem experiment`) group runs: their parameters, mean CLIPMem and utility over seeds.
 
 Convention: `_f` is the model trained WITH the pair, `_g` the one trained without it; `f` and `g` in
 neighbours and maps are the literal models (f trains on shared + candidate pairs, g on shared + independent).

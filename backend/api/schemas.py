@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.limits import MAX_TAG_BATCH
 from backend.api.query import SampleIdText, UserTag
@@ -202,3 +202,51 @@ class TagResult(BaseModel):
     tag: UserTag
     changed: int = Field(description="Pairs that gained (or lost) the tag with this request.")
     pairs: int = Field(description="Pairs carrying the tag afterwards.")
+
+
+class ExperimentSummary(BaseModel):
+    name: str = Field(description="The experiment's name (experiment.json, or `clipmem ingest --experiment`).")
+    runs: int = Field(description="Runs of the experiment in the database.")
+    seeds: list[int] = Field(description="The seeds its runs were trained with, ascending.")
+    grids: list[str] = Field(description="Grids with at least one run: captions (captions per image), text-noise "
+                                         "(σ of the noise on text embeddings), removal (pairs removed before "
+                                         "training); the baseline run belongs to every grid.")
+
+
+class ExperimentRunRow(BaseModel):
+    """One run of an experiment as scoring.experiment_report.run_row makes it: its parameters, mean scores, and
+    each utility metric of metrics.json averaged over f and g (i2t_r1, i2t_r5, t2i_r1, t2i_r5, zeroshot_colour,
+    zeroshot_shape, probe_<label>, ...) as further number-valued fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: str = Field(description="The run's name.")
+    run_id: int = Field(description="The run's database id.")
+    experiment: str
+    seed: int
+    captions_per_image: int = Field(description="Captions per image in training (0 when not recorded).")
+    text_noise: float = Field(description="σ of the Gaussian noise added to text embeddings in training.")
+    removal_method: str | None = Field(description="How removed pairs were chosen: top-clipmem, lowest-similarity, "
+                                                   "random; null when none were removed.")
+    removal_count: int = Field(description="Scored pairs of the baseline removed before training.")
+    mean_clipmem_raw: float = Field(description="Mean raw CLIPMem (A_f - A_g) over the run's scored pairs.")
+    mean_clipmem: float = Field(description="Mean CLIPMem (min-max scaled per run) over its scored pairs.")
+
+
+class ExperimentSummaryRow(BaseModel):
+    grid: str = Field(description="captions, text-noise or removal.")
+    method: str = Field(description="Removal method (removal grid); empty for the other grids.")
+    value: float = Field(description="The grid's knob: captions per image, σ, or pairs removed.")
+    metric: str = Field(description="mean_clipmem_raw, mean_clipmem, or a utility metric.")
+    mean: float = Field(description="Mean of the metric over the runs (seeds) at this point.")
+    std: float = Field(description="Standard deviation over seeds (ddof 1; 0 for a single seed).")
+    n: int = Field(description="Runs (seeds) at this point.")
+
+
+class ExperimentDetail(BaseModel):
+    name: str
+    seeds: list[int]
+    grids: list[str]
+    runs: list[ExperimentRunRow] = Field(description="Every run, by parameters then seed.")
+    summary: list[ExperimentSummaryRow] = Field(description="scoring.experiment_report.summarize of the runs: one "
+                                                            "row per grid, method, knob value and metric.")

@@ -1,5 +1,6 @@
-"""Runs: every ingested run with utility and scores, the memorization/utility trade-off, detection quality,
-and a comparison of two runs."""
+"""Runs: every ingested run with utility and scores, the memorization/utility trade-off, experiments (mitigation
+grids over seeds, with the figures of scoring.experiment_report), detection quality, and a comparison of two
+runs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import streamlit as st
 
 from frontend import api, charts, ui
 from frontend.client import BackendError
+from scoring.experiment_report import KNOB_LABELS
+from scoring.experiment_report import figures as experiment_figures
 
 ROC_BINS = 200
+EXPERIMENT_PICKER = "experiment_picker"
+SUMMARY_COLUMNS = ["grid", "method", "value", "metric", "mean", "std", "n"]
+EXPERIMENT_INT_COLUMNS = ("seed", "captions_per_image", "removal_count")
 KINDS = {"faulty": "faulty pairs (every truth tag but clean)", "swapped": "swapped captions"}
 
 run = ui.pick_run("runs")
@@ -29,6 +35,8 @@ for s in summaries:
            "mean CLIPMem": s["mean_clipmem"], "mean contrastive": means.get("clipmem_contrastive")}
     for metric, value in ((detail.get("utility") or {}).get("f") or {}).items():
         row[metric] = value
+    if any(r.get("experiment") for r in summaries):
+        row["experiment"] = s.get("experiment")
     row["ingested"] = pd.to_datetime(s["created_at"]).strftime("%Y-%m-%d %H:%M")
     rows.append(row)
 table = pd.DataFrame(rows)
@@ -51,6 +59,55 @@ if utility_metrics:
     st.plotly_chart(charts.tradeoff_scatter(points, metric), key="tradeoff_chart")
 else:
     st.info("No run reports utility metrics (metrics.json has no f section).", icon=":material/info:")
+
+# ---------------------------------------------------------------- experiments
+experiments = ui.fetch_part(api.experiments, what="the experiments") or []
+if experiments:
+    st.header("Experiments", anchor=False)
+    by_name = {e["name"]: e for e in experiments}
+    wanted = st.query_params.get("experiment")
+    if wanted is not None and wanted not in by_name:
+        st.warning(f"The backend has no experiment named “{wanted}”; showing another.", icon=":material/search_off:")
+    current = wanted if wanted in by_name else run.get("experiment") if run.get("experiment") in by_name \
+        else next(iter(by_name))
+    if st.session_state.get(EXPERIMENT_PICKER) != current:
+        st.session_state[EXPERIMENT_PICKER] = current
+    if st.query_params.get("experiment") != current:
+        st.query_params["experiment"] = current
+        ui.remember_params()
+
+    def _on_experiment() -> None:
+        st.query_params["experiment"] = st.session_state[EXPERIMENT_PICKER]
+        ui.remember_params()
+
+    def _describe(name: str) -> str:
+        e = by_name[name]
+        return f"{name} · {e['runs']} run{'s' if e['runs'] != 1 else ''}, {len(e['seeds'])} seed" + \
+            ("s" if len(e["seeds"]) != 1 else "")
+
+    st.selectbox("Experiment", list(by_name), key=EXPERIMENT_PICKER, on_change=_on_experiment,
+                 format_func=_describe, help="Runs made by `clipmem experiment`: the same split and seeds, one "
+                                             "mitigation setting each.")
+    detail = ui.fetch_part(api.experiment, current, what=f"experiment {current}")
+    if detail is not None:
+        summary = pd.DataFrame(detail["summary"], columns=SUMMARY_COLUMNS)
+        grid_figures = experiment_figures(summary)
+        st.caption("Mean raw CLIPMem and utility on S_E (averaged over f and g) against each grid's knob, "
+                   "± one standard deviation over seeds. The baseline (1 caption per image, σ = 0, nothing "
+                   "removed) is a point of every grid.")
+        if grid_figures:
+            for tab, (grid, figure) in zip(st.tabs([f"{g}: {KNOB_LABELS[g]}" for g in grid_figures]),
+                                           grid_figures.items()):
+                with tab:
+                    st.plotly_chart(figure, key=f"experiment_{grid}_chart")
+        else:
+            st.info("No grid of this experiment has two settings yet: each figure needs the baseline and at least "
+                    "one other setting.", icon=":material/info:")
+        per_run = pd.DataFrame(detail["runs"]).drop(columns=["run_id", "experiment"], errors="ignore")
+        numbers = [c for c in per_run.columns if c not in EXPERIMENT_INT_COLUMNS and c not in ("run", "removal_method")
+                   and pd.api.types.is_float_dtype(per_run[c])]
+        st.dataframe(per_run, hide_index=True, width="stretch", key="experiment_runs_table",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in numbers})
 
 # ---------------------------------------------------------------- detection quality of the chosen run
 st.header(f"Detection quality · {run_name}", anchor=False)

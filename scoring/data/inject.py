@@ -42,6 +42,8 @@ def inject_faults(dataset: PairDataset, plan: SplitPlan, rates: dict[str, float]
     refs = list(dataset.image_refs)
     attributes = list(dataset.attributes) if dataset.attributes else [{} for _ in dataset.ids]
     shared = [where[s] for s in plan.ids["shared"]]
+    if plan.folds is not None:  # k-fold: no S_S; a duplicate copies a pair of the pool, which most models train on
+        shared = [where[s] for s in plan.ids["candidate"] + plan.ids["independent"]]
     for split in ("candidate", "independent"):
         pool = [where[s] for s in plan.ids[split] if truth[where[s]] == "clean"]
         order = list(rng.permutation(pool)) if pool else []
@@ -63,6 +65,8 @@ def inject_faults(dataset: PairDataset, plan: SplitPlan, rates: dict[str, float]
                     if not shared:
                         raise ClipmemError("duplicate injection needs a non-empty shared split")
                     donor = int(shared[rng.integers(len(shared))])
+                    if donor == i:  # only in a k-fold plan, whose pool holds i itself
+                        donor = int(shared[(shared.index(i) + 1) % len(shared)])
                     captions[i], refs[i] = list(dataset.captions[donor]), dataset.image_refs[donor]
                     attributes[i] = {**attributes[i], "injected_from": dataset.ids[donor]}
                 truth[i] = tag

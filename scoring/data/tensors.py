@@ -28,6 +28,11 @@ class TensorCorpus:
     caption_count: torch.Tensor    # (N,) number of captions used per pair
     truncated: int                 # captions longer than the context length
     removed: frozenset[int] = frozenset()  # rows left out of training and scoring (TrainConfig.remove_ids)
+    fold: torch.Tensor | None = None       # k-fold scheme: (N,) fold of each row, -1 for S_E; None otherwise
+
+    @property
+    def n_folds(self) -> int:
+        return 0 if self.fold is None else int(self.fold.max()) + 1
 
     def rows(self, split: str) -> torch.Tensor:
         """Rows of a split, less the removed ones: neither model trains on those, so none is scored."""
@@ -90,6 +95,10 @@ def build_corpus(
         from scoring.models import build_vocabulary
 
         vocab = build_vocabulary(raw_tokens) if compact_vocab else Vocabulary()
+    fold = None
+    if plan.folds is not None:
+        fold_of = plan.fold_of()
+        fold = torch.tensor([fold_of.get(dataset.ids[i], -1) for i in rows], dtype=torch.long)
     corpus = TensorCorpus(
         ids=[dataset.ids[i] for i in rows],
         split=split,
@@ -102,5 +111,6 @@ def build_corpus(
         caption_index=caption_index,
         caption_count=torch.tensor([len(c) for c in used]),
         truncated=truncated,
+        fold=fold,
     )
     return corpus, vocab

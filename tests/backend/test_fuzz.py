@@ -20,13 +20,16 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from backend.api.app import create_app
 from backend.api.query import SAMPLE_ID_PATTERN, TAG_PATTERN
 from backend.ingest import RUN_NAME, ingest
+from backend.rundir import EXPERIMENT_NAME
 from backend.settings import Settings
 from backend.synthetic_run import write_synthetic_run
 
 RUNS = ("fuzz-a", "fuzz-b")
 TOKEN = "fuzz-token"  # with a token the schema's bearer security is real, and requests without it must get 401
 SAMPLE_IDS = [f"a/{i:03d}.png" for i in range(0, 45, 4)] + [f"pair-{i:07d}" for i in range(0, 45, 4)]
-KNOWN = {"run": RUNS, "sample_id": SAMPLE_IDS, "tag": ("fuzz-tag", "other tag"), "run_a": RUNS, "run_b": RUNS}
+EXPERIMENT = "fuzz-exp"
+KNOWN = {"run": RUNS, "sample_id": SAMPLE_IDS, "tag": ("fuzz-tag", "other tag"), "run_a": RUNS, "run_b": RUNS,
+         "name": (EXPERIMENT,), "experiment": (EXPERIMENT,)}
 
 
 class ForwardingApp:
@@ -40,11 +43,12 @@ class ForwardingApp:
         await self.target(scope, receive, send)
 
 
-APP = ForwardingApp(create_app(Settings(database_url="sqlite://"), migrate_schema=False))
+# no token here: the schema is read from this app without one (with a token, /openapi.json needs it too)
+APP = ForwardingApp(create_app(Settings(database_url="sqlite://", api_token=None), migrate_schema=False))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(method="DELETE", path="/runs/{run}")
 schema.config.auth.openapi.schemes["HTTPBearer"] = HttpBearerAuthConfig(bearer=TOKEN)
 VALID = {"run": RUN_NAME, "run_a": RUN_NAME, "run_b": RUN_NAME, "sample_id": re.compile(SAMPLE_ID_PATTERN),
-         "tag": re.compile(TAG_PATTERN)}
+         "tag": re.compile(TAG_PATTERN), "name": EXPERIMENT_NAME, "experiment": EXPERIMENT_NAME}
 
 
 def steer(params: dict) -> st.SearchStrategy:
@@ -78,8 +82,13 @@ def fuzzed_database(db, tmp_path_factory):
     from backend.store import delete_run
 
     root = tmp_path_factory.mktemp("fuzz")
-    write_synthetic_run(root / "fuzz-a", 15, 15, 10, 5, seed=51, optional_scores=True, id_format="a/{:03d}.png")
-    write_synthetic_run(root / "fuzz-b", 15, 15, 10, 5, seed=52, images="tar")
+    # both runs belong to one experiment (two points of its text-noise grid), so /experiments has data
+    params = {"experiment": EXPERIMENT, "seed": 0, "captions_per_image": 1, "removal_method": None,
+              "removal_count": 0}
+    write_synthetic_run(root / "fuzz-a", 15, 15, 10, 5, seed=51, optional_scores=True, id_format="a/{:03d}.png",
+                        experiment={**params, "text_noise": 0.0})
+    write_synthetic_run(root / "fuzz-b", 15, 15, 10, 5, seed=52, images="tar",
+                        experiment={**params, "text_noise": 0.1})
     for name in RUNS:
         ingest(db.engine, root / name)
     APP.target = create_app(Settings(database_url=db.url, api_token=TOKEN))

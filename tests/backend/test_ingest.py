@@ -284,7 +284,7 @@ def fresh_engine(database_url, tmp_path):
     """An empty database of the session's kind, of this test's own."""
     import os
 
-    from conftest import PG_ENV, _postgres_schema_url
+    from tests.backend.conftest import PG_ENV, _postgres_schema_url
 
     from backend.db import make_engine
 

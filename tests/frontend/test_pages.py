@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -368,3 +371,97 @@ def test_picking_another_run_starts_its_view_unfiltered(open_page):
     assert at.query_params["sort"] == "align_f"  # the sort order stays
     assert count_shown(at) == 120
     assert widget(at.selectbox, "Truth tag").value == "(all)"
+
+
+# ---------------------------------------------------------------- experiments on the Runs page
+
+EXPERIMENT = "mitig"
+OTHER_EXPERIMENT = "noise"
+
+
+@pytest.fixture(scope="module")
+def experiment_backend(tmp_path_factory):
+    """A backend of its own holding three runs of one experiment (baseline on two seeds, 2 captions per image),
+    two of another (text noise) and a run outside both; yields its URL."""
+    from backend.db import make_engine, migrate
+    from backend.ingest import ingest
+    from backend.synthetic_run import write_synthetic_run
+    from tests.frontend.stack import backend
+
+    root = tmp_path_factory.mktemp("experiment_stack")
+    engine = make_engine(f"sqlite:///{root / 'experiments.db'}")
+    migrate(engine)
+    base = {"experiment": EXPERIMENT, "text_noise": 0.0, "removal_method": None, "removal_count": 0}
+    for name, seed, captions in (("mitig-c1-s0", 0, 1), ("mitig-c1-s1", 1, 1), ("mitig-c2-s0", 0, 2)):
+        utility = {"i2t_r1": 0.5 + 0.05 * captions, "probe_shape": 0.6 + 0.03 * captions + 0.01 * seed}
+        ingest(engine, write_synthetic_run(root / name, 20, 20, 20, 10, seed=80 + seed + captions, utility=utility,
+                                           experiment={**base, "seed": seed, "captions_per_image": captions}))
+    for name, noise in (("noise-n0-s0", 0.0), ("noise-n0.1-s0", 0.1)):
+        ingest(engine, write_synthetic_run(root / name, 20, 20, 20, 10, seed=85 + int(noise * 10),
+                                           experiment={**base, "experiment": OTHER_EXPERIMENT, "seed": 0,
+                                                       "captions_per_image": 1, "text_noise": noise}))
+    ingest(engine, write_synthetic_run(root / "loose", 20, 20, 20, 10, seed=89))
+    engine.dispose()
+    with backend(f"sqlite:///{root / 'experiments.db'}", root) as url:
+        yield url
+
+
+def plotly_array(value) -> list:
+    """An array of a figure's JSON: a list, or Plotly's typed-array form {"dtype", "bdata"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
+
+
+def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch):
+    import httpx
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from scoring.experiment_report import figures
+    from tests.frontend.conftest import APP
+
+    monkeypatch.setenv("CLIPMEM_API_URL", experiment_backend)
+    monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
+    st.cache_data.clear()
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["run"] = "loose"
+    at.run()
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    picker = at.selectbox(key="experiment_picker")
+    assert picker.value == EXPERIMENT and at.query_params["experiment"] == EXPERIMENT
+    detail = httpx.get(f"{experiment_backend}/experiments/{EXPERIMENT}").json()
+    # the figure of the captions grid, as scoring.experiment_report draws it from the endpoint's summary
+    expected = figures(pd.DataFrame(detail["summary"]))["captions"]
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id and "experiment_captions_chart" in c.proto.id)
+    shown = json.loads(chart.proto.spec)["data"]
+    assert [t["name"] for t in shown] == [t.name for t in expected.data]
+    for drawn, wanted in zip(shown, expected.data):
+        assert plotly_array(drawn["x"]) == pytest.approx(list(wanted.x))
+        assert plotly_array(drawn["y"]) == pytest.approx(list(wanted.y))
+    # the per-run table: one row per run of the experiment, with its parameters and means
+    table = next(d.value for d in at.dataframe if "captions_per_image" in d.value.columns)
+    assert sorted(table["run"]) == ["mitig-c1-s0", "mitig-c1-s1", "mitig-c2-s0"]
+    assert table.set_index("run")["mean_clipmem_raw"].to_dict() == pytest.approx(
+        {r["run"]: r["mean_clipmem_raw"] for r in detail["runs"]})
+    runs_table = at.dataframe[0].value
+    assert runs_table.set_index("run")["experiment"].to_dict()["mitig-c2-s0"] == EXPERIMENT
+
+    # another experiment: its figures, and the choice in the URL, which stays when another run is picked
+    at.selectbox(key="experiment_picker").select(OTHER_EXPERIMENT).run()
+    assert not at.exception
+    assert at.query_params["experiment"] == OTHER_EXPERIMENT
+    keys = [c.proto.id for c in at.get("plotly_chart")]
+    assert any("experiment_text-noise_chart" in k for k in keys) and not any("experiment_captions" in k for k in keys)
+    widget(at.selectbox, "Run").select("mitig-c1-s0").run()
+    assert not at.exception
+    assert at.query_params["run"] == "mitig-c1-s0" and at.query_params["experiment"] == OTHER_EXPERIMENT
+    assert at.selectbox(key="experiment_picker").value == OTHER_EXPERIMENT
+    st.cache_data.clear()
+
+
+def test_runs_page_without_experiments_has_no_experiment_section(open_page):
+    at = open_page("runs", run=PLAIN)
+    assert not [s for s in at.selectbox if s.key == "experiment_picker"]
+    assert "experiment" not in at.dataframe[0].value.columns

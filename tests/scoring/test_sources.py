@@ -176,3 +176,14 @@ def test_csv_without_named_column(tmp_path):
     for on_error in ("fail", "skip"):
         with pytest.raises(ClipmemError, match="has no column 'filepath' \\(--csv-img-key\\); its columns are: path"):
             load_dataset("csv", path, SourceOptions(), Problems(on_error))
+
+
+def test_csv_label_key_names_a_column_for_the_linear_probe(tmp_path):
+    path = make_csv(tmp_path / "src")
+    lines = path.read_text().splitlines()
+    labelled = [lines[0] + "\tshape"] + [line + "\t" + line.split("\t")[1].split()[-1] for line in lines[1:]]
+    path.write_text("\n".join(labelled) + "\n")
+    dataset = load_dataset("csv", path, SourceOptions(label_key="shape"))
+    assert [a["shape"] for a in dataset.attributes] == [caps[0].split()[-1] for _, caps in PAIRS]
+    with pytest.raises(ClipmemError, match="has no column 'kind' \\(--label-key\\)"):
+        load_dataset("csv", path, SourceOptions(label_key="kind"))

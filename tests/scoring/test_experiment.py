@@ -1,0 +1,196 @@
+"""`clipmem experiment`: grids of runs sharing one split, resumable, with a report."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from run_fixtures import TINY_SIZES, tiny_run_config
+from scoring.cli import app, read_id_list
+from scoring.errors import ClipmemError
+from scoring.experiment import Setting, grid_settings, open_experiment, report_rows, run_experiment
+from scoring.experiment_report import figures, run_row, summarize, write_report
+
+runner = CliRunner()
+
+
+def test_default_grid_has_each_setting_once():
+    settings = grid_settings(["captions", "text-noise", "removal"], removal_counts=(50, 150))
+    # baseline + captions 2, 3, 5 + σ 0.05..0.3 + 3 methods x 2 counts
+    assert len(settings) == 1 + 3 + 5 + 6
+    assert len({s.slug for s in settings}) == len(settings)
+    with pytest.raises(ClipmemError, match="unknown grid"):
+        grid_settings(["captions", "dropout"])
+
+
+def row(seed, captions=1, noise=0.0, method=None, count=0, raw=0.1, probe=0.5):
+    experiment = {"experiment": "e", "seed": seed, "captions_per_image": captions, "text_noise": noise,
+                  "removal_method": method, "removal_count": count}
+    return run_row(experiment, raw, raw * 2, {"f": {"probe_shape": probe, "i2t_r1": 0.2},
+                                              "g": {"probe_shape": probe + 0.1, "i2t_r1": 0.4}})
+
+
+def test_summary_averages_over_seeds_and_puts_the_baseline_in_every_grid():
+    rows = [row(0, raw=0.10), row(1, raw=0.20), row(0, captions=5, raw=0.05), row(1, captions=5, raw=0.07),
+            row(0, noise=0.15, raw=0.3), row(0, method="random", count=50, probe=0.7)]
+    assert rows[0]["probe_shape"] == pytest.approx(0.55)  # mean of f and g
+    summary = summarize(rows)
+    base = summary[(summary.grid == "captions") & (summary.value == 1) & (summary.metric == "mean_clipmem_raw")]
+    assert base["mean"].item() == pytest.approx(0.15) and base["std"].item() == pytest.approx(math.sqrt(0.005))
+    assert base["n"].item() == 2
+    assert set(summary.grid) == {"captions", "text-noise", "removal"}
+    removal = summary[(summary.grid == "removal") & (summary.metric == "probe_shape")]
+    # N = 0 (the baseline) starts the curve of every method
+    assert set(removal[removal.value == 0].method) == {"top-clipmem", "lowest-similarity", "random"}
+    assert removal[(removal.method == "random") & (removal.value == 50)]["mean"].item() == pytest.approx(0.75)
+    figs = figures(summary)
+    assert set(figs) == {"captions", "text-noise", "removal"}
+    assert any(trace.error_y.array is not None for trace in figs["captions"].data)
+
+
+def test_a_grid_holding_only_the_baseline_is_left_out():
+    summary = summarize([row(0), row(0, captions=2)])
+    assert set(summary.grid) == {"captions"}
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(tmp_path_factory, tiny_data):
+    """A two-grid experiment on the tiny data: 1 seed, 1 epoch, N = 5 removed."""
+    out = tmp_path_factory.mktemp("exp") / "e"
+    base = tiny_run_config(tiny_data, epochs=1)
+    base.score = replace(base.score, towers=False, layers=False, views=2)
+    exp = open_experiment(out, "tiny-exp", ["captions", "removal"], [0], [5], base)
+    finished = []
+    runs = run_experiment(exp, jobs=2, on_finished=lambda run, name: finished.append(name))
+    return exp, runs, finished
+
+
+def test_experiment_runs_every_setting_on_one_split(experiment_dir):
+    exp, runs, finished = experiment_dir
+    assert len(runs) == 1 + 3 + 3 and len(set(finished)) == 7
+    assert all(name.startswith("tiny-exp.") for name in finished)
+    splits = {(run.path / "split.json").read_text() for run in runs}
+    assert len(splits) == 1
+    for run in runs:
+        params = json.loads(run.experiment.read_text())
+        cfg = run.load_config()
+        assert cfg.train.captions_per_image == params["captions_per_image"]
+        assert cfg.train.init_seed == params["seed"] == 0
+
+
+def test_removal_runs_drop_the_chosen_pairs_of_the_baseline(experiment_dir):
+    exp, runs, _ = experiment_dir
+    baseline = pd.read_parquet(exp.run_dir(Setting(), 0).scores)
+    top = set(baseline.nlargest(5, "clipmem_raw")["sample_id"])
+    lowest = set(baseline.nlargest(5, "clipscore_g")["sample_id"])
+    for method, expected in (("top-clipmem", top), ("lowest-similarity", lowest)):
+        run = exp.run_dir(Setting(removal_method=method, removal_count=5), 0)
+        assert set(run.load_config().train.remove_ids) == expected
+        assert not set(pd.read_parquet(run.scores)["sample_id"]) & expected
+    random_run = exp.run_dir(Setting(removal_method="random", removal_count=5), 0)
+    assert len(random_run.load_config().train.remove_ids) == 5
+
+
+def test_rerunning_an_experiment_trains_nothing(experiment_dir):
+    exp, runs, _ = experiment_dir
+    stamps = {run.path: run.model_checkpoint("f").stat().st_mtime_ns for run in runs}
+    messages = []
+    again = run_experiment(exp, jobs=1, progress=lambda message, done, total: messages.append((message, done)))
+    assert len(again) == len(runs)
+    assert messages == [("7 of 7 runs already finished", 7)]
+    assert all(run.model_checkpoint("f").stat().st_mtime_ns == stamps[run.path] for run in again)
+
+
+def test_reopening_with_another_recipe_is_refused(experiment_dir, tiny_data):
+    exp, _, _ = experiment_dir
+    other = tiny_run_config(tiny_data, epochs=3)
+    other.score = exp.base.score
+    with pytest.raises(ClipmemError, match="other train settings"):
+        open_experiment(exp.path, "tiny-exp", ["captions"], [0], [5], other)
+
+
+def test_report_has_tables_figures_and_findings(experiment_dir, tmp_path):
+    exp, _, _ = experiment_dir
+    rows = report_rows(exp.path)
+    assert len(rows) == 7 and all("probe_shape" in r for r in rows)
+    report = write_report(rows, tmp_path / "report", "tiny")
+    text = report.read_text()
+    assert "## Findings" in text and "5 captions per image" in text and "Removing 5 pairs" in text
+    assert (tmp_path / "report" / "captions.html").is_file() and (tmp_path / "report" / "removal.html").is_file()
+    # PNGs need Chromium (kaleido); without it the report says so instead
+    assert (tmp_path / "report" / "captions.png").is_file() or "PNG figures were not written" in text
+
+
+def test_cli_report_only_and_its_errors(experiment_dir, tmp_path):
+    exp, _, _ = experiment_dir
+    result = runner.invoke(app, ["experiment", "--out", str(exp.path), "--report"])
+    assert result.exit_code == 0, result.output
+    assert (exp.path / "report" / "report.md").is_file()
+    result = runner.invoke(app, ["experiment", "--out", str(tmp_path / "empty"), "--report"])
+    assert result.exit_code == 2 and "no finished experiment runs" in result.output
+    result = runner.invoke(app, ["experiment", "--out", str(tmp_path / "x"), "--grids", "captions,nope"])
+    assert result.exit_code == 2 and "unknown grid nope" in result.output
+
+
+def test_id_lists_as_plain_lines_or_a_csv_export(tmp_path):
+    plain = tmp_path / "ids.txt"
+    plain.write_text("# pairs to drop\na\n\nb\na\n")
+    assert read_id_list(plain) == ["a", "b"]
+    exported = tmp_path / "export.csv"
+    exported.write_text("sample_id,caption,clipmem\nx,a cat,0.9\ny,\"a dog, big\",0.8\n")
+    assert read_id_list(exported) == ["x", "y"]
+    with pytest.raises(ClipmemError, match="names no sample ids"):
+        (tmp_path / "empty.txt").write_text("\n")
+        read_id_list(tmp_path / "empty.txt")
+    with pytest.raises(ClipmemError, match="cannot read the id list"):
+        read_id_list(tmp_path / "missing.txt")
+
+
+def test_train_cli_takes_the_mitigation_options(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    sizes = ",".join(str(int(x)) for x in (TINY_SIZES.shared, TINY_SIZES.candidate, TINY_SIZES.independent,
+                                           TINY_SIZES.extra))
+    result = runner.invoke(app, ["split", "--out", str(out), "--dataset", "folder", "--data", str(tiny_data),
+                                 "--sizes", sizes])
+    assert result.exit_code == 0, result.output
+    ids = tmp_path / "ids.txt"
+    ids.write_text("no-such-pair\n")
+    result = runner.invoke(app, ["train", str(out), "--epochs", "1", "--model", "clipmem-tiny", "--text-noise",
+                                 "0.1", "--image-views", "2", "--remove-ids", str(ids)])
+    assert result.exit_code == 2 and "'no-such-pair'" in result.output
+    result = runner.invoke(app, ["train", str(out), "--epochs", "1", "--text-noise", "-1"])
+    assert result.exit_code == 2 and "--text-noise" in result.output
+
+
+def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_path, monkeypatch):
+    """The real thing end to end: removal runs (which lack scores for removed pairs) ingest, and
+    GET /experiments/{name} gives the same summary as the report."""
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+    from backend.settings import Settings
+
+    exp, runs, _ = experiment_dir
+    monkeypatch.setenv("CLIPMEM_DATABASE_URL", f"sqlite:///{tmp_path / 'exp.db'}")
+    monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
+    from scoring.cli import _experiment_ingester
+
+    ingester = _experiment_ingester()  # what `clipmem experiment --ingest` hands run_experiment
+    run_experiment(exp, on_finished=ingester)
+    with TestClient(create_app(Settings())) as client:
+        listed = client.get("/experiments").json()
+        assert [(e["name"], e["runs"]) for e in listed] == [("tiny-exp", 7)]
+        detail = client.get("/experiments/tiny-exp").json()
+    expected = summarize(report_rows(exp.path))
+    served = pd.DataFrame(detail["summary"])
+    merged = expected.merge(served, on=["grid", "method", "value", "metric"], suffixes=("", "_api"))
+    assert len(merged) == len(expected)
+    assert (merged["mean"] - merged["mean_api"]).abs().max() < 1e-6
+    # a rerun keeps the runs already ingested rather than failing on them
+    run_experiment(exp, on_finished=ingester)
+    ingester.close()

@@ -1,0 +1,156 @@
+"""The mitigation knobs change what training sees, and only that; the linear probe measures utility."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from run_fixtures import tiny_run_config
+from scoring.errors import ClipmemError
+from scoring.evaluate import linear_probe, probe_labels
+from scoring.models import create_model
+from scoring.pipeline import load_corpus, split_step
+from scoring.rundir import RunDir
+from scoring.train import MODELS, train_pair
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory, tiny_data):
+    """A split tiny run (no training): (RunDir, RunConfig)."""
+    run = RunDir(tmp_path_factory.mktemp("mitigation") / "run")
+    cfg = tiny_run_config(tiny_data, epochs=2)
+    run.prepare_new(overwrite=False)
+    split_step(run, cfg)
+    return run, cfg
+
+
+def train(planned, tmp_path: Path, **train_options):
+    """Train f and g for the config's epochs with these options; returns (models, batches seen, corpus)."""
+    run, cfg = planned
+    cfg = replace(cfg, train=replace(cfg.train, **train_options))
+    corpus, _, model_cfg = load_corpus(run, cfg)
+    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in MODELS}
+    seen = []
+    train_pair(models, corpus, cfg.train, tmp_path / "ck", tmp_path / "log.jsonl", show_progress=False,
+               batch_hook=lambda name, rows, images, text: seen.append((name, rows.clone(), images.clone(),
+                                                                         text.clone())))
+    return models, seen, corpus
+
+
+def weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.dtype.is_floating_point])
+
+
+def test_removed_ids_never_appear_in_a_batch_and_are_not_scored(planned, tmp_path):
+    run, cfg = planned
+    corpus, _, _ = load_corpus(run, cfg)
+    # pairs from each trained split: shared ones leave both models, candidates f, independents g
+    remove = [corpus.ids[int(corpus.rows(s)[i])] for s in ("shared", "candidate", "independent") for i in range(4)]
+    _, seen, corpus = train(planned, tmp_path, remove_ids=remove)
+    removed_rows = {corpus.ids.index(sid) for sid in remove}
+    batch_rows = {int(r) for _, rows, _, _ in seen for r in rows}
+    assert seen and not (batch_rows & removed_rows)
+    # everything else of each model's training set was seen
+    for name, splits in (("f", ("shared", "candidate")), ("g", ("shared", "independent"))):
+        rows = {int(r) for n, rs, _, _ in seen if n == name for r in rs}
+        expected = {int(r) for s in splits for r in corpus.rows(s)}
+        assert rows == expected
+    scored = {int(r) for s in ("candidate", "independent") for r in corpus.rows(s)}
+    assert not scored & removed_rows
+
+
+def test_removal_list_naming_an_unknown_or_held_out_pair_is_refused(planned):
+    run, cfg = planned
+    with pytest.raises(ClipmemError, match="'no-such-pair'"):
+        load_corpus(run, replace(cfg, train=replace(cfg.train, remove_ids=["no-such-pair"])))
+    corpus, _, _ = load_corpus(run, cfg)
+    held_out = corpus.ids[int(corpus.rows("extra")[0])]
+    with pytest.raises(ClipmemError, match="S_E"):
+        load_corpus(run, replace(cfg, train=replace(cfg.train, remove_ids=[held_out])))
+
+
+def test_zero_text_noise_is_bit_identical_and_positive_noise_is_not(planned, tmp_path):
+    base, _, _ = train(planned, tmp_path / "a")
+    zero, _, _ = train(planned, tmp_path / "b", text_noise=0.0)
+    noisy, _, _ = train(planned, tmp_path / "c", text_noise=0.15)
+    for name in MODELS:
+        assert torch.equal(weights(base[name]), weights(zero[name]))
+        assert not torch.allclose(weights(base[name]), weights(noisy[name]))
+
+
+def test_text_noise_draws_are_shared_by_f_and_g_and_seeded(planned, tmp_path):
+    once, _, _ = train(planned, tmp_path / "a", text_noise=0.1)
+    again, _, _ = train(planned, tmp_path / "b", text_noise=0.1)
+    for name in MODELS:
+        assert torch.equal(weights(once[name]), weights(again[name]))
+
+
+def test_captions_per_image_limits_the_captions_training_draws(planned, tmp_path):
+    _, seen, corpus = train(planned, tmp_path, captions_per_image=2)
+    allowed = {}
+    for r in range(len(corpus.ids)):
+        allowed[r] = {tuple(corpus.tokens[i].tolist()) for i in corpus.caption_index[r, :2].tolist() if i >= 0}
+    drawn = {}
+    for _, rows, _, text in seen:
+        for r, t in zip(rows.tolist(), text.tolist()):
+            assert tuple(t) in allowed[r]
+            drawn.setdefault(r, set()).add(tuple(t))
+    # over two epochs some pair was seen with both of its first two captions
+    assert any(len(v) == 2 for v in drawn.values())
+    assert corpus.caption_count.max() == 2
+
+
+def test_fixed_image_views_repeat_while_default_augmentation_does_not(planned, tmp_path):
+    def images_per_row(seen):
+        out = {}
+        for name, rows, images, _ in seen:
+            if name == "f":
+                for r, img in zip(rows.tolist(), images):
+                    out.setdefault(r, []).append(img)
+        return out
+
+    _, fixed, _ = train(planned, tmp_path / "a", image_views=1)
+    _, fresh, _ = train(planned, tmp_path / "b")
+    for r, imgs in list(images_per_row(fixed).items())[:20]:
+        assert all(torch.equal(imgs[0], x) for x in imgs[1:])
+    assert any(not torch.equal(imgs[0], imgs[1]) for imgs in list(images_per_row(fresh).values())[:20])
+
+
+def test_image_views_without_augmentation_is_refused(planned, tmp_path):
+    from scoring.transform import AugmentConfig
+
+    with pytest.raises(ClipmemError, match="augmentation"):
+        train(planned, tmp_path, image_views=2, augment=AugmentConfig(enabled=False))
+
+
+def test_linear_probe_separates_separable_labels_and_not_random_ones():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=gen) * 3
+    labels = torch.randint(0, 3, (400,), generator=gen)
+    x = centres[labels] + torch.randn(400, 16, generator=gen)
+    names = [["a", "b", "c"][i] for i in labels.tolist()]
+    assert linear_probe(x[:300], names[:300], x[300:], names[300:]) > 0.95
+    shuffled = [names[i] for i in torch.randperm(400, generator=gen).tolist()]
+    assert linear_probe(x[:300], shuffled[:300], x[300:], shuffled[300:]) < 0.6
+    # pairs without a label are left out; one class only gives no probe
+    assert linear_probe(x[:300], [None] * 299 + ["a"], x[300:], names[300:]) is None
+
+
+def test_probe_labels_from_the_built_in_attributes_and_from_a_label_key():
+    attrs = [{"objects": [{"shape": "circle", "colour": "red"}]},
+             {"objects": [{"shape": "square", "colour": "blue"}, {"shape": "circle", "colour": "red"}]},
+             {"kind": "dog"}]
+    assert probe_labels(attrs, None) == {"shape": ["circle", None, None], "colour": ["red", None, None]}
+    assert probe_labels(attrs, "kind") == {"kind": [None, None, "dog"]}
+
+
+def test_finished_run_reports_probe_accuracy(tiny_run):
+    import json
+
+    run, _ = tiny_run
+    metrics = json.loads(run.metrics.read_text())
+    for name in MODELS:
+        assert 0 <= metrics[name]["probe_shape"] <= 1 and 0 <= metrics[name]["probe_colour"] <= 1

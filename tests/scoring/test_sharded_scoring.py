@@ -1,0 +1,133 @@
+"""Sharded scoring: parts merge into the single-process result; missing or stale parts are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scoring.cli import app
+from scoring.config import ScoreConfig, TrainConfig
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def copy_of(tiny_run, tmp_path):
+    """The finished tiny run copied without its scoring outputs."""
+    run, _ = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(run.path, out, ignore=shutil.ignore_patterns("checkpoints", "score_parts"))
+    for name in ("scores.parquet", "embeddings.npz", "layers.parquet", "layer_curves.parquet", "metrics.json",
+                 "COMPLETE"):
+        (out / name).unlink()
+    return run.path, out
+
+
+def assert_same_outputs(reference, out, atol=1e-5):
+    a, b = pd.read_parquet(reference / "scores.parquet"), pd.read_parquet(out / "scores.parquet")
+    assert list(a.columns) == list(b.columns) and a["sample_id"].tolist() == b["sample_id"].tolist()
+    for col in a.columns:
+        if col.startswith("views_"):
+            np.testing.assert_allclose(np.stack(a[col]), np.stack(b[col]), atol=atol, rtol=0)
+        elif a[col].dtype.kind == "f":
+            np.testing.assert_allclose(a[col], b[col], atol=atol, rtol=0, err_msg=col)
+        else:
+            assert a[col].tolist() == b[col].tolist(), col
+    for name in ("layers.parquet", "layer_curves.parquet"):
+        x, y = pd.read_parquet(reference / name), pd.read_parquet(out / name)
+        assert x.drop(columns=["layer_mem"] + (["delta_layer_mem"] if "delta_layer_mem" in x else [])).equals(
+            y.drop(columns=["layer_mem"] + (["delta_layer_mem"] if "delta_layer_mem" in y else [])))
+        np.testing.assert_allclose(x["layer_mem"], y["layer_mem"], atol=atol, rtol=0)
+    ea, eb = np.load(reference / "embeddings.npz"), np.load(out / "embeddings.npz")
+    assert sorted(ea.files) == sorted(eb.files)
+    for key in ea.files:
+        if ea[key].dtype.kind == "f":
+            np.testing.assert_allclose(ea[key], eb[key], atol=atol, rtol=0)
+        else:
+            assert (ea[key] == eb[key]).all()
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (reference, out))
+    for model in ("f", "g"):
+        assert ma[model] == pytest.approx(mb[model], abs=atol)
+    assert (out / "COMPLETE").is_file()
+
+
+def test_view_draws_of_a_part_are_the_whole_draws_sliced(tiny_run):
+    from scoring.models import Vocabulary
+    from scoring.pipeline import load_corpus
+    from scoring.attribution import draw_tower_views
+    from scoring.score import scored_rows, view_draws
+
+    run, cfg = tiny_run
+    corpus, vocab, _ = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
+    rows, score_cfg = scored_rows(corpus), ScoreConfig(views=3)
+    views, captions = view_draws(corpus, rows, score_cfg, TrainConfig())
+    tower = draw_tower_views(corpus, rows, score_cfg, TrainConfig(), 20, vocab)
+    part = slice(37, 151)
+    flat = slice(37 * 3, 151 * 3)
+    part_views, part_captions = view_draws(corpus, rows, score_cfg, TrainConfig(), part)
+    assert torch.equal(part_views.shift, views.shift[flat]) and torch.equal(part_views.jitter, views.jitter[flat])
+    assert torch.equal(part_captions, captions[flat])
+    part_tower = draw_tower_views(corpus, rows, score_cfg, TrainConfig(), 20, vocab, part)
+    for whole, sliced in zip(tower.text_tokens, part_tower.text_tokens):
+        assert torch.equal(whole[flat], sliced)
+    for whole, sliced in zip(tower.image_params, part_tower.image_params):
+        assert torch.equal(whole.shift[flat], sliced.shift)
+
+
+def test_two_shards_merge_to_the_single_process_scores(copy_of):
+    reference, out = copy_of
+    first = invoke("score", out, "--shard", 0, "--num-shards", 2)
+    assert first.exit_code == 0, first.output
+    part0 = out / "score_parts" / "part-00000-of-00002.parquet"
+    assert part0.is_file() and not (out / "COMPLETE").exists()
+
+    refused = invoke("score", out, "--merge")
+    assert refused.exit_code == 2
+    assert "1 of 2 score parts are missing" in refused.output and "part-00001-of-00002.parquet" in refused.output
+
+    stamp = part0.stat().st_mtime_ns
+    again = invoke("score", out, "--shard", 0, "--num-shards", 2)
+    assert again.exit_code == 0 and "skipped" in again.output
+    assert part0.stat().st_mtime_ns == stamp
+    assert invoke("score", out, "--shard", 1, "--num-shards", 2).exit_code == 0
+
+    stale = invoke("score", out, "--merge", "--views", 4)  # parts were drawn with 8 views
+    assert stale.exit_code == 2 and "computed from other settings" in stale.output
+
+    merged = invoke("score", out, "--merge")
+    assert merged.exit_code == 0, merged.output
+    assert_same_outputs(reference, out)
+    assert json.loads((out / "metrics.json").read_text())["scoring"]["shards"] == 2
+
+
+def test_shards_score_only_their_part(copy_of):
+    _, out = copy_of
+    for i in range(3):
+        assert invoke("score", out, "--shard", i, "--num-shards", 3).exit_code == 0
+    parts = [pd.read_parquet(out / "score_parts" / f"part-0000{i}-of-00003.parquet") for i in range(3)]
+    assert [len(p) for p in parts] == [80, 80, 80]
+    assert "layers_image" in parts[0] and "clipmem_raw" in parts[0]
+    bad = invoke("score", out, "--shard", 3, "--num-shards", 3)
+    assert bad.exit_code == 2 and "--shard must lie in [0, --num-shards)" in bad.output
+    assert invoke("score", out, "--shard", 0).exit_code == 2
+
+
+def test_torchrun_ranks_score_their_shards_and_rank_0_merges(copy_of):
+    from test_distributed import torchrun
+
+    reference, out = copy_of
+    proc = torchrun("-m", "scoring.cli", "score", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "score_parts").iterdir()) == ["part-00000-of-00002.parquet",
+                                                                       "part-00001-of-00002.parquet"]
+    assert_same_outputs(reference, out)
