@@ -7,6 +7,7 @@ roll back together), WAL so the API reads while an ingest writes, and foreign ke
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -32,23 +33,36 @@ def make_engine(url: str, bulk_write: bool = False) -> Engine:
             if not folder.is_dir():
                 raise ClipmemError(f"database URL '{url}': folder {folder} does not exist")
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
-        _configure_sqlite(engine, cache_kib=1_000_000 if bulk_write else 16_000)
+        _configure_sqlite(engine, cache_kib=1_000_000 if bulk_write else 16_000,
+                          journal="DELETE" if bulk_write else "WAL", foreign_keys=not bulk_write)
         return engine
     if parsed.get_backend_name() == "postgresql":
         return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
     raise ClipmemError(f"database URL '{url}': only sqlite and postgresql are supported")
 
 
-def _configure_sqlite(engine: Engine, cache_kib: int) -> None:
+def _configure_sqlite(engine: Engine, cache_kib: int, journal: str = "WAL", foreign_keys: bool = True) -> None:
+    """Pragmas for every connection. Serving uses WAL, so readers never wait for an ingest. A bulk
+    ingest asks for a rollback journal instead: WAL writes every new page twice (to the log, then to
+    the database at the checkpoint), a rollback journal only the few pages that existed before, and it
+    is as crash-safe. SQLite refuses the switch while another connection (a running server) has the
+    file open, and the ingest then stays in WAL; the next server start turns WAL back on. A bulk ingest
+    also skips the per-row foreign-key lookups (a million of them for the scores alone): it writes the keys
+    it has just created, and deleting a run removes its children explicitly (store.delete_run)."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
         # let SQLAlchemy, not the sqlite3 module, decide where transactions begin
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute(f"PRAGMA journal_mode={journal}")
+        except sqlite3.OperationalError:
+            pass  # another connection has the file open: keep its journal mode rather than wait
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.execute("PRAGMA threads=4")

@@ -326,3 +326,32 @@ def test_migrations_down_and_up_with_runs_ingested(fresh_engine, tmp_path):
     check_partial_indexes(fresh_engine)
     with fresh_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM scores WHERE mem_text IS NOT NULL")).scalar_one() == 20
+
+
+def test_sqlite_bulk_ingest_journal_and_a_running_server(tmp_path):
+    """A bulk ingest writes through a rollback journal (no WAL double write) when it has the file to
+    itself, stays in WAL when a server has it open, and serving turns WAL back on either way."""
+    import sqlite3
+
+    from backend.db import make_engine, migrate
+
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    served = make_engine(url)
+    migrate(served)
+    served.dispose()
+    bulk = make_engine(url, bulk_write=True)
+    with bulk.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+    ingest(bulk, write_synthetic_run(tmp_path / "alone", 20, 20, 20, 5, seed=3))
+    bulk.dispose()
+
+    server = sqlite3.connect(tmp_path / "j.db")  # a server's open connection, in WAL
+    assert server.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    server.execute("SELECT count(*) FROM runs").fetchone()
+    bulk = make_engine(url, bulk_write=True)
+    ingest(bulk, write_synthetic_run(tmp_path / "beside", 20, 20, 20, 5, seed=4))
+    with bulk.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    bulk.dispose()
+    assert server.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+    server.close()
