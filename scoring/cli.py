@@ -267,6 +267,9 @@ def train(
     image_views: Optional[int] = ImageViewsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint."),
+    only: Optional[str] = typer.Option(None, "--only", help="Train only these models (comma-separated, e.g. f, "
+                                       "or fold0,fold1) as a job of their own; start one job per model to train "
+                                       "them at once with the same options. Same weights as training all together."),
 ):
     """Train f on S_S ∪ S_C and g on S_S ∪ S_I (or the k fold models) with the same recipe, initialisation and steps.
 
@@ -286,7 +289,8 @@ def train(
         else:
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
                                    no_augment, full_vocab, text_noise, image_views, remove_ids)
-        summary = train_step(run, cfg, resume=resume)
+        models = [m.strip() for m in only.split(",") if m.strip()] if only else None
+        summary = train_step(run, cfg, resume=resume, only=models)
     except ClipmemError as exc:
         _fail(exc)
     if summary.get("world_size", 1) > 1 and "weights_sha256" not in summary:

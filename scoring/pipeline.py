@@ -131,23 +131,27 @@ def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) ->
     return corpus, vocab, with_vocabulary(model_cfg, vocab)
 
 
-def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True,
+               only: list[str] | None = None) -> dict:
     """Train the run's models (f and g, or the K fold models); under torchrun, with DDP over the processes.
 
     Only rank 0 writes. At the end every rank's weights digest is gathered: the summary records
-    them, and training fails if ranks disagree.
+    them, and training fails if ranks disagree. `only` trains a subset as a job of its own (e.g. f
+    and g at once on two machines): it steps through the same slots and draws, so the models equal
+    those of one job training all; its checkpoints, log and summary carry the models' names.
     """
     ctx = distributed.from_environment()
     device = distributed.device_for(ctx, cfg.train.device)
     owned = distributed.init(ctx, device)
     try:
-        return _train(run, cfg, resume, show_progress, ctx, device)
+        return _train(run, cfg, resume, show_progress, ctx, device, only)
     finally:
         if owned:
             distributed.shutdown(ctx)
 
 
-def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, device) -> dict:
+def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, device,
+           only: list[str] | None = None) -> dict:
     if ctx.is_main:
         run.mark_unfinished()
     if not run.split.is_file():
@@ -162,9 +166,18 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
         if corpus.truncated:
             print(f"note: {corpus.truncated} distinct captions exceed the context length and were truncated")
     names = model_names(corpus)
+    checkpoints, log, summary_file = run.checkpoints, run.train_log, run.path / "train_summary.json"
+    if only:
+        unknown = [name for name in only if name not in names]
+        if unknown:
+            raise ClipmemError(f"--only {','.join(unknown)}: this run's models are {', '.join(names)}")
+        names = [name for name in names if name in only]
+        part = "+".join(names)
+        checkpoints = run.checkpoints / part
+        log, summary_file = run.path / f"train_log.{part}.jsonl", run.path / f"train_summary.{part}.json"
     models = {name: create_model(model_cfg, cfg.train.init_seed) for name in names}
     prep_seconds = time.perf_counter() - t0
-    summary = train_models(models, corpus, cfg.train, run.checkpoints, run.train_log, resume=resume,
+    summary = train_models(models, corpus, cfg.train, checkpoints, log, resume=resume,
                            show_progress=show_progress, ctx=ctx, device=device)
     digests = distributed.gather_objects(ctx, {name: distributed.weights_digest(m) for name, m in models.items()})
     if ctx.is_main:
@@ -175,10 +188,10 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
         if ctx.active:
             summary["rank_weights_sha256"] = digests
             summary["ranks_agree"] = all(d == digests[0] for d in digests)
-        write_json(run.path / "train_summary.json", summary)
+        write_json(summary_file, summary)
         if not summary.get("ranks_agree", True):
             raise ClipmemError("distributed training ended with different weights on different ranks "
-                               f"(see {run.path / 'train_summary.json'})")
+                               f"(see {summary_file})")
     return summary
 
 

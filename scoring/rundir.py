@@ -81,7 +81,8 @@ class RunDir:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
+    # a per-process temporary name: separate training jobs of one run write the same files at once
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
 

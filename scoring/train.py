@@ -30,7 +30,7 @@ from scoring.config import TrainConfig
 from scoring.data.tensors import TensorCorpus
 from scoring.distributed import SINGLE, Dist, RaggedClipLoss, share_sizes
 from scoring.errors import ClipmemError
-from scoring.schemes import PUBLISHED_MODELS, published_slots, slot_batch_size, slot_table
+from scoring.schemes import PUBLISHED_MODELS, model_names, published_slots, slot_batch_size, slot_table
 from scoring.transform import augment, sample_views
 
 MODELS = PUBLISHED_MODELS  # the published scheme's models; see scoring.schemes for the k-fold ones
@@ -156,9 +156,11 @@ def train_models(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
     names = list(models)
     table = slot_table(corpus)
-    if table.shape[0] != len(names):
-        raise ClipmemError(f"the split plan defines {table.shape[0]} models, but {len(names)} were given")
-    tables = dict(zip(names, table))
+    planned = model_names(corpus)
+    if table.shape[0] != len(planned) or not set(names) <= set(planned):
+        raise ClipmemError(f"the split plan defines models {', '.join(planned)}, but {', '.join(names)} were given")
+    # a subset of the models (separate jobs) steps through the same slots and draws as all of them at once
+    tables = {name: table[planned.index(name)] for name in names}
     n_slots = table.shape[1]
     batch = slot_batch_size(table, cfg.batch_size)
     steps_per_epoch = math.ceil(n_slots / batch)
