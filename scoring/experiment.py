@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
@@ -188,16 +189,30 @@ def plan_run(exp: Experiment, setting: Setting, seed: int) -> RunDir:
     return run
 
 
-def _run_one(path: str, threads: int) -> dict:
-    """Worker: train and score one planned run (resuming it if interrupted)."""
+def _start_worker(run: RunDir, threads: int) -> subprocess.Popen:
+    """Train and score one planned run in a process of its own (`python -m scoring.experiment RUN_DIR`).
+
+    A fresh interpreter rather than a multiprocessing pool: a spawned pool worker re-imports the
+    parent's `__main__`, which is whatever script started clipmem (a test runner, a notebook, a
+    Streamlit page), not scoring. Its output goes to RUN_DIR/worker.log.
+    """
+    log = open(run.path / "worker.log", "w")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    try:
+        return subprocess.Popen([sys.executable, "-m", "scoring.experiment", str(run.path), str(threads)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    finally:
+        log.close()
+
+
+def _worker_main(path: str, threads: str) -> None:
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(threads))
     from scoring.pipeline import run_all
 
     run = RunDir(path)
-    cfg = run.load_config()
-    return run_all(run, cfg, resume=True, show_progress=False)
+    run_all(run, run.load_config(), resume=True, show_progress=False)
 
 
 def worker_layout(jobs: int, device: str) -> tuple[int, int]:
@@ -240,35 +255,36 @@ def run_experiment(exp: Experiment, jobs: int = 0, on_finished: Callable[[RunDir
     n_jobs, threads = worker_layout(jobs, exp.base.train.device)
     pending = [t for t in first if t not in done]
     waiting = [t for t in later if t not in done]
-    ctx = get_context("spawn")  # forking a process that already runs torch threads can deadlock OpenMP
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
-        running = {}
+    running: dict[subprocess.Popen, tuple] = {}
 
-        def submit_ready():
-            for task in list(pending):
-                running[pool.submit(_run_one, str(plan_run(exp, *task).path), threads)] = task
-                pending.remove(task)
-            for task in list(waiting):
-                if exp.run_dir(Setting(), task[1]).is_finished():
-                    running[pool.submit(_run_one, str(plan_run(exp, *task).path), threads)] = task
-                    waiting.remove(task)
+    def ready():
+        yield from pending
+        yield from (t for t in waiting if exp.run_dir(Setting(), t[1]).is_finished())
 
-        submit_ready()
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = running.pop(future)
-                try:
-                    future.result()
-                except Exception as exc:
-                    for other in running:
-                        other.cancel()
-                    raise ClipmemError(f"run {exp.run_dir(*task).path} failed: {exc}; rerun the same command "
-                                       "to resume") from exc
+    try:
+        while pending or waiting or running:
+            for task in list(ready()):
+                if len(running) >= n_jobs:
+                    break
+                running[_start_worker(plan_run(exp, *task), threads)] = task
+                (pending if task in pending else waiting).remove(task)
+            if not running:
+                break  # removal runs whose baseline never finished
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                task = running.pop(proc)
+                run = exp.run_dir(*task)
+                if proc.returncode != 0 or not run.is_finished():
+                    tail = (run.path / "worker.log").read_text(errors="replace").strip().splitlines()[-1:]
+                    raise ClipmemError(f"run {run.path} failed ({tail[0] if tail else f'exit {proc.returncode}'}; "
+                                       f"log: {run.path / 'worker.log'}); rerun the same command to resume")
                 done.append(task)
                 report(f"finished {exp.run_name(*task)}", len(done), total)
                 finish(task)
-            submit_ready()
+    finally:
+        for proc in running:  # on a failure or Ctrl-C, no run keeps training in the background
+            proc.terminate()
+            proc.wait()
     if waiting:
         raise ClipmemError("removal runs could not start: their baseline runs did not finish")
     return finished_runs
@@ -293,3 +309,7 @@ def report_rows(exp_path: Path) -> list[dict]:
         row["train_seconds"] = metrics.get("timings", {}).get("train_seconds")
         rows.append(row)
     return rows
+
+
+if __name__ == "__main__":  # the worker of run_experiment
+    _worker_main(*sys.argv[1:3])

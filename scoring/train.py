@@ -66,9 +66,10 @@ def fixed_image_views(n_rows: int, cfg: TrainConfig):
 def noisy_text_forward(model, images: torch.Tensor, text: torch.Tensor, noise: torch.Tensor):
     """The model's forward with Gaussian noise added to the text embeddings before normalisation.
 
-    The noise goes on the projection's output, whose entries have roughly unit
-    scale at any width, so σ means the same for a tiny model and a ViT-B; on the
-    normalised vector σ = 0.15 would swamp a 512-d embedding.
+    The noise goes on the projection's output, whose entries start at roughly unit
+    scale at any width under open_clip's initialisation, so σ means about the same
+    for a tiny model and a ViT-B; on the normalised vector σ = 0.15 would swamp a
+    512-d embedding.
     """
     image_features = model.encode_image(images, normalize=True)
     text_features = torch.nn.functional.normalize(model.encode_text(text) + noise, dim=-1)

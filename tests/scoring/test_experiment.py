@@ -194,3 +194,20 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_
     # a rerun keeps the runs already ingested rather than failing on them
     run_experiment(exp, on_finished=ingester)
     ingester.close()
+
+
+def test_a_failing_run_stops_the_experiment_with_its_log(tmp_path, tiny_data):
+    base = tiny_run_config(tiny_data, epochs=1)
+    base.score = replace(base.score, towers=False, layers=False, views=2)
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(tiny_data, data)
+    base.data = replace(base.data, path=str(data))
+    exp = open_experiment(tmp_path / "e", "broken", ["captions"], [0], [5], base)
+    from scoring.experiment import prepare_base
+
+    prepare_base(exp)
+    next(data.glob("**/*.png")).write_bytes(b"not an image")  # the runs find it corrupt when they decode it
+    with pytest.raises(ClipmemError, match="failed .*worker.log.*rerun the same command"):
+        run_experiment(exp, jobs=2)
