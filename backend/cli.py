@@ -6,6 +6,7 @@ stays fast.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,46 @@ def _database_error(exc: Exception, url: str) -> ClipmemError:
     return ClipmemError(f"database {shown}: {reason}")
 
 
+@contextmanager
+def database(url: str, bulk_write: bool = False):
+    """An engine on `url` with the schema migrated, disposed afterwards; a database error becomes one
+    ClipmemError line naming the database (its password hidden)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from backend.db import make_engine, migrate
+
+    engine = make_engine(url, bulk_write=bulk_write)
+    try:
+        migrate(engine)
+        yield engine
+    except SQLAlchemyError as exc:
+        raise _database_error(exc, url) from None
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def experiment_ingester():
+    """`on_finished` for scoring.experiment.run_experiment: ingest each finished run into
+    CLIPMEM_DATABASE_URL under its experiment name, keeping runs the database already has."""
+    from sqlalchemy import select
+
+    from backend.ingest import ingest as ingest_run
+    from backend.models import Run
+    from backend.settings import Settings
+
+    settings = Settings()
+    with database(settings.database_url, bulk_write=True) as engine:
+        def on_finished(run, name: str) -> None:
+            with engine.connect() as conn:
+                if conn.execute(select(Run.id).where(Run.name == name)).first() is not None:
+                    return
+            ingest_run(engine, run.path, name=name, map_method=settings.map_method,
+                       stored_thumbnail_px=settings.stored_thumbnail_px)
+
+        yield on_finished
+
+
 def register(app: typer.Typer) -> None:
     """Add the backend's commands to the `clipmem` CLI."""
 
@@ -50,9 +91,6 @@ def register(app: typer.Typer) -> None:
     ):
         from scoring.cli import _fail, console
 
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from backend.db import make_engine, migrate
         from backend.ingest import ingest as ingest_run
         from backend.settings import Settings
 
@@ -61,15 +99,9 @@ def register(app: typer.Typer) -> None:
             method = map_method or settings.map_method
             if method not in ("pca", "umap"):
                 raise ClipmemError(f"--map {method}: choose pca or umap")
-            engine = make_engine(settings.database_url, bulk_write=True)
-            try:
-                migrate(engine)
+            with database(settings.database_url, bulk_write=True) as engine:
                 result = ingest_run(engine, run_dir, name=name, replace=replace, map_method=method,
                                     stored_thumbnail_px=settings.stored_thumbnail_px, experiment=experiment)
-            except SQLAlchemyError as exc:
-                raise _database_error(exc, settings.database_url) from None
-            finally:
-                engine.dispose()
         except ClipmemError as exc:
             _fail(exc)
         replaced = f", replacing {', '.join(repr(n) for n in result.replaced)}" if result.replaced else ""
@@ -84,22 +116,14 @@ def register(app: typer.Typer) -> None:
     ):
         from scoring.cli import _fail
 
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from backend.db import make_engine, migrate
         from backend.settings import Settings
 
         settings = Settings()
         try:
             if not 0 < port < 65536:
                 raise ClipmemError(f"--port {port}: choose a port between 1 and 65535")
-            engine = make_engine(settings.database_url)
-            try:
-                migrate(engine)  # once here, so a bad database URL fails before the server starts
-            except SQLAlchemyError as exc:
-                raise _database_error(exc, settings.database_url) from None
-            finally:
-                engine.dispose()
+            with database(settings.database_url):
+                pass  # migrated once here, so a bad database URL fails before the server starts
         except ClipmemError as exc:
             _fail(exc)
         import uvicorn

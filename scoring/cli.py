@@ -536,6 +536,7 @@ def experiment(
     the same once the runs are ingested.
     """
     import shutil
+    from contextlib import nullcontext
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -569,48 +570,22 @@ def experiment(
         if overwrite and Path(out).exists():
             shutil.rmtree(out)
         exp = open_experiment(Path(out), exp_name, grid_list, list(range(seeds)), counts, cfg)
-        on_finished = _experiment_ingester() if ingest else None
+        from backend.cli import experiment_ingester
+
         columns = (TextColumn("[bold]experiment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn())
-        with Progress(*columns, console=console) as bar:
+        with (experiment_ingester() if ingest else nullcontext()) as on_finished, \
+                Progress(*columns, console=console) as bar:
             task = bar.add_task("starting", total=len(exp.settings()) * seeds)
 
             def progress(message, n_done, total):
                 bar.update(task, completed=n_done, total=total, description=message)
 
-            try:
-                runs = run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
-            finally:
-                if on_finished is not None:
-                    on_finished.close()
+            runs = run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
         path = write_report(report_rows(out), Path(out) / "report", f"Experiment {exp_name}")
     except ClipmemError as exc:
         _fail(exc)
     console.print(f"{len(runs)} runs finished; report written to {path}")
-
-
-def _experiment_ingester():
-    """on_finished callback that ingests a run unless the database already has it under that name."""
-    from sqlalchemy import select
-
-    from backend.db import make_engine, migrate
-    from backend.ingest import ingest as ingest_run
-    from backend.models import Run
-    from backend.settings import Settings
-
-    settings = Settings()
-    engine = make_engine(settings.database_url, bulk_write=True)
-    migrate(engine)
-
-    def on_finished(run, name):
-        with engine.connect() as conn:
-            if conn.execute(select(Run.id).where(Run.name == name)).first() is not None:
-                return
-        ingest_run(engine, run.path, name=name, replace=False, map_method=settings.map_method,
-                   stored_thumbnail_px=settings.stored_thumbnail_px)
-
-    on_finished.close = engine.dispose
-    return on_finished
 
 
 def _print_report(run_dir: Path, as_json: bool = False) -> None:

@@ -178,10 +178,10 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_
     exp, runs, _ = experiment_dir
     monkeypatch.setenv("CLIPMEM_DATABASE_URL", f"sqlite:///{tmp_path / 'exp.db'}")
     monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
-    from scoring.cli import _experiment_ingester
+    from backend.cli import experiment_ingester
 
-    ingester = _experiment_ingester()  # what `clipmem experiment --ingest` hands run_experiment
-    run_experiment(exp, on_finished=ingester)
+    with experiment_ingester() as ingester:  # what `clipmem experiment --ingest` hands run_experiment
+        run_experiment(exp, on_finished=ingester)
     with TestClient(create_app(Settings())) as client:
         listed = client.get("/experiments").json()
         assert [(e["name"], e["runs"]) for e in listed] == [("tiny-exp", 7)]
@@ -192,8 +192,8 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_
     assert len(merged) == len(expected)
     assert (merged["mean"] - merged["mean_api"]).abs().max() < 1e-6
     # a rerun keeps the runs already ingested rather than failing on them
-    run_experiment(exp, on_finished=ingester)
-    ingester.close()
+    with experiment_ingester() as ingester:
+        run_experiment(exp, on_finished=ingester)
 
 
 def test_a_failing_run_stops_the_experiment_with_its_log(tmp_path, tiny_data):
