@@ -19,3 +19,15 @@ def tiny_run_config(data_path: Path, epochs: int = 25, seed: int = 0) -> RunConf
         train=TrainConfig(model="clipmem-tiny", epochs=epochs, batch_size=128, warmup_steps=10,
                           init_seed=seed, data_seed=seed),
     )
+
+
+def split_tiny_run(path: Path, data_path: Path, epochs: int = 2):
+    """A tiny run directory with its split planned and nothing trained: (RunDir, RunConfig)."""
+    from scoring.pipeline import split_step
+    from scoring.rundir import RunDir
+
+    run = RunDir(path)
+    cfg = tiny_run_config(data_path, epochs=epochs)
+    run.prepare_new(overwrite=False)
+    split_step(run, cfg)
+    return run, cfg

@@ -8,23 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from run_fixtures import tiny_run_config
+from run_fixtures import split_tiny_run
 from scoring.errors import ClipmemError
 from scoring.evaluate import linear_probe, probe_labels
 from scoring.models import create_model
-from scoring.pipeline import load_corpus, split_step
-from scoring.rundir import RunDir
+from scoring.pipeline import load_corpus
 from scoring.train import MODELS, train_pair
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory, tiny_data):
     """A split tiny run (no training): (RunDir, RunConfig)."""
-    run = RunDir(tmp_path_factory.mktemp("mitigation") / "run")
-    cfg = tiny_run_config(tiny_data, epochs=2)
-    run.prepare_new(overwrite=False)
-    split_step(run, cfg)
-    return run, cfg
+    return split_tiny_run(tmp_path_factory.mktemp("mitigation") / "run", tiny_data)
 
 
 def train(planned, tmp_path: Path, **train_options):

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from run_fixtures import tiny_run_config
+from run_fixtures import split_tiny_run
 from scoring.errors import ClipmemError
-from scoring.pipeline import split_step, train_step
+from scoring.pipeline import train_step
 from scoring.rundir import RunDir
 
 
@@ -21,10 +21,7 @@ def state(run: RunDir, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def together(tmp_path_factory, tiny_data):
-    run = RunDir(tmp_path_factory.mktemp("jobs") / "together")
-    cfg = tiny_run_config(tiny_data, epochs=2)
-    run.prepare_new(overwrite=False)
-    split_step(run, cfg)
+    run, cfg = split_tiny_run(tmp_path_factory.mktemp("jobs") / "together", tiny_data)
     planned = RunDir(run.path.parent / "planned")
     shutil.copytree(run.path, planned.path)  # the split alone, for the separate jobs
     train_step(run, cfg, show_progress=False)
