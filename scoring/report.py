@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
+
+from scoring.metrics import detection, single_auroc
 
 # the scores whose detection quality is reported: higher means more suspicious
 SCORE_COLUMNS = ("clipmem", "clipmem_contrastive", "clipscore_g", "clipscore_f")
@@ -16,18 +17,9 @@ def detection_table(scores: pd.DataFrame, positive: set[str]) -> pd.DataFrame:
     Returns an empty frame when the run has no positives or no negatives.
     """
     y = scores["truth"].isin(positive).to_numpy()
-    k = int(y.sum())
-    if k == 0 or k == len(y):
-        return pd.DataFrame(columns=["score", "auroc", "average_precision", "precision_at_k", "k"])
-    rows = []
-    for col in SCORE_COLUMNS:
-        if col not in scores:
-            continue
-        s = scores[col].to_numpy()
-        top = np.argsort(-s, kind="stable")[:k]
-        rows.append({"score": col, "auroc": roc_auc_score(y, s), "average_precision": average_precision_score(y, s),
-                     "precision_at_k": float(y[top].mean()), "k": k})
-    return pd.DataFrame(rows)
+    columns = {col: scores[col].to_numpy() for col in SCORE_COLUMNS if col in scores}
+    rows = detection(columns, {"positive": y})["positive"]
+    return pd.DataFrame(rows or None, columns=["score", "auroc", "average_precision", "precision_at_k", "k"])
 
 
 def tag_means(scores: pd.DataFrame) -> pd.DataFrame:
@@ -73,10 +65,9 @@ def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
 
 
 def _auroc(scores: pd.DataFrame, column: str, positive: set[str]) -> float | None:
-    y = scores["truth"].isin(positive).to_numpy()
-    if column not in scores or y.all() or not y.any():
+    if column not in scores:
         return None
-    return float(roc_auc_score(y, scores[column].to_numpy()))
+    return single_auroc(scores["truth"].isin(positive).to_numpy(), scores[column].to_numpy())
 
 
 def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> dict:
