@@ -2,6 +2,8 @@
 
 SQLite gets real transactions (BEGIN issued by SQLAlchemy, so DDL and bulk inserts
 roll back together), WAL so the API reads while an ingest writes, and foreign keys on.
+A write session (`session_factory(engine, write=True)`) takes SQLite's write lock when its
+transaction begins, so concurrent writers queue for the busy timeout instead of failing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from scoring.errors import ClipmemError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RUN_PARTITION = re.compile(r"^(samples|scores|embedding_points)_run_\d+$")
+# execution option marking the connections of write sessions (SQLite begins them with BEGIN IMMEDIATE)
+WRITE_LOCK = "clipmem_write_lock"
 
 
 def make_engine(url: str, bulk_write: bool = False) -> Engine:
@@ -70,11 +74,21 @@ def _configure_sqlite(engine: Engine, cache_kib: int, journal: str = "WAL", fore
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN")
+        # A deferred BEGIN takes a read snapshot at the first SELECT; a write in the same transaction
+        # must then upgrade it, and in WAL mode that fails at once with "database is locked" (the busy
+        # timeout is not consulted) when another writer committed since the snapshot. A write transaction
+        # therefore takes the write lock up front, waiting up to busy_timeout for the current writer.
+        # Readers keep the deferred BEGIN, so they never wait for writers.
+        write = connection.get_execution_options().get(WRITE_LOCK, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, write: bool = False) -> sessionmaker[Session]:
+    """Sessions on `engine`; `write` ones hold the database's write lock for their whole transaction
+    on SQLite (BEGIN IMMEDIATE; PostgreSQL's row locks need nothing more), so use them for requests that
+    write and keep reads on the plain ones."""
+    bind = engine.execution_options(**{WRITE_LOCK: True}) if write else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 def _alembic_config(connection=None):

@@ -29,7 +29,15 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_write_session(request: Request) -> Iterator[Session]:
+    """A session for a request that writes: on SQLite its transaction holds the write lock from the
+    start (backend.db.session_factory), so concurrent writers wait their turn instead of failing."""
+    with request.app.state.write_sessions() as session:
+        yield session
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -68,7 +76,12 @@ def load_sample(session: Session, run: Run, sample_id: str) -> Sample:
     return sample
 
 
+def get_run_for_write(run: RunName, session: WriteSessionDep) -> Run:
+    return load_run(session, run)
+
+
 RunDep = Annotated[Run, Depends(get_run)]
+WriteRunDep = Annotated[Run, Depends(get_run_for_write)]  # the run, read in the request's write session
 
 
 def score_frame(request: Request, session: Session, run: Run) -> ScoreFrame:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from backend.api.deps import RunDep, SessionDep
+from backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
 from backend.api.errors import NOT_FOUND
 from backend.api.schemas import RunDetail, RunSummary, ScoreSummary
 from backend.models import Run
@@ -52,7 +52,7 @@ def run_detail(run: RunDep) -> RunDetail:
 
 
 @router.delete("/{run}", status_code=204, response_class=Response, responses=NOT_FOUND)
-def remove_run(run: RunDep, session: SessionDep, request: Request) -> Response:
+def remove_run(run: WriteRunDep, session: WriteSessionDep, request: Request) -> Response:
     """Delete a run with its samples, scores, embeddings, maps and tags (its files are left alone)."""
     delete_run(session.connection(), run.id)
     session.commit()

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from backend.api.deps import RunDep, SessionDep
+from backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
 from backend.api.errors import NOT_FOUND, ErrorMessage
 from backend.api.limits import MAX_TAG_BATCH
 from backend.api.query import TAG_PATTERN, TAG_RULE, SampleIdText
@@ -47,32 +47,33 @@ def list_tags(run: RunDep, session: SessionDep) -> list[TagCount]:
 
 @router.post("/{tag}", response_model=TagResult,
              responses={**NOT_FOUND, 400: {"model": ErrorMessage, "description": "The body cannot be decoded."}})
-def add_tag(run: RunDep, tag: TagName, change: TagChange, session: SessionDep) -> TagResult:
+def add_tag(run: WriteRunDep, tag: TagName, change: TagChange, session: WriteSessionDep) -> TagResult:
     """Put the tag on the given pairs (pairs that already carry it are left as they are)."""
     pair_indexes = _pair_indexes(session, run, change.sample_ids)
-    before = _count(session, run, tag)
     dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
     now = datetime.now(timezone.utc)
-    session.execute(dialect.insert(Tag).on_conflict_do_nothing(),
-                    [{"run_id": run.id, "pair_index": p, "tag": tag, "created_at": now} for p in pair_indexes])
-    after = _count(session, run, tag)
+    # `changed` is the rows this statement inserted: counting the tag before and after would also count
+    # what concurrent requests committed in between (PostgreSQL reads each statement's own snapshot)
+    inserted = session.execute(dialect.insert(Tag).on_conflict_do_nothing().returning(Tag.pair_index),
+                               [{"run_id": run.id, "pair_index": p, "tag": tag, "created_at": now}
+                                for p in pair_indexes]).all()
+    pairs = _count(session, run, tag)
     session.commit()
-    return TagResult(tag=tag, changed=after - before, pairs=after)
+    return TagResult(tag=tag, changed=len(inserted), pairs=pairs)
 
 
 @router.delete("/{tag}", response_model=TagResult, responses=NOT_FOUND)
-def remove_tag(run: RunDep, tag: TagName, session: SessionDep,
+def remove_tag(run: WriteRunDep, tag: TagName, session: WriteSessionDep,
                sample_id: Annotated[list[SampleIdText],
                                     Query(max_length=MAX_TAG_BATCH,
                                           description="Remove the tag from these pairs (repeat the parameter); "
                                                       "without any, remove it from every pair of the run.")] = []
                ) -> TagResult:
     """Take the tag off the given pairs, or off every pair of the run."""
-    before = _count(session, run, tag)
     statement = delete(Tag).where(Tag.run_id == run.id, Tag.tag == tag)
     if sample_id:
         statement = statement.where(Tag.pair_index.in_(_pair_indexes(session, run, sample_id)))
-    session.execute(statement)
-    after = _count(session, run, tag)
+    removed = session.execute(statement.returning(Tag.pair_index)).all()  # as for add_tag: this request's rows
+    pairs = _count(session, run, tag)
     session.commit()
-    return TagResult(tag=tag, changed=before - after, pairs=after)
+    return TagResult(tag=tag, changed=len(removed), pairs=pairs)
