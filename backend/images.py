@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from backend.rundir import TAR_REF, UNSAFE_REF
 from scoring.errors import ClipmemError
+from scoring.images import MAX_PIXELS, ImageError, open_image, to_rgb
 
 
 class ImageOutsideRoot(Exception):
@@ -39,10 +43,34 @@ def resolve_inside(root: Path, ref: str) -> Path:
     return path
 
 
+class PixelBudget:
+    """Admits image decodes while the pixels being decoded at once stay within `limit`, so concurrent
+    requests for large images wait their turn instead of multiplying the memory one of them needs
+    (about 8 bytes a pixel while an RGBA image is flattened); small thumbnails pass side by side."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.limit)  # one image over the budget still runs, alone
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + pixels <= self.limit)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
 def encode(img: Image.Image, media_type: str) -> bytes:
     buf = io.BytesIO()
     if media_type == "image/jpeg":
-        img.convert("RGB").save(buf, format="JPEG", quality=88)
+        img.save(buf, format="JPEG", quality=88)
     else:
         img.save(buf, format="PNG")
     return buf.getvalue()
@@ -51,8 +79,6 @@ def encode(img: Image.Image, media_type: str) -> bytes:
 def resize_longest(img: Image.Image, size: int, enlarge: bool = True) -> Image.Image:
     """Scale so the longest side is `size`; small images are enlarged (unless not asked) without blurring
     their pixels."""
-    if img.mode not in ("RGB", "RGBA", "L", "LA"):
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     w, h = img.size
     scale = size / max(w, h)
     if scale > 1 and not enlarge:
@@ -63,15 +89,18 @@ def resize_longest(img: Image.Image, size: int, enlarge: bool = True) -> Image.I
     return img.resize(target, Image.NEAREST if scale > 1 else Image.LANCZOS)
 
 
-def thumbnail(source: bytes | Path, size: int, enlarge: bool = True) -> tuple[bytes, str]:
-    """(encoded bytes, media type) of the image scaled to longest side `size`.
+def thumbnail(source: bytes | Path, size: int, enlarge: bool = True, max_pixels: int = MAX_PIXELS,
+              budget: PixelBudget | None = None) -> tuple[bytes, str]:
+    """(encoded bytes, media type) of the image scaled to longest side `size`, decoded as training sees it
+    (scoring.images: refused over `max_pixels`, transparency on white). Raises ImageError (no path in it).
 
     JPEG sources stay JPEG (photos); everything else becomes lossless PNG.
     """
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+    with open_image(source, max_pixels) as img:
         media_type = "image/jpeg" if img.format == "JPEG" else "image/png"
-        img.load()
-        return encode(resize_longest(img, size, enlarge), media_type), media_type
+        img.draft(None, (size, size))  # JPEG: decode at up to 1/8 scale, still at least `size` on each side
+        with budget.hold(img.width * img.height) if budget else nullcontext():
+            return encode(resize_longest(to_rgb(img), size, enlarge), media_type), media_type
 
 
 def store_shard_images(data_root: Path, refs: list[tuple[int, str, str]], size: int) -> list[tuple[int, str, bytes]]:
@@ -104,7 +133,7 @@ def store_shard_images(data_root: Path, refs: list[tuple[int, str, str]], size: 
                     data, media_type = thumbnail(handle.read(), size, enlarge=False)
                 except KeyError:
                     raise ClipmemError(f"shard {path} has no member {member} (image of sample {sample_id})") from None
-                except (OSError, UnidentifiedImageError, ValueError) as exc:
+                except (ImageError, OSError) as exc:
                     raise ClipmemError(f"cannot decode {member} in {path} (image of sample {sample_id}): {exc}") \
                         from None
                 out.append((pair_index, media_type, data))

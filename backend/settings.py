@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scoring.images import MAX_PIXELS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIPMEM_", extra="ignore")
@@ -26,6 +28,9 @@ class Settings(BaseSettings):
     # images inside WebDataset shards are stored at ingest with this longest side
     stored_thumbnail_px: int = Field(256, description="Longest side of the thumbnails stored at ingest for "
                                                       "images inside WebDataset shards.")
+    max_image_pixels: int = Field(MAX_PIXELS, ge=1, description="Largest image (width x height) the API "
+                                                                "decodes for a thumbnail, and the most pixels "
+                                                                "it decodes at once; larger ones answer 404.")
 
     @field_validator("api_token", mode="before")
     @classmethod

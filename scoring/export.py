@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from scoring.data.base import PairDataset, decode_image
+from scoring.data.base import PairDataset
 from scoring.splits import SplitPlan
 
 TRAIN_SETS = {
@@ -57,6 +57,7 @@ def export_run(run, out: Path | None = None) -> dict:
     import shlex
 
     from scoring.errors import ClipmemError
+from scoring.images import decode_rgb
     from scoring.models import resolve_config
     from scoring.pipeline import open_planned
 
@@ -105,4 +106,4 @@ def materialise_images(dataset: PairDataset, plan: SplitPlan, folder: Path) -> P
             tmp.replace(target)
         refs[i] = name
     return replace(dataset, root=folder, image_refs=refs, plain_files=True,
-                   open_image=lambda ref: decode_image(folder / ref))
+                   open_image=lambda ref: decode_rgb(folder / ref))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -17,11 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backend.api.deps import require_token
-from backend.api.errors import NOT_FOUND, UNAUTHORIZED
+from backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
 from backend.api.frames import RunCache
 from backend.api.routers import (comparisons, detection, encoders, experiments, exports, health, histograms,
                                  images, maps, neighbours, runs, samples, tags)
 from backend.db import make_engine, migrate, session_factory
+from backend.images import PixelBudget
 from backend.settings import Settings
 from scoring import __version__
 
@@ -76,9 +77,9 @@ def create_app(settings: Settings | None = None, migrate_schema: bool = True) ->
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
-    app.state.write_sessions = session_factory(engine, write=True)
     app.state.score_frames = RunCache(settings.score_cache_mb * 2**20)
     app.state.embedding_sets = RunCache(settings.embedding_cache_mb * 2**20)
+    app.state.pixel_budget = PixelBudget(settings.max_image_pixels)
     for module in RESOURCE_ROUTERS:
         app.include_router(module.router, dependencies=[Depends(require_token)],
                            responses={**UNAUTHORIZED, **NOT_FOUND})
@@ -93,7 +94,9 @@ def create_app(settings: Settings | None = None, migrate_schema: bool = True) ->
             allowed = sorted({method for route in app.router.routes if isinstance(route, APIRoute)
                               and route.matches(request.scope)[0] != Match.NONE for method in route.methods})
             exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": ", ".join(allowed)})
-        return await http_exception_handler(request, exc)
+        return await error_response(request, exc)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.exception_handler(OperationalError)
     async def database_busy(_request: Request, exc: OperationalError):

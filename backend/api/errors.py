@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 
 
 class ErrorMessage(BaseModel):
@@ -17,3 +24,26 @@ UNAUTHORIZED = {401: {"model": ErrorMessage, "description": "CLIPMEM_API_TOKEN i
 
 def bad_parameter(loc: tuple[str, ...], message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": None}])
+
+
+class EchoJSONResponse(JSONResponse):
+    """JSON for errors that echo the request. A JSON body may hold a lone surrogate ("\\ud800"), which
+    Python decodes into a str that UTF-8 cannot encode, so FastAPI's own handlers fail with a 500 when
+    they echo it; here it is written back as the same escape, and the answer stays the 4xx it is."""
+
+    def render(self, content) -> bytes:
+        # a surrogate can only occur inside a JSON string, where backslashreplace's \\udxxx is a valid escape
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+            "utf-8", "backslashreplace")
+
+
+async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 (the same body), able to echo any input."""
+    return EchoJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+async def error_response(_request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's HTTP error answer, able to carry any detail (404s name the sample id asked for)."""
+    if not is_body_allowed_for_status_code(exc.status_code):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return EchoJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)

@@ -2,7 +2,8 @@
 
 A source reader returns a `PairDataset`: parallel lists of ids, caption lists,
 truth tags and image references, plus `open_image(ref)` that decodes one image on
-demand, so a million-row source is held as strings, never as pixels.
+demand (as 8-bit RGB through scoring.images: size-bounded, transparency on white), so a
+million-row source is held as strings, never as pixels.
 
 Bad items go through `Problems`: with on_error="fail" the first one stops the
 read with a message naming the file and row; with "skip" it is left out and
@@ -11,7 +12,6 @@ recorded, so nothing is dropped silently.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from scoring.errors import ClipmemError
+from scoring.images import ImageError
 
 ON_ERROR = ("fail", "skip")
 
@@ -66,12 +67,6 @@ def caption_problem(value) -> str:
     return "caption is empty or whitespace only"
 
 
-def decode_image(data: bytes | Path) -> Image.Image:
-    img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-    img.load()
-    return img
-
-
 @dataclass
 class PairDataset:
     """Pairs of one image and one or more captions.
@@ -87,7 +82,7 @@ class PairDataset:
     captions: list[list[str]]
     truth: list[str]
     image_refs: list[str]
-    open_image: Callable[[str], Image.Image]
+    open_image: Callable[[str], Image.Image]  # 8-bit RGB: scoring.images.decode_rgb
     attributes: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     # refs that are plain files under root (False for members of tar shards)
@@ -111,7 +106,7 @@ class PairDataset:
         """Decode the given pairs' images as one uint8 tensor (N, 3, size, size)."""
         out = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
         for row, i in enumerate(indices):
-            img = self.open_checked(int(i)).convert("RGB")
+            img = self.open_checked(int(i))
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BICUBIC)
             out[row] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -123,7 +118,7 @@ class PairDataset:
             return self.open_image(ref)
         except FileNotFoundError:
             raise ClipmemError(f"image of pair {self.ids[i]} ({ref}) does not exist") from None
-        except (OSError, ValueError, UnidentifiedImageError, KeyError) as exc:
+        except (ImageError, OSError, ValueError, UnidentifiedImageError, KeyError) as exc:
             raise ClipmemError(f"cannot decode image of pair {self.ids[i]} ({ref}): {exc}") from None
 
 

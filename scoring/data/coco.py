@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scoring.data.base import PairDataset, Problems, caption_problem, clean_caption, decode_image
+from scoring.data.base import PairDataset, Problems, caption_problem, clean_caption
 from scoring.errors import ClipmemError
+from scoring.images import decode_rgb
 
 
 def read_coco(annotation: Path, images: Path | None, problems: Problems) -> PairDataset:
@@ -66,6 +67,6 @@ def read_coco(annotation: Path, images: Path | None, problems: Problems) -> Pair
             problems.report(f"{annotation}: image {sid}", "image has no usable caption", sid)
     return PairDataset(
         name="coco", root=images, ids=keep, captions=[caps[s] for s in keep], truth=["clean"] * len(keep),
-        image_refs=[file_of[s] for s in keep], open_image=lambda ref: decode_image(images / ref),
+        image_refs=[file_of[s] for s in keep], open_image=lambda ref: decode_rgb(images / ref),
         attributes=[{} for _ in keep],
     )

@@ -13,8 +13,9 @@ import csv
 import os
 from pathlib import Path
 
-from scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption, decode_image
+from scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
 from scoring.errors import ClipmemError
+from scoring.images import decode_rgb
 
 
 def read_csv(path: Path, options: SourceOptions, problems: Problems, check_files: bool = True) -> PairDataset:
@@ -65,6 +66,6 @@ def read_csv(path: Path, options: SourceOptions, problems: Problems, check_files
     ids = list(captions)
     return PairDataset(
         name="csv", root=folder, ids=ids, captions=[captions[i] for i in ids], truth=["clean"] * len(ids),
-        image_refs=ids, open_image=lambda ref: decode_image(folder / ref),
+        image_refs=ids, open_image=lambda ref: decode_rgb(folder / ref),
         attributes=[{options.label_key: labels[i]} if i in labels else {} for i in ids] if label_col is not None else [],
     )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scoring.data.base import PairDataset, Problems, caption_problem, clean_caption, decode_image
+from scoring.data.base import PairDataset, Problems, caption_problem, clean_caption
 from scoring.errors import ClipmemError
+from scoring.images import decode_rgb
 
 MANIFEST_NAME = "metadata.jsonl"
 
@@ -60,4 +61,4 @@ def read_folder(root: Path, problems: Problems, name: str = "folder") -> PairDat
             attributes.append(row.get("attributes") or {})
 
     return PairDataset(name=name, root=root, ids=ids, captions=captions, truth=truth,
-                       image_refs=refs, open_image=lambda ref: decode_image(root / ref), attributes=attributes)
+                       image_refs=refs, open_image=lambda ref: decode_rgb(root / ref), attributes=attributes)

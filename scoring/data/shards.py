@@ -17,8 +17,9 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption, decode_image
+from scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
 from scoring.errors import ClipmemError
+from scoring.images import decode_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -103,7 +104,7 @@ def read_shards(pattern: str, options: SourceOptions, problems: Problems) -> Pai
         shard, offset, size = offsets[ref]
         with open(shard, "rb") as fh:
             fh.seek(offset)
-            return decode_image(fh.read(size))
+            return decode_rgb(fh.read(size))
 
     return PairDataset(name="webdataset", root=root, ids=ids, captions=captions, truth=["clean"] * len(ids),
                        image_refs=refs, open_image=open_image, attributes=[], plain_files=False)

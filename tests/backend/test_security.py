@@ -125,3 +125,27 @@ def test_missing_file_is_404(db, client, own_run):
     set_image_ref(db, "pair-0000010", "images/not-there.png")
     response = client.get("/runs/tamper/images/pair-0000010")
     assert response.status_code == 404 and "is missing" in response.text
+
+
+@pytest.mark.parametrize("body", [
+    b'{"sample_ids": ["\\ud800"]}',                  # a lone surrogate: Python decodes it, UTF-8 cannot encode it
+    b'{"sample_ids": ["pair-0000200", "\\udfff x"]}',
+    b'{"sample_ids": "\\ud800"}',
+])
+def test_lone_surrogates_in_a_body_are_a_422(client, body):
+    response = client.post("/runs/alpha/tags/x", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    # the echoed input comes back as the same escape, in valid JSON
+    assert "\\ud800" in response.text or "\\udfff" in response.text
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/runs/alpha/samples/%ED%A0%80"),             # the UTF-8-style bytes of a surrogate
+    ("GET", "/runs/%ED%A0%80"),
+    ("DELETE", "/runs/alpha/tags/x?sample_id=%ED%A0%80"),
+    ("GET", "/runs/alpha/samples?truth=%ED%A0%80"),
+])
+def test_surrogate_bytes_in_a_url_are_no_server_error(client, method, path):
+    response = client.request(method, path)
+    assert response.status_code < 500 and response.json()  # Starlette decodes them as U+FFFD

@@ -10,14 +10,14 @@ import hashlib
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
-from PIL import UnidentifiedImageError
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
 from backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample
 from backend.api.errors import NOT_FOUND, ErrorMessage
 from backend.api.limits import DEFAULT_THUMBNAIL_PX, MAX_THUMBNAIL_PX, MIN_THUMBNAIL_PX
 from backend.images import ImageOutsideRoot, resolve_inside, thumbnail
 from backend.models import Thumbnail
+from scoring.images import ImageError
 
 router = APIRouter(prefix="/runs/{run}/images", tags=["images"])
 
@@ -31,8 +31,10 @@ CACHE_CONTROL = "private, no-cache"
                        304: {"description": "Not modified (If-None-Match matched the ETag)."},
                        403: {"model": ErrorMessage, "description": "The recorded image location leaves the data "
                                                                    "root."},
-                       **NOT_FOUND})
-def sample_image(run: RunDep, sample_id: SampleIdPath, session: SessionDep,
+                       404: {"model": ErrorMessage, "description": "The run, the sample or its image does not "
+                                                                   "exist, or the image cannot be decoded or is "
+                                                                   "over CLIPMEM_MAX_IMAGE_PIXELS."}})
+def sample_image(run: RunDep, sample_id: SampleIdPath, session: SessionDep, request: Request,
                  size: Annotated[int, Query(ge=MIN_THUMBNAIL_PX, le=MAX_THUMBNAIL_PX,
                                             description="Longest side of the thumbnail, in pixels.")]
                  = DEFAULT_THUMBNAIL_PX,
@@ -60,8 +62,13 @@ def sample_image(run: RunDep, sample_id: SampleIdPath, session: SessionDep,
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if if_none_match is not None and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
+    settings = request.app.state.settings
     try:
-        data, media_type = thumbnail(source, size)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise HTTPException(404, f"the image of sample '{sample_id}' cannot be decoded: {exc}") from None
+        data, media_type = thumbnail(source, size, max_pixels=settings.max_image_pixels,
+                                     budget=request.app.state.pixel_budget)
+    except (ImageError, OSError) as exc:
+        # ImageError says what is wrong without a path; an OSError here (the file vanished or became
+        # unreadable since the check above) names the server's path, so only its kind is shown
+        reason = exc if isinstance(exc, ImageError) else (exc.strerror or type(exc).__name__)
+        raise HTTPException(404, f"the image of sample '{sample_id}' cannot be served: {reason}") from None
     return Response(content=data, media_type=media_type, headers=headers)
