@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, migrate_schema: bool = True) ->
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
+    app.state.write_sessions = session_factory(engine, write=True)
     app.state.score_frames = RunCache(settings.score_cache_mb * 2**20)
     app.state.embedding_sets = RunCache(settings.embedding_cache_mb * 2**20)
     app.state.pixel_budget = PixelBudget(settings.max_image_pixels)
