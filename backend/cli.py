@@ -81,7 +81,11 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the database and in URLs "
                                                                 "(default: the directory's name)."),
         replace: bool = typer.Option(False, "--replace", help="Replace a run already ingested from this directory "
-                                                              "or under this name."),
+                                                              "or under this name; its user tags move to the "
+                                                              "new run's pairs with the same sample ids."),
+        drop_tags: bool = typer.Option(False, "--drop-tags", help="With --replace: go ahead even though the "
+                                                                  "replaced run has user tags on pairs the new run "
+                                                                  "lacks (those tags are lost)."),
         map_method: Optional[str] = typer.Option(None, "--map", help="2-D map of the embeddings: pca (default, or "
                                                                      "CLIPMEM_MAP_METHOD) or umap (needs "
                                                                      "umap-learn)."),
@@ -89,7 +93,7 @@ def register(app: typer.Typer) -> None:
                                                  "(default: the name in the run's experiment.json, written by "
                                                  "`clipmem experiment`; runs without one belong to none)."),
     ):
-        from scoring.cli import _fail, console
+        from scoring.cli import _fail, console, err_console
 
         from backend.ingest import ingest as ingest_run
         from backend.settings import Settings
@@ -101,13 +105,20 @@ def register(app: typer.Typer) -> None:
                 raise ClipmemError(f"--map {method}: choose pca or umap")
             with database(settings.database_url, bulk_write=True) as engine:
                 result = ingest_run(engine, run_dir, name=name, replace=replace, map_method=method,
-                                    stored_thumbnail_px=settings.stored_thumbnail_px, experiment=experiment)
+                                    stored_thumbnail_px=settings.stored_thumbnail_px, experiment=experiment,
+                                    drop_tags=drop_tags)
         except ClipmemError as exc:
             _fail(exc)
+        for warning in result.warnings:
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         replaced = f", replacing {', '.join(repr(n) for n in result.replaced)}" if result.replaced else ""
         console.print(f"ingested run '{result.name}'{replaced}: {result.samples} pairs, {result.scored} scored, "
                       f"{result.embedded} embedded, in {result.seconds:.1f} s "
                       f"({result.scored / result.seconds:,.0f} scored pairs/s)")
+        if result.replaced:
+            dropped = (f"; dropped {result.tags_dropped} on pairs the new run lacks (--drop-tags)"
+                       if result.tags_dropped else "")
+            console.print(f"user tags: kept {result.tags_kept} of the replaced run on the same sample ids{dropped}")
 
     @app.command(help=SERVE_HELP)
     def serve(

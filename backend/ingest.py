@@ -6,7 +6,8 @@ and stored thumbnails are computed in a second thread meanwhile, since the datab
 does most of its work (index builds) without holding Python's GIL. A run is identified
 by its name and by its directory: ingesting either again is refused unless `replace` is
 given, in which case the old run is deleted in the same transaction, after the new one
-is written.
+is written. The user tags of the old run move to the new run's pairs with the same sample
+ids; tags on pairs the new run lacks would be lost, which is refused unless `drop_tags`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, insert, or_, select, update
+import pandas as pd
+from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from backend.images import is_stored, store_shard_images
 from backend.maps import check_map_method, project
-from backend.models import EmbeddingBlock, Run
+from backend.models import EmbeddingBlock, Run, Sample, Tag
 from backend.rundir import RunContents, check_experiment_name, read_run
 from backend.snapshots import EMBEDDING_ROWS, SCORES, write_snapshot
 from backend.store import bulk_insert, delete_run, is_postgresql, load_run_rows
@@ -50,6 +52,9 @@ class IngestResult:
     # seconds per phase: read (and check) the files, write to the database, derive (maps, summary, thumbnails;
     # runs during write)
     timings: dict[str, float] = field(default_factory=dict)
+    tags_kept: int = 0      # user tags of the replaced run(s) now on the new run's pairs
+    tags_dropped: int = 0   # user tags lost with pairs the new run lacks (only with drop_tags)
+    warnings: list[str] = field(default_factory=list)  # what could not be checked (see backend.rundir)
 
 
 def check_run_name(name: str) -> str:
@@ -60,9 +65,10 @@ def check_run_name(name: str) -> str:
 
 def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool = False,
            map_method: str = "pca", stored_thumbnail_px: int = 256,
-           experiment: str | None = None) -> IngestResult:
+           experiment: str | None = None, drop_tags: bool = False) -> IngestResult:
     """Load a finished run. `experiment` names the experiment the run belongs to instead of the name in its
-    experiment.json (which it must have: the parameters place it in the experiment's grids)."""
+    experiment.json (which it must have: the parameters place it in the experiment's grids). `drop_tags`
+    lets `replace` lose the user tags of pairs the new run lacks."""
     started = time.perf_counter()
     timings = {}
     if experiment is not None:
@@ -76,14 +82,19 @@ def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool
     timings["read"] = time.perf_counter() - started
     name = check_run_name(name or contents.path.name)
     check_map_method(map_method)
-    with engine.connect() as conn:
-        _conflicts(conn, name, contents.path, replace)  # fail fast, before the expensive part
+    with engine.connect() as conn:  # fail fast, before the expensive part
+        old_runs = _conflicts(conn, name, contents.path, replace)
+        _carried_tags(conn, old_runs, contents, drop_tags)
 
     with ThreadPoolExecutor(max_workers=1) as pool, engine.begin() as conn:
         derived = pool.submit(_derive, contents, map_method, stored_thumbnail_px)
         old_runs = _conflicts(conn, name, contents.path, replace)
+        # again in the transaction: tags added since the check above count too
+        tags, tags_dropped = _carried_tags(conn, old_runs, contents, drop_tags)
         run_id = _insert_run(conn, contents, map_method)
         _insert_samples(conn, run_id, contents)
+        if tags:
+            conn.execute(insert(Tag), [{"run_id": run_id, **tag} for tag in tags])
         _insert_scores(conn, run_id, contents)
         maps, summary, thumbnails, timings["derive"] = derived.result()
         _insert_embeddings(conn, run_id, contents, maps)
@@ -100,7 +111,8 @@ def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool
     timings["write"] = seconds - timings["read"]  # derive overlaps it
     return IngestResult(run_id=run_id, name=name, samples=len(contents.samples), scored=len(contents.scores),
                         embedded=len(contents.embedding_pair_index), seconds=seconds,
-                        replaced=[old_name for _, old_name in old_runs], timings=timings)
+                        replaced=[old_name for _, old_name in old_runs], timings=timings, tags_kept=len(tags),
+                        tags_dropped=tags_dropped, warnings=contents.warnings)
 
 
 def _derive(contents: RunContents, map_method: str, thumbnail_px: int):
@@ -128,6 +140,38 @@ def _conflicts(conn, name: str, source: Path, replace: bool) -> list[tuple[int, 
         raise ClipmemError(f"a run named '{name}' already exists (from {rows[0].source_dir}); pass --replace to "
                            "replace it, or --name to choose another name")
     return [(r.id, r.name) for r in rows]
+
+
+def _carried_tags(conn, old_runs: list[tuple[int, str]], contents: RunContents,
+                  drop_tags: bool) -> tuple[list[dict], int]:
+    """The replaced runs' user tags placed on the new run's pairs with the same sample ids ({pair_index, tag,
+    created_at}, once per pair and tag), and how many tags are lost with pairs the new run lacks; losing
+    any is refused unless `drop_tags`."""
+    if not old_runs:
+        return [], 0
+    rows = conn.execute(
+        select(Sample.sample_id, Tag.tag, Tag.created_at, Run.name)
+        .join(Sample, and_(Sample.run_id == Tag.run_id, Sample.pair_index == Tag.pair_index))
+        .join(Run, Run.id == Tag.run_id)
+        .where(Tag.run_id.in_([old_id for old_id, _ in old_runs]))
+        .order_by(Run.name, Tag.tag, Sample.sample_id)).all()
+    position = pd.Index(contents.samples["sample_id"].to_numpy(), dtype=object).get_indexer(
+        [r.sample_id for r in rows])
+    pair_index = contents.samples["pair_index"].to_numpy()
+    carried: dict[tuple[int, str], datetime] = {}
+    lost = []
+    for row, at in zip(rows, position.tolist()):
+        if at < 0:
+            lost.append(row)
+            continue
+        key = (int(pair_index[at]), row.tag)
+        carried[key] = min(carried.get(key, row.created_at), row.created_at)  # the first time it was put on
+    if lost and not drop_tags:
+        first = lost[0]
+        raise ClipmemError(f"replacing run '{first.name}' would drop {len(lost)} user tag(s) on pairs the new run "
+                           f"lacks (e.g. tag '{first.tag}' on sample {first.sample_id}); pass --drop-tags to "
+                           "replace it anyway")
+    return [{"pair_index": p, "tag": tag, "created_at": at} for (p, tag), at in carried.items()], len(lost)
 
 
 def _insert_run(conn, contents: RunContents, map_method: str) -> int:

@@ -4,19 +4,23 @@ The file names come from scoring.rundir.RunDir (torch-free); the columns are sco
 output contract (scoring/pipeline.py, scoring/score.py), checked here without importing
 the modules that compute them, since those import torch, which the backend never loads.
 Every problem is reported as a ClipmemError naming the file, column and an offending sample.
+The files are first checked against the SHA-256 sums the COMPLETE marker records, and every
+score against the range its definition allows, since a damaged Parquet file reads back
+without error.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from backend.score_columns import REQUIRED_SCORES, SCORE_COLUMNS, SCORED_SPLITS, SPLITS
+from backend.score_columns import (COSINE, RANGE_TOLERANCE, REQUIRED_SCORES, SCORE_BY_NAME, SCORE_COLUMNS,
+                                   SCORED_SPLITS, SPLITS)
 from scoring.errors import ClipmemError
 from scoring.experiment_report import REMOVAL_METHODS
 from scoring.rundir import COMPLETE, RunDir
@@ -51,6 +55,13 @@ class RunContents:
     layer_curves: dict | None = None           # {sample_id: {tower: [value per block]}}
     experiment: str | None = None              # experiment.json's name, for runs made by `clipmem experiment`
     experiment_params: dict | None = None      # experiment.json as written
+    warnings: list[str] = field(default_factory=list)  # what the reader could not check, for the user
+
+
+def read_files(run: RunDir) -> tuple[Path, ...]:
+    """The files of the run directory ingest reads (the optional ones only when present)."""
+    return (run.config, run.data_root, run.split, run.samples, run.scores, run.embeddings, run.metrics,
+            run.layers, run.layer_curves, run.experiment)
 
 
 LAYER_COLUMNS = ("tower", "layer", "truth", "pairs", "layer_mem", "delta_layer_mem")
@@ -83,6 +94,10 @@ def read_run(path: Path) -> RunContents:
         raise ClipmemError(f"run directory {path} does not exist")
     if not run.is_finished():
         raise ClipmemError(f"{path} is not a finished run (no {COMPLETE} marker): run `clipmem score` on it first")
+    warnings = []
+    if run.verify([file.name for file in read_files(run)]):
+        warnings.append(f"{run.marker} records no checksums (the run was finished by an older clipmem): its files "
+                        "were checked for form and range, but damage that keeps them in range would go unnoticed")
     config = _read_json(run.config)
     data_root_file = _read_json(run.data_root)
     split = _read_json(run.split)
@@ -108,7 +123,7 @@ def read_run(path: Path) -> RunContents:
                        dataset_kind=str(data_root_file.get("kind", "unknown")), split_sizes=sizes,
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
                        embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves,
-                       experiment=experiment, experiment_params=experiment_params)
+                       experiment=experiment, experiment_params=experiment_params, warnings=warnings)
 
 
 # experiment.json (written by `clipmem experiment`): "experiment" (the name) and "seed" are required; the grid
@@ -359,12 +374,29 @@ def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index,
         if bad.any():
             raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}"
                                f" ({int(bad.sum())} pairs)")
+        if name in SCORE_BY_NAME:
+            _check_range(file, frame, name, values, SCORE_BY_NAME[name].bounds)
         frame[name] = values
     for name in ("views_f", "views_g"):
         frame[name] = _views(views[name], frame, name, file)
     frame["pair_index"] = samples["pair_index"].to_numpy()[position]
     frame["n_captions"] = frame["n_captions"].astype(np.int64)
     return frame, present
+
+
+def _check_range(file: Path, frame: pd.DataFrame, name: str, values: np.ndarray, bounds: tuple[float, float],
+                 offsets: np.ndarray | None = None) -> None:
+    """Refuse values outside `bounds` (by more than rounding), naming the first offender's sample.
+    `offsets` (of a list column, starting at 0) says which row each value belongs to; without, one value a row."""
+    low, high = bounds
+    bad = (values < low - RANGE_TOLERANCE) | (values > high + RANGE_TOLERANCE)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        row = first if offsets is None else int(np.searchsorted(offsets, first, side="right")) - 1
+        sid = str(frame["sample_id"].to_numpy()[row])
+        raise ClipmemError(f"{file}: column {name} is {values[first]:.6g} for sample {sid}, outside "
+                           f"[{low:g}, {high:g}], the range its definition allows ({int(bad.sum())} values): "
+                           "the file is damaged or was not written by clipmem's scoring")
 
 
 def _views(column, frame: pd.DataFrame, name: str, file: Path) -> list[bytes]:
@@ -386,6 +418,8 @@ def _views(column, frame: pd.DataFrame, name: str, file: Path) -> list[bytes]:
     if bad.any():
         raise ClipmemError(f"{file}: {name} of sample {_first_bad(frame, bad)} should be a non-empty list of "
                            "finite floats")
+    # each view's cosine between image and caption
+    _check_range(file, frame, name, values, COSINE, offsets)
     data = values.tobytes()
     start = offsets * 4
     return [data[a:b] for a, b in zip(start[:-1].tolist(), start[1:].tolist())]

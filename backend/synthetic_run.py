@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from backend.score_columns import SCORE_COLUMNS
+from scoring.rundir import RunDir
 
 TRUTH_RATES = {"swapped": 0.05, "vague": 0.02, "atypical": 0.02}
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -97,7 +98,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
                                  "timings": {"score_seconds": 1.0}})
     if experiment is not None:
         _json(out / "experiment.json", experiment)
-    (out / "COMPLETE").write_text(json.dumps({"outputs": sorted(p.name for p in out.iterdir())}))
+    RunDir(out).mark_finished()  # with each file's checksum, as scoring finishes a run
     return out
 
 

@@ -3,10 +3,17 @@
 A run is finished only when its COMPLETE marker exists; the marker is written
 last and removed first whenever a step rewrites outputs, so an interrupted run
 never looks finished. Single files are written to a temporary name and renamed.
+
+The marker records the SHA-256 of every file of the run directory (its artifacts), and
+each checkpoint has its SHA-256 beside it (`epoch_3.pt.sha256`, in `sha256sum` format),
+so a file damaged on disk is refused when read back (resume, scoring, ingest) instead of
+silently changing scores: neither `torch.load` nor Parquet checks its own bytes. Torch-free:
+the backend verifies runs with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +22,10 @@ from pathlib import Path
 from scoring.errors import ClipmemError
 
 COMPLETE = "COMPLETE"
+CHECKSUM_SUFFIX = ".sha256"
+# written by a process that may still be running when the marker is written (the experiment
+# runner's worker output), so never checksummed
+UNCHECKED = frozenset({"worker.log"})
 
 
 class RunDir:
@@ -55,7 +66,48 @@ class RunDir:
         self.marker.unlink(missing_ok=True)
 
     def mark_finished(self) -> None:
-        write_json(self.marker, {"outputs": sorted(p.name for p in self.path.iterdir())})
+        """Write the marker: the run's outputs and the SHA-256 of each of its artifacts."""
+        artifacts = self.artifacts()
+        write_json(self.marker, {"outputs": sorted(p.name for p in self.path.iterdir()),
+                                 "sha256": {p.name: file_sha256(p) for p in artifacts}})
+
+    def artifacts(self) -> list[Path]:
+        """The files the marker vouches for: every plain file directly in the run directory but the
+        marker, temporaries and logs still being written (folders such as data/ and checkpoints/ are not
+        outputs of a finished run; checkpoints carry their own checksums)."""
+        return sorted(p for p in self.path.iterdir()
+                      if p.is_file() and p.name != COMPLETE and p.name not in UNCHECKED and not p.name.endswith(".tmp"))
+
+    def recorded_checksums(self) -> dict[str, str] | None:
+        """{file name: SHA-256} from the marker; None for a run finished by a clipmem that recorded none."""
+        try:
+            marker = json.loads(self.marker.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ClipmemError(f"{self.marker} is unreadable or not JSON ({exc}): the run's files cannot be "
+                               "verified") from None
+        if not isinstance(marker, dict) or "sha256" not in marker:
+            return None
+        sums = marker["sha256"]
+        if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+            raise ClipmemError(f"{self.marker}: 'sha256' should map file names to checksums")
+        return sums
+
+    def verify(self, names) -> list[str]:
+        """Check the named files (those present) against the marker's checksums; returns the names
+        present but not verified because the marker records none for them (an older clipmem wrote it).
+        Raises naming the first file whose bytes differ, or that the marker does not list."""
+        sums = self.recorded_checksums()
+        present = [name for name in names if (self.path / name).is_file()]
+        if sums is None:
+            return present
+        for name in present:
+            if name not in sums:
+                raise ClipmemError(f"{self.path / name} has no checksum in {self.marker}: it was added after the "
+                                   "run finished, so it cannot be verified")
+            if file_sha256(self.path / name) != sums[name]:
+                raise ClipmemError(f"{self.path / name} is corrupt: its SHA-256 differs from the one recorded in "
+                                   f"{self.marker} when the run finished (damaged on disk, or changed since)")
+        return []
 
     def prepare_new(self, overwrite: bool) -> None:
         """Make an empty run directory, refusing to clobber one unless asked."""
@@ -81,9 +133,44 @@ class RunDir:
 
 
 def write_json(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces (model files can be larger than memory allows twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path: Path) -> None:
+    """Record the SHA-256 of `path` beside it as `sha256sum` writes it, so `sha256sum -c` checks it too."""
+    write_text_atomic(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+
+
+def verify_checksum(path: Path) -> bool:
+    """Check `path` against the checksum beside it; False when it has none (written before clipmem recorded
+    them, or by another program). Raises naming the file when its bytes differ."""
+    recorded = checksum_path(path)
+    if not recorded.is_file():
+        return False
+    expected = (recorded.read_text(errors="replace").split() or [""])[0]
+    if file_sha256(path) != expected:
+        raise ClipmemError(f"{path} is corrupt: its SHA-256 differs from the one recorded in {recorded.name} when it "
+                           "was written")
+    return True
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     # a per-process temporary name: separate training jobs of one run write the same files at once
     tmp = Path(f"{path}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

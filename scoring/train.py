@@ -30,6 +30,7 @@ from scoring.config import TrainConfig
 from scoring.data.tensors import TensorCorpus
 from scoring.distributed import SINGLE, Dist, RaggedClipLoss, share_sizes
 from scoring.errors import ClipmemError
+from scoring.rundir import checksum_path, verify_checksum, write_checksum
 from scoring.schemes import PUBLISHED_MODELS, model_names, published_slots, slot_batch_size, slot_table
 from scoring.transform import augment, sample_views
 
@@ -102,13 +103,20 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_training_state(path: Path, names=PUBLISHED_MODELS) -> dict:
+    advice = "delete it to resume from the previous epoch, or pass --overwrite"
+    try:
+        verified = verify_checksum(path)
+    except ClipmemError as exc:
+        raise ClipmemError(f"checkpoint {exc}; {advice}") from None
+    if not verified:
+        print(f"note: {path} has no recorded checksum ({checksum_path(path).name}): resuming from it unverified")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or not {"epoch", *names} <= set(state):
             raise ValueError("missing keys")
     except Exception as exc:  # torch raises many types for a damaged file
         raise ClipmemError(f"checkpoint {path} is corrupt or not a clipmem checkpoint ({type(exc).__name__}); "
-                           "delete it to resume from the previous epoch, or pass --overwrite") from None
+                           f"{advice}") from None
     return state
 
 
@@ -331,23 +339,36 @@ def _save_epoch(directory: Path, epoch: int, models, optimizers, cfg: TrainConfi
         **{name: {"state_dict": model.state_dict(), "optimizer": optimizers[name].state_dict()}
            for name, model in models.items()},
     }
-    path = directory / f"epoch_{epoch}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    _save_checked(state, directory / f"epoch_{epoch}.pt")
     for old in sorted(directory.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))[: -cfg.keep_checkpoints or None]:
         old.unlink()
+        checksum_path(old).unlink(missing_ok=True)
+
+
+def _save_checked(obj, path: Path) -> None:
+    """torch.save to a temporary renamed into place, then its SHA-256 beside it. The old checksum goes
+    first: a kill in between leaves a file without one (loaded unverified, with a note), never a file
+    with a checksum that does not fit it."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    checksum_path(path).unlink(missing_ok=True)
+    tmp.replace(path)
+    write_checksum(path)
 
 
 def save_model(path: Path, model: torch.nn.Module, epoch: int, name: str) -> None:
-    """Save in the format open_clip's trainer uses: {'epoch', 'name', 'state_dict'}."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epoch, "name": name, "state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
+    """Save in the format open_clip's trainer uses: {'epoch', 'name', 'state_dict'}, with its checksum beside it."""
+    _save_checked({"epoch": epoch, "name": name, "state_dict": model.state_dict()}, path)
 
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load an open_clip trainer checkpoint or a plain state dict (keys may carry 'module.')."""
+    """Load an open_clip trainer checkpoint or a plain state dict (keys may carry 'module.'), checked against
+    the checksum beside it when it has one (clipmem's own models do; open_clip's do not)."""
+    try:
+        if path.is_file():
+            verify_checksum(path)
+    except ClipmemError as exc:
+        raise ClipmemError(f"checkpoint {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -74,11 +74,13 @@ def test_pages_follow_sort_order(client, fake_runs, sort, order):
 def test_ties_are_paged_by_pair_index(db, client, tmp_path, order):
     from backend.ingest import ingest
     from backend.synthetic_run import write_synthetic_run
+    from scoring.rundir import RunDir
 
     run = write_synthetic_run(tmp_path / f"tied-{order}", 30, 30, 10, 5, seed=21)
     scores = pd.read_parquet(run / "scores.parquet")
     scores["clipmem"] = scores["clipmem"].round(1)  # a handful of values, many pairs each
     scores.to_parquet(run / "scores.parquet", index=False)
+    RunDir(run).mark_finished()  # checksums of the edited file, as a scorer writing it would record
     ingest(db.engine, run)
     try:
         scores, _ = files(run)

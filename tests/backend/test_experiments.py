@@ -23,6 +23,7 @@ from backend.synthetic_run import write_synthetic_run
 from scoring.cli import app
 from scoring.errors import ClipmemError
 from scoring.experiment_report import run_row, summarize
+from scoring.rundir import RunDir
 
 EXPERIMENT = "mitig"
 OTHER = "other-exp"
@@ -191,6 +192,7 @@ def test_malformed_experiment_json_is_refused(db, fake_runs, tmp_path, text, mes
     run = tmp_path / "bad-exp-run"
     shutil.copytree(fake_runs["alpha"], run)
     (run / "experiment.json").write_text(text)
+    RunDir(run).mark_finished()  # as if the experiment had written it: its contents are checked, not its checksum
     with db.engine.connect() as conn:
         before = conn.execute(select(Run.id)).scalars().all()
     with pytest.raises(ClipmemError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
@@ -213,6 +215,7 @@ def test_ingest_command_with_experiment(db, experiment_runs, tmp_path, monkeypat
         assert run.experiment == "cli-exp" and run.experiment_params["captions_per_image"] == 2
         delete_run(conn, run.id)
     (copy / "experiment.json").write_text("{}")
+    RunDir(copy).mark_finished()
     broken = runner.invoke(app, ["ingest", str(copy)])
     assert broken.exit_code == 2
     assert broken.output.strip().startswith("error:") and "experiment.json has no 'experiment'" in broken.output

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, select, text
@@ -12,6 +14,7 @@ import backend.ingest
 from backend.db import head_revision, schema_revision
 from backend.ingest import ingest
 from backend.models import Base, Run
+from backend.store import delete_run
 from backend.synthetic_run import write_synthetic_run
 from scoring.errors import ClipmemError
 
@@ -69,7 +72,7 @@ def test_corrupt_parquet_leaves_no_trace(db, fake_runs, tmp_path):
     shutil.copytree(fake_runs["alpha"], broken)
     (broken / "scores.parquet").write_bytes(b"PAR1 garbage")
     before = all_rows(db)
-    with pytest.raises(ClipmemError, match="scores.parquet cannot be read"):
+    with pytest.raises(ClipmemError, match="scores.parquet is corrupt: its SHA-256 differs"):
         ingest(db.engine, broken)
     assert all_rows(db) == before
 
@@ -100,9 +103,110 @@ def test_second_ingest_refused_then_replaced(db, client, tmp_path):
     second = ingest(db.engine, run, replace=True)
     assert second.replaced == ["again"] and second.run_id != first.run_id
     assert table_counts(db.engine, first.run_id) == dict.fromkeys(table_counts(db.engine, first.run_id), 0)
-    assert client.get("/runs/again/tags").json() == []  # tags belonged to the replaced run
+    assert second.tags_kept == 1 and second.tags_dropped == 0
+    assert client.get("/runs/again/tags").json() == [{"tag": "keep", "pairs": 1}]  # carried to the new run
     assert client.get("/runs/again").json()["n_scored"] == 40
     assert client.delete("/runs/again").status_code == 204
+
+
+def tags_of(db, name: str) -> set[tuple[str, str]]:
+    """(sample_id, tag) of every user tag of a run."""
+    with db.engine.connect() as conn:
+        return set(map(tuple, conn.execute(text(
+            "SELECT s.sample_id, t.tag FROM tags t JOIN samples s ON s.run_id = t.run_id AND s.pair_index = "
+            "t.pair_index JOIN runs r ON r.id = t.run_id WHERE r.name = :n"), {"n": name}).all()))
+
+
+def test_replace_keeps_tags_or_refuses_to_drop_them(db, client, tmp_path, monkeypatch):
+    """Issue 12: --replace dropped every user tag of the replaced run without a word. Tags of pairs the new
+    run still has move to it; losing the others needs --drop-tags; the CLI says what happened."""
+    from typer.testing import CliRunner
+
+    from scoring.cli import app
+
+    # pair ids follow the split order: 20 shared, 20 candidate, 20 independent, 5 extra
+    run = write_synthetic_run(tmp_path / "retag", 20, 20, 20, 5, seed=19)
+    ingest(db.engine, run)
+    for tag, ids in (("keep", ["pair-0000021", "pair-0000045"]), ("odd", ["pair-0000021", "pair-0000050"])):
+        assert client.post(f"/runs/retag/tags/{tag}", json={"sample_ids": ids}).status_code == 200
+    tagged = {("pair-0000021", "keep"), ("pair-0000045", "keep"), ("pair-0000021", "odd"), ("pair-0000050", "odd")}
+    assert tags_of(db, "retag") == tagged
+
+    same = ingest(db.engine, run, replace=True)
+    assert (same.tags_kept, same.tags_dropped) == (4, 0) and tags_of(db, "retag") == tagged
+
+    # a smaller version of the run (pairs 0..32): pairs 45 and 50 are gone
+    smaller = write_synthetic_run(tmp_path / "retag-small", 10, 10, 10, 3, seed=19)
+    with pytest.raises(ClipmemError, match="replacing run 'retag' would drop 2 user tag\\(s\\) on pairs the new run "
+                                           "lacks \\(e.g. tag 'keep' on sample pair-0000045\\); pass --drop-tags"):
+        ingest(db.engine, smaller, name="retag", replace=True)
+    assert run_id(db, "retag") == same.run_id and tags_of(db, "retag") == tagged  # nothing changed
+
+    monkeypatch.setenv("CLIPMEM_DATABASE_URL", db.url)
+    result = CliRunner().invoke(app, ["ingest", str(smaller), "--name", "retag", "--replace", "--drop-tags"])
+    assert result.exit_code == 0, result.output
+    assert "user tags: kept 2 of the replaced run on the same sample ids; dropped 2 on pairs the new run lacks" \
+        in " ".join(result.output.split())
+    assert tags_of(db, "retag") == {("pair-0000021", "keep"), ("pair-0000021", "odd")}
+    assert client.delete("/runs/retag").status_code == 204
+
+
+def flip_score_bit(path, column: str) -> tuple[str, float, float]:
+    """Flip the lowest exponent bit of one value of `column` in a Parquet file, which doubles it: the file
+    still reads (Parquet pages carry no checksum as pyarrow writes them). Returns (sample_id, before, after)."""
+    import struct
+
+    frame = pd.read_parquet(path)
+    row = int(np.flatnonzero((frame[column] > 0.55).to_numpy())[0])
+    before = float(frame[column].iloc[row])
+    data = bytearray(path.read_bytes())
+    at = data.find(struct.pack("<d", before))
+    assert at >= 0 and data.find(struct.pack("<d", before), at + 1) < 0  # stored once, literally
+    data[at + 6] ^= 0x10  # exponent bit 0
+    path.write_bytes(bytes(data))
+    after = float(pd.read_parquet(path)[column].iloc[row])
+    return str(frame["sample_id"].iloc[row]), before, after
+
+
+def test_bit_flipped_scores_are_refused(db, fake_runs, tmp_path):
+    """Issue 12: a bit-flipped scores.parquet ingested with exit 0 and cosines above 1. The checksum in
+    COMPLETE names the damaged file; a run without checksums is stopped by the range check."""
+    run = tmp_path / "flipped"
+    shutil.copytree(fake_runs["alpha"], run)
+    sid, before, after = flip_score_bit(run / "scores.parquet", "align_f")
+    assert after == 2 * before  # the damage reads back as a plausible-looking number
+    rows = all_rows(db)
+    with pytest.raises(ClipmemError, match=f"{run / 'scores.parquet'} is corrupt: its SHA-256 differs from the one "
+                                           "recorded in"):
+        ingest(db.engine, run)
+    legacy_marker(run)
+    with pytest.raises(ClipmemError, match=f"column align_f is {after:.6g} for sample {sid}, outside \\[-1, 1\\]"):
+        ingest(db.engine, run)
+    assert all_rows(db) == rows
+
+
+def legacy_marker(run) -> None:
+    """COMPLETE as clipmem wrote it before it recorded checksums."""
+    (run / "COMPLETE").write_text(json.dumps({"outputs": sorted(p.name for p in run.iterdir())}))
+
+
+def test_run_without_checksums_ingests_with_a_warning(db, fake_runs, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from scoring.cli import app
+
+    run = tmp_path / "legacy"
+    shutil.copytree(fake_runs["alpha"], run)
+    legacy_marker(run)
+    monkeypatch.setenv("CLIPMEM_DATABASE_URL", db.url)
+    result = CliRunner().invoke(app, ["ingest", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "records no checksums" in result.output
+    try:
+        assert ingest(db.engine, run, replace=True).warnings[0].startswith(f"{run / 'COMPLETE'} records no checksums")
+    finally:
+        with db.engine.begin() as conn:
+            delete_run(conn, run_id(db, "legacy"))
 
 
 def test_name_taken_by_another_directory(db, fake_runs, tmp_path):
