@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from scoring.config import ScoreConfig, TrainConfig
 from scoring.data.tensors import TensorCorpus
-from scoring.models import apply_vocabulary, tokenize
+from scoring.models import apply_vocabulary, pack, word_encodings
 from scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
                            scored_rows, to_device, with_without)
 from scoring.transform import sample_views
@@ -119,22 +119,32 @@ def draw_tower_views(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig,
     # one-word dropout of single-caption pairs: the draws of the rows before the part are made (and
     # dropped) so the generator reaches the part's rows in the same state as in a single pass
     single = torch.nonzero(counts[: flat.stop] == 1).flatten().tolist()
-    dropped = [_drop_word(corpus.caption_texts[int(idx_a[j])], gen) for j in single]
-    keep = [(j - flat.start, text) for j, text in zip(single, dropped) if j >= flat.start]
+    dropped = [_drop_index(corpus.caption_texts[int(idx_a[j])], gen) for j in single]
+    keep = [(j - flat.start, corpus.caption_texts[int(idx_a[j])], k)
+            for j, k in zip(single, dropped) if j >= flat.start and k is not None]
     if keep:
-        raw, _ = tokenize([text for _, text in keep], context_length)
-        tokens_b[[j for j, _ in keep]] = apply_vocabulary(raw, vocab)
+        encodings = [_without_word(text, k) for _, text, k in keep]
+        tokens_b[[j for j, _, _ in keep]] = apply_vocabulary(pack(encodings, context_length), vocab)
     image_params = tuple(p.select(flat) for p in image_params)
     max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
     return TowerViews(image_params=image_params, text_tokens=(tokens_a, tokens_b), max_shift=max_shift)
 
 
-def _drop_word(text: str, gen: torch.Generator) -> str:
+def _drop_index(text: str, gen: torch.Generator) -> int | None:
+    """Which word of the caption its second view drops (None for a one-word caption: no draw)."""
     words = text.split()
     if len(words) < 2:
-        return text
-    k = int(torch.randint(len(words), (1,), generator=gen))
-    return " ".join(words[:k] + words[k + 1:])
+        return None
+    return int(torch.randint(len(words), (1,), generator=gen))
+
+
+def _without_word(text: str, k: int) -> list[int]:
+    """The caption's token ids less those of its word k: the ids of the caption with that word removed,
+    taken from the caption's own encoding so that every id is one the run's vocabulary holds."""
+    groups = word_encodings(text)
+    if len(groups) >= 2:  # the tokenizer's cleaning can join or drop words of odd text: fewer may remain
+        del groups[min(k, len(groups) - 1)]
+    return [i for ids in groups for i in ids]
 
 
 @torch.inference_mode()

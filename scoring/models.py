@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
-from open_clip.tokenizer import SimpleTokenizer
+from open_clip.tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
 
 from scoring.errors import ClipmemError
 
@@ -98,17 +98,67 @@ class Vocabulary:
         return cls(kept=raw.get("kept"))
 
 
-def tokenize(texts: list[str], context_length: int) -> tuple[torch.Tensor, int]:
-    """open_clip token ids (N, context_length) and how many texts were truncated."""
-    tokenizer = SimpleTokenizer(context_length=context_length)
-    raw = [tokenizer.encode(t) for t in texts]
-    truncated = sum(1 for r in raw if len(r) + 2 > context_length)
-    return tokenizer(texts, context_length=context_length), truncated
+@dataclass
+class Tokenized:
+    tokens: torch.Tensor        # (N, context_length) open_clip ids as the model reads them
+    truncated: int              # texts longer than the context length
+    encodings: list[list[int]]  # each text's open_clip ids untruncated, without start and end of text
 
 
-def build_vocabulary(tokens: torch.Tensor) -> Vocabulary:
-    kept = sorted(set(np.unique(tokens.numpy()).tolist()) | {0})
-    return Vocabulary(kept=kept)
+@lru_cache(maxsize=1)
+def _tokenizer() -> SimpleTokenizer:
+    return SimpleTokenizer()
+
+
+def tokenize(texts: list[str], context_length: int) -> Tokenized:
+    """open_clip's tokenisation of each text, as its tokenizer returns it, and the untruncated ids."""
+    tokenizer = _tokenizer()
+    encodings = [tokenizer.encode(t) for t in texts]
+    truncated = sum(1 for e in encodings if len(e) + 2 > context_length)
+    return Tokenized(pack(encodings, context_length), truncated, encodings)
+
+
+def pack(encodings: list[list[int]], context_length: int) -> torch.Tensor:
+    """Start and end of text around each encoding, cut to the context length (keeping the end), zero-padded:
+    what open_clip's tokenizer returns for the texts."""
+    tokenizer = _tokenizer()
+    out = torch.zeros(len(encodings), context_length, dtype=torch.long)
+    for i, ids in enumerate(encodings):
+        row = [tokenizer.sot_token_id] + ids[: context_length - 2] + [tokenizer.eot_token_id]
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+def word_encodings(text: str) -> list[list[int]]:
+    """The open_clip ids of `text` grouped by the word of the cleaned text they come from.
+
+    Concatenated they are the tokenizer's encoding of the text: its cleaning (ftfy, HTML entities,
+    lower case) runs on the whole text once and no token spans a space. Dropping a group therefore
+    leaves ids the text itself uses, whereas re-tokenising a text with a word removed can clean
+    differently (ftfy's mojibake repair looks at the whole text) or bring in tokens that truncation
+    had cut.
+    """
+    tokenizer = _tokenizer()
+    clean = getattr(tokenizer, "clean_fn", None) or (lambda t: whitespace_clean(basic_clean(t)).lower())
+    groups = []
+    for word in clean(text).split(" "):  # the cleaning collapsed all whitespace into single spaces
+        ids = []
+        for piece in tokenizer.pat.findall(word):
+            piece = "".join(tokenizer.byte_encoder[b] for b in piece.encode("utf-8"))
+            ids.extend(tokenizer.encoder[t] for t in tokenizer.bpe(piece).split(" "))
+        if ids:
+            groups.append(ids)
+    return groups
+
+
+def build_vocabulary(ids) -> Vocabulary:
+    """The vocabulary of these open_clip ids, padding always included."""
+    return Vocabulary(kept=sorted(set(int(i) for i in ids) | {0}))
+
+
+def missing_ids(ids, vocab: Vocabulary) -> set[int]:
+    """The ids a compacted vocabulary lacks (none for the full one)."""
+    return set() if vocab.kept is None else set(ids) - set(vocab.kept)
 
 
 def apply_vocabulary(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
@@ -119,7 +169,9 @@ def apply_vocabulary(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     lookup[torch.tensor(vocab.kept)] = torch.arange(len(vocab.kept))
     out = lookup[tokens]
     if (out < 0).any():
-        raise ClipmemError("a caption uses a token outside the run's compacted vocabulary")
+        row = int((out < 0).any(1).nonzero()[0])
+        text = _tokenizer().decode([t for t in tokens[row].tolist() if t]).strip()
+        raise ClipmemError(f"the text '{text}' uses a token outside the run's compacted vocabulary")
     return out
 
 

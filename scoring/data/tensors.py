@@ -10,7 +10,7 @@ import torch
 
 from scoring.data.base import PairDataset
 from scoring.errors import ClipmemError
-from scoring.models import Vocabulary, apply_vocabulary, tokenize
+from scoring.models import Vocabulary, apply_vocabulary, build_vocabulary, missing_ids, tokenize
 from scoring.splits import SPLIT_NAMES, SplitPlan
 
 
@@ -72,7 +72,9 @@ def build_corpus(
 
     `captions_per_image` > 0 keeps only each pair's first k captions (1 is the
     published single-caption baseline). With `compact_vocab` and no `vocab` given,
-    the vocabulary is shrunk to the tokens these captions (and `extra_texts`) use.
+    the vocabulary is shrunk to the tokens these captions (and `extra_texts`) use as encoded;
+    a `vocab` given (the run's saved one) must hold all of them, else this fails before any
+    model reads a text.
     """
     where = dataset.index_of()
     rows, split = [], []
@@ -90,11 +92,24 @@ def build_corpus(
     caption_index = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, caps in enumerate(used):
         caption_index[r, : len(caps)] = torch.tensor([text_id[t] for t in caps])
-    raw_tokens, truncated = tokenize(texts, context_length)
+    tokenized = tokenize(texts, context_length)
+    # every id the run's text encoder will read: each text as encoded (cut to the context), and for a
+    # pair with one caption every id of it, since tower scoring drops a word of that caption and
+    # later ids move into the context (attribution.draw_tower_views)
+    single = {text_id[caps[0]] for caps in used if len(caps) == 1}
+    needed = set(tokenized.tokens.unique().tolist())
+    for j in single:
+        needed.update(tokenized.encodings[j])
     if vocab is None:
-        from scoring.models import build_vocabulary
-
-        vocab = build_vocabulary(raw_tokens) if compact_vocab else Vocabulary()
+        vocab = build_vocabulary(needed) if compact_vocab else Vocabulary()
+    elif missing_ids(needed, vocab):
+        for j, text in enumerate(texts):
+            if missing_ids(set(tokenized.tokens[j].tolist()) | set(tokenized.encodings[j] if j in single else ()),
+                           vocab):
+                raise ClipmemError(
+                    f"the run's saved vocabulary (vocab.json, {vocab.size} tokens) lacks tokens of the caption "
+                    f"'{text}': it was built for other captions, or by an older clipmem that left out the tokens "
+                    "past the context length; start the run again with --overwrite")
     fold = None
     if plan.folds is not None:
         fold_of = plan.fold_of()
@@ -107,10 +122,11 @@ def build_corpus(
         attributes=[dataset.attributes[i] if dataset.attributes else {} for i in rows],
         pixels=dataset.load_pixels(rows, image_size),
         caption_texts=texts,
-        tokens=apply_vocabulary(raw_tokens, vocab),
+        tokens=apply_vocabulary(tokenized.tokens, vocab),
         caption_index=caption_index,
         caption_count=torch.tensor([len(c) for c in used]),
-        truncated=truncated,
+        truncated=tokenized.truncated,
         fold=fold,
     )
     return corpus, vocab
+

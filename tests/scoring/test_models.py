@@ -36,19 +36,19 @@ def test_same_seed_same_init_and_json_config(tmp_path):
 
 
 def test_compact_vocabulary_keeps_eot_largest_and_pooling_equal():
-    tokens, truncated = tokenize(["a red circle", "a blue square on the left"], context_length=20)
-    assert truncated == 0
-    vocab = build_vocabulary(tokens)
+    tokenized = tokenize(["a red circle", "a blue square on the left"], context_length=20)
+    tokens = tokenized.tokens
+    assert tokenized.truncated == 0
+    vocab = build_vocabulary(tokens.unique().tolist())
     compact = apply_vocabulary(tokens, vocab)
     # end-of-text stays the argmax, so open_clip's text pooling finds the same position
     assert torch.equal(compact.argmax(-1), tokens.argmax(-1))
     model = create_model(with_vocabulary(resolve_config("clipmem-tiny"), vocab), seed=0)
     assert model.encode_text(compact).shape == (2, 32)
     with pytest.raises(ClipmemError, match="outside the run's compacted vocabulary"):
-        apply_vocabulary(tokenize(["a zebra"], 20)[0], vocab)
+        apply_vocabulary(tokenize(["a zebra"], 20).tokens, vocab)
     assert Vocabulary.from_json(vocab.to_json()) == vocab
 
 
 def test_truncation_counted():
-    _, truncated = tokenize(["word " * 30], context_length=10)
-    assert truncated == 1
+    assert tokenize(["word " * 30], context_length=10).truncated == 1
