@@ -15,7 +15,9 @@ saved under "folds" (and "scheme": "kfold"); a published plan's file is unchange
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +38,38 @@ class SplitSizes:
     extra: float = 300
 
     def resolve(self, n: int) -> dict[str, int]:
-        counts = {}
+        """Pair counts for a dataset of n pairs.
+
+        Fractions are shares of n, apportioned by largest remainder: each takes the floor of its
+        exact share, and the pairs the floors leave out (as many as the rounded sum of the shares)
+        go to the largest remainders, so fractions summing to 1 use exactly n pairs and never more.
+        """
+        exact, counts = {}, {}
         for name in SPLIT_NAMES:
             value = getattr(self, name)
             if value < 0:
-                raise ClipmemError(f"split size {name}={value} is negative")
-            counts[name] = int(round(value * n)) if 0 < value < 1 else int(value)
+                raise ClipmemError(f"split size {name}={value:g} is negative")
+            if 0 < value < 1:
+                exact[name] = Fraction(repr(float(value))) * n  # the decimal the user wrote, not its binary float
+            elif value != int(value):
+                raise ClipmemError(f"split size {name}={value:g} is neither a whole count nor a fraction below 1")
+            else:
+                counts[name] = int(value)
+        share = sum(exact.values(), Fraction(0)) / n if exact and n else Fraction(0)
+        if share > 1:
+            given = ",".join(f"{getattr(self, name):g}" for name in exact)
+            raise ClipmemError(f"split fractions {given} sum to {float(share):g}, more than the whole dataset; "
+                               "give fractions that sum to at most 1")
+        floors = {name: math.floor(q) for name, q in exact.items()}
+        left = math.floor(sum(exact.values(), Fraction(0)) + Fraction(1, 2)) - sum(floors.values())
+        for name in sorted(exact, key=lambda k: exact[k] - floors[k], reverse=True)[:left]:
+            floors[name] += 1
+        counts = {name: counts[name] if name in counts else floors[name] for name in SPLIT_NAMES}
         total = sum(counts.values())
         if total > n:
-            raise ClipmemError(
-                f"split sizes {counts} need {total} pairs but the dataset has {n}; "
-                "lower the sizes or give fractions"
-            )
+            hint = ("lower the counts" if exact else "lower the sizes or give fractions of the dataset "
+                    "(e.g. 0.7,0.1,0.1,0.1)")
+            raise ClipmemError(f"split sizes {counts} need {total} pairs but the dataset has {n}; {hint}")
         if counts["shared"] < 1 or counts["candidate"] < 1 or counts["independent"] < 1:
             raise ClipmemError(f"shared, candidate and independent splits need at least one pair each, got {counts}")
         return counts

@@ -44,3 +44,29 @@ def test_malformed_plan_file(tmp_path):
     (tmp_path / "split.json").write_text("{}")
     with pytest.raises(ClipmemError, match="malformed"):
         SplitPlan.load(tmp_path / "split.json")
+
+
+def test_fractions_summing_to_one_use_every_pair():
+    """0.55,0.15,0.15,0.15 of 785 pairs: exact shares 431.75 and 117.75 (x3); the floors (431 + 3 x 117 = 782)
+    leave 3 pairs, which go to the largest remainders (all .75: the first three splits)."""
+    counts = SplitSizes(0.55, 0.15, 0.15, 0.15).resolve(785)
+    assert counts == {"shared": 432, "candidate": 118, "independent": 118, "extra": 117}
+    ids, truth = _data(785, faulty=20)
+    assert plan_splits(ids, truth, SplitSizes(0.55, 0.15, 0.15, 0.15), 0).sizes() == counts
+    # never more than the data, never more than a pair off each exact share
+    for n in range(10, 400):
+        for sizes in ((0.55, 0.15, 0.15, 0.15), (0.7, 0.1, 0.1, 0.1), (0.25, 0.25, 0.25, 0.25), (0.3, 0.3, 0.3, 0.1)):
+            got = SplitSizes(*sizes).resolve(n)
+            assert sum(got.values()) == n
+            assert all(abs(got[name] - share * n) < 1 for name, share in zip(SPLIT_NAMES, sizes))
+
+
+def test_too_large_fractions_are_refused_as_fractions():
+    with pytest.raises(ClipmemError) as info:
+        SplitSizes(0.7, 0.2, 0.2, 0.1).resolve(100)
+    assert str(info.value) == ("split fractions 0.7,0.2,0.2,0.1 sum to 1.2, more than the whole dataset; "
+                               "give fractions that sum to at most 1")
+    with pytest.raises(ClipmemError, match="lower the counts"):
+        SplitSizes(0.5, 30, 30, 0.1).resolve(100)
+    with pytest.raises(ClipmemError, match="neither a whole count nor a fraction"):
+        SplitSizes(60, 2.5, 10, 10).resolve(100)
