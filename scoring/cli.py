@@ -30,12 +30,30 @@ err_console = Console(stderr=True)
 
 EXPERIMENT_EPOCHS = 30  # the default grid (45 runs) then fits in an hour on the 2-core project machine
 SIZES_HELP = ("Split sizes as SHARED,CANDIDATE,INDEPENDENT,EXTRA: counts (2400,300,300,300) or fractions "
-              "of the dataset (0.7,0.1,0.1,0.1). S_S trains both models, S_C only f, S_I only g, S_E neither.")
+              "of the dataset (0.7,0.1,0.1,0.1; fractions summing to 1 use every pair). S_S trains both models, "
+              "S_C only f, S_I only g, S_E neither.")
 
 
 def _fail(exc: ClipmemError) -> None:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _given_options(ctx: typer.Context, keep: tuple[str, ...]) -> list[str]:
+    """The options given on the command line (or by environment), but those in `keep`, as flags."""
+    # by the source's name: typer ships its own copy of click, whose enum differs from click's
+    sources = {param.name: ctx.get_parameter_source(param.name) for param in ctx.command.params}
+    return [param.opts[0] for param in ctx.command.params if param.name not in keep
+            and sources[param.name] is not None and sources[param.name].name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+def _refuse_settings_on_resume(ctx: typer.Context, keep: tuple[str, ...]) -> None:
+    """--resume continues with the settings the run saved; an option that would change them is refused, not
+    ignored. `keep` names those that may differ (where the run continues, not how)."""
+    given = _given_options(ctx, keep)
+    if given:
+        raise ClipmemError(f"--resume continues with the run's saved settings; drop {', '.join(given)} "
+                           "(or start the run again with --overwrite)")
 
 
 def _parse_sizes(text: str):
@@ -253,6 +271,7 @@ def split(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="Run directory made by `clipmem split`."),
     model: Optional[str] = ModelOpt,
     epochs: Optional[int] = EpochsOpt,
@@ -266,7 +285,8 @@ def train(
     text_noise: Optional[float] = TextNoiseOpt,
     image_views: Optional[int] = ImageViewsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint, with the saved "
+                                "settings (only --device and --only may be given)."),
     only: Optional[str] = typer.Option(None, "--only", help="Train only these models (comma-separated, e.g. f, "
                                        "or fold0,fold1) as a job of their own; start one job per model to train "
                                        "them at once with the same options. Same weights as training all together."),
@@ -283,9 +303,9 @@ def train(
         run = RunDir(run_dir)
         cfg = run.load_config()
         if resume:
-            if any(v is not None for v in (model, epochs, batch_size, lr, seed, captions_per_image, text_noise,
-                                           image_views, remove_ids)):
-                raise ClipmemError("--resume continues with the saved recipe; drop the training options")
+            _refuse_settings_on_resume(ctx, keep=("run_dir", "resume", "device", "only"))
+            if device is not None:
+                cfg.train = replace(cfg.train, device=device)
         else:
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
                                    no_augment, full_vocab, text_noise, image_views, remove_ids)
@@ -359,6 +379,7 @@ def score(
 
 @app.command()
 def run(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run directory to create (or continue, with --resume)."),
     dataset: str = DatasetOpt,
     data: Optional[Path] = DataOpt,
@@ -387,7 +408,8 @@ def run(
     scheme: Optional[str] = SchemeOpt,
     folds: Optional[int] = FoldsOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped, with its "
+                                "saved settings (only --device may be given)."),
 ):
     """Every step in one go: data, split, train f and g (or the fold models), score, evaluate, report."""
     from scoring.pipeline import run_all
@@ -395,10 +417,13 @@ def run(
 
     try:
         run_dir = RunDir(out)
-        if resume and run_dir.config.is_file():
-            if run_dir.is_finished():
-                raise ClipmemError(f"{out} already holds a finished run; pass --overwrite to replace it")
-            cfg = run_dir.load_config()
+        if resume:
+            if overwrite:
+                raise ClipmemError("--resume continues RUN_DIR and --overwrite replaces it; give one of them")
+            _refuse_settings_on_resume(ctx, keep=("out", "resume", "device"))
+            cfg = _resumable_config(run_dir)
+            if device is not None:
+                cfg.train = replace(cfg.train, device=device)
         else:
             cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
                                                                    wds_caption_key, coco_images, on_error, inject,
@@ -408,6 +433,7 @@ def run(
             if views is not None:
                 cfg.score = replace(cfg.score, views=views)
             run_dir.prepare_new(overwrite)
+            run_dir.save_config(cfg)  # first: a run stopped at any later point (even in its split) can resume
         metrics = run_all(run_dir, cfg, resume=resume)
     except ClipmemError as exc:
         _fail(exc)
@@ -415,6 +441,18 @@ def run(
     console.print(f"finished {out}: split {t.get('split_seconds')} s, train {t.get('train_seconds')} s, "
                   f"score {t.get('score_seconds')} s, peak memory {metrics.get('peak_rss_mb')} MB")
     _print_report(out)
+
+
+def _resumable_config(run):
+    """The saved settings of an interrupted run, or a refusal saying why there is nothing to resume."""
+    if not run.path.is_dir() or not any(run.path.iterdir()):
+        raise ClipmemError(f"{run.path} holds no run to resume; start it without --resume")
+    if run.is_finished():
+        raise ClipmemError(f"{run.path} already holds a finished run; pass --overwrite to replace it")
+    if not run.config.is_file():
+        raise ClipmemError(f"{run.path} holds no config.json: its run stopped before its settings were saved, so "
+                           "it cannot be resumed; start it again with its options and --overwrite")
+    return run.load_config()
 
 
 @app.command("export-splits")

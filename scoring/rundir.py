@@ -113,7 +113,9 @@ class RunDir:
         """Make an empty run directory, refusing to clobber one unless asked."""
         if self.path.exists() and any(self.path.iterdir()):
             if not overwrite:
-                state = "a finished run" if self.is_finished() else "an unfinished run (use --resume to continue it)"
+                state = ("a finished run" if self.is_finished()
+                         else f"an unfinished run (`clipmem run --out {self.path} --resume` continues it)"
+                         if self.config.is_file() else "files but no run settings (config.json)")
                 raise ClipmemError(f"{self.path} already holds {state}; pass --overwrite to replace it")
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
