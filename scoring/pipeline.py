@@ -58,12 +58,15 @@ def split_step(run: RunDir, cfg: RunConfig) -> dict[str, int]:
     check_rates(cfg.data.inject)
     check_scheme(cfg)
     problems = Problems(cfg.data.on_error)
-    dataset = verify_images(read_source(cfg, run, problems), problems)
+    source = read_source(cfg, run, problems)
+    dataset = verify_images(source, problems)
     if cfg.split.scheme == "kfold":
         plan = plan_kfold(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.folds, cfg.split.seed)
     else:
         plan = plan_splits(dataset.ids, dataset.truth, cfg.split.sizes, cfg.split.seed)
-    dataset = inject_faults(dataset, plan, cfg.data.inject, cfg.data.inject_seed)
+    # injected into the source as read, as every later step does (open_planned): donors are drawn over the
+    # whole source, so leaving out unreadable images here would swap in other captions than training uses
+    dataset = inject_faults(source, plan, cfg.data.inject, cfg.data.inject_seed)
     with open(atomic_path(run.skipped), "w") as fh:
         for item in problems.skipped:
             fh.write(json.dumps(item) + "\n")
