@@ -96,10 +96,10 @@ def register(app: typer.Typer) -> None:
         from scoring.cli import _fail, console, err_console
 
         from backend.ingest import ingest as ingest_run
-        from backend.settings import Settings
+        from backend.settings import load_settings
 
-        settings = Settings()
         try:
+            settings = load_settings()
             method = map_method or settings.map_method
             if method not in ("pca", "umap"):
                 raise ClipmemError(f"--map {method}: choose pca or umap")
@@ -127,10 +127,10 @@ def register(app: typer.Typer) -> None:
     ):
         from scoring.cli import _fail
 
-        from backend.settings import Settings
+        from backend.settings import load_settings
 
-        settings = Settings()
         try:
+            settings = load_settings()
             if not 0 < port < 65536:
                 raise ClipmemError(f"--port {port}: choose a port between 1 and 65535")
             with database(settings.database_url):

@@ -85,7 +85,8 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CLIPMEM_DATABASE_URL": url}
-        env.pop("CLIPMEM_API_TOKEN", None)
+        for token in ("CLIPMEM_API_TOKEN", "CLIPMEM_API_WRITE_TOKEN"):  # measured without auth
+            env.pop(token, None)
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from scoring.cli import app; app()", "serve", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,5 +1,9 @@
 """The backend calls the pages make, cached with `st.cache_data`, returning plain Python data.
 
+Every call carries the token of the browser session making it (`session_token`, set by signing in), and
+every cached answer is kept per token (`per_credential`): a visitor never gets data fetched with another
+visitor's credentials, and the dashboard process holds no token of its own.
+
 Runs are named by their run name and pairs by their sample id, as in the backend's URLs.
 TTLs: a run's summary, histograms, maps and detection change only when it is re-ingested
 (5 min); the run list and pages of pairs are short-lived (30 s), and everything that shows
@@ -9,14 +13,16 @@ change (1 h).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import pandas as pd
 import streamlit as st
 
-from frontend.client import ApiClient, BackendError, api_token, api_url
+from frontend.client import ApiClient, BackendError, api_url
 from frontend.state import ViewFilter
 
 FRESH = 30
@@ -25,14 +31,73 @@ FOREVER = 3600
 EXPORT_TIMEOUT_S = 600  # a million-pair CSV takes a while to write
 
 
+TOKEN_KEY = "_clipmem_token"  # in st.session_state: the token this browser session signed in with
+
+
+def session_token() -> str | None:
+    """The token this browser session signed in with; None for a visitor who has not signed in."""
+    return st.session_state.get(TOKEN_KEY)
+
+
+def sign_in(token: str) -> dict:
+    """Check a token against the backend (GET /access) and, when the backend knows it, keep it for this browser
+    session; returns what it allows. Raises Unauthorized for a token the backend does not know."""
+    probe = ApiClient(api_url(), token)
+    try:
+        allowed = probe.get_json("/access")
+    finally:
+        probe.close()
+    st.session_state[TOKEN_KEY] = token
+    return allowed
+
+
+def sign_out() -> None:
+    st.session_state.pop(TOKEN_KEY, None)
+
+
 def client() -> ApiClient:
-    """The process's client for the backend named by CLIPMEM_API_URL / CLIPMEM_API_TOKEN."""
-    return _client(api_url(), api_token())
+    """A client for the backend named by CLIPMEM_API_URL, sending this browser session's token."""
+    return _client(api_url(), session_token())
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _client(base_url: str, token: str | None) -> ApiClient:
-    return ApiClient(base_url, token or "")
+    return ApiClient(base_url, token)
+
+
+def _credential() -> str:
+    """What cached answers are keyed by: a digest of the session's token ("" without one)."""
+    token = session_token()
+    return hashlib.sha256(token.encode()).hexdigest() if token else ""
+
+
+def per_credential(ttl: int, max_entries: int | None = None) -> Callable:
+    """`st.cache_data` whose key also holds the calling session's credential, so an answer fetched with one
+    token is only ever returned to sessions holding that token (anonymous visitors share theirs only with
+    each other). `.clear()` clears the function's answers for every credential."""
+
+    def decorate(fn: Callable) -> Callable:
+        def keyed(credential: str, *args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)  # fn's client() sends the token `credential` was made from
+
+        # st.cache_data tells functions apart by module and qualified name: each wrapped function its own
+        keyed.__module__, keyed.__qualname__, keyed.__name__ = fn.__module__, fn.__qualname__, fn.__name__
+        cached = st.cache_data(ttl=ttl, show_spinner=False, max_entries=max_entries)(keyed)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return cached(_credential(), *args, **kwargs)
+
+        call.clear = cached.clear
+        return call
+
+    return decorate
+
+
+@per_credential(ttl=FRESH)
+def access() -> dict:
+    """What this session's token allows: {"token_required", "read", "write"}."""
+    return client().get_json("/access")
 
 
 def _run_path(run: str) -> str:
@@ -55,13 +120,13 @@ def filter_query(flt: ViewFilter) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- runs
 
-@st.cache_data(ttl=FRESH, show_spinner=False)
+@per_credential(ttl=FRESH)
 def runs() -> list[dict]:
     """Every run's summary, newest first."""
     return client().get_json("/runs")
 
 
-@st.cache_data(ttl=RUN, show_spinner=False)
+@per_credential(ttl=RUN)
 def run(name: str) -> dict:
     """A run's settings, utility of f and g, score names and score summary."""
     return client().get_json(_run_path(name))
@@ -72,38 +137,38 @@ def delete_run(name: str) -> None:
     st.cache_data.clear()  # also the experiments the run was part of
 
 
-@st.cache_data(ttl=RUN, show_spinner=False)
+@per_credential(ttl=RUN)
 def detection(name: str) -> dict:
     return client().get_json(f"{_run_path(name)}/detection")
 
 
-@st.cache_data(ttl=RUN, show_spinner=False)
+@per_credential(ttl=RUN)
 def encoders(name: str) -> dict:
     """Tower scores compared (correlation, means per truth tag), LayerMem per tower, block and truth tag,
     and the sample ids whose own layer curve is stored."""
     return client().get_json(f"{_run_path(name)}/encoders")
 
 
-@st.cache_data(ttl=FOREVER, show_spinner=False)
+@per_credential(ttl=FOREVER)
 def layer_curve(run_name: str, sample_id: str) -> dict:
     """One pair's memorization per block of each tower: {"image": [...], "text": [...]}."""
     return client().get_json(f"{_run_path(run_name)}/encoders/curves/{_sample_path(sample_id)}")["curves"]
 
 
-@st.cache_data(ttl=RUN, show_spinner=False)
+@per_credential(ttl=RUN)
 def comparison(run_a: str, run_b: str, score: str, k: int) -> dict:
     return client().get_json("/comparisons", run_a=run_a, run_b=run_b, score=score, k=k)
 
 
 # ---------------------------------------------------------------- experiments
 
-@st.cache_data(ttl=FRESH, show_spinner=False)
+@per_credential(ttl=FRESH)
 def experiments() -> list[dict]:
     """Every experiment with runs in the backend: name, runs, seeds, grids."""
     return client().get_json("/experiments")
 
 
-@st.cache_data(ttl=FRESH, show_spinner=False)
+@per_credential(ttl=FRESH)
 def experiment(name: str) -> dict:
     """An experiment's per-run rows ("runs") and its summary over seeds ("summary": grid, method, value, metric,
     mean, std, n)."""
@@ -112,24 +177,24 @@ def experiment(name: str) -> dict:
 
 # ---------------------------------------------------------------- pairs
 
-@st.cache_data(ttl=FRESH, show_spinner=False)
+@per_credential(ttl=FRESH)
 def samples(flt: ViewFilter, cursor: str | None) -> dict:
     """One page of the filter's pairs: {"items", "total", "next_cursor"}."""
     return client().get_json(f"{_run_path(flt.run)}/samples", **filter_query(flt), sort=flt.sort, order=flt.order,
                              limit=flt.size, cursor=cursor)
 
 
-@st.cache_data(ttl=FRESH, show_spinner=False)
+@per_credential(ttl=FRESH)
 def sample(run_name: str, sample_id: str) -> dict:
     return client().get_json(f"{_run_path(run_name)}/samples/{_sample_path(sample_id)}")
 
 
-@st.cache_data(ttl=FOREVER, show_spinner=False, max_entries=500)
+@per_credential(ttl=FOREVER, max_entries=500)
 def image(run_name: str, sample_id: str, size: int) -> bytes:
     return client().get_bytes(f"{_run_path(run_name)}/images/{_sample_path(sample_id)}", size=size)
 
 
-@st.cache_data(ttl=FOREVER, show_spinner=False, max_entries=200)
+@per_credential(ttl=FOREVER, max_entries=200)
 def images(run_name: str, sample_ids: tuple[str, ...], size: int) -> dict[str, bytes | str]:
     """Many thumbnails fetched in parallel: sample id -> image bytes, or why that one failed."""
     api = client()
@@ -144,19 +209,19 @@ def images(run_name: str, sample_ids: tuple[str, ...], size: int) -> dict[str, b
         return dict(zip(sample_ids, pool.map(one, sample_ids)))
 
 
-@st.cache_data(ttl=FOREVER, show_spinner=False)
+@per_credential(ttl=FOREVER)
 def neighbours(run_name: str, sample_id: str, k: int) -> dict:
     return client().get_json(f"{_run_path(run_name)}/neighbours/{_sample_path(sample_id)}", k=k)
 
 
-@st.cache_data(ttl=RUN, show_spinner=False)
+@per_credential(ttl=RUN)
 def histogram(run_name: str, score: str, bins: int = 40, by_truth: bool = False) -> dict:
     """Counts of a score over all the run's scored pairs, in equal-width bins spanning its range:
     lo, hi, edges, counts, by_truth (per truth tag, when asked) and matched."""
     return client().get_json(f"{_run_path(run_name)}/histogram", score=score, bins=bins, by_truth=by_truth)
 
 
-@st.cache_data(ttl=RUN, show_spinner=False)
+@per_credential(ttl=RUN)
 def embedding_map(run_name: str, modality: str, score: str, max_points: int) -> pd.DataFrame:
     """One row per embedded pair (a uniform sample of max_points): sample_id, split, truth, the score, and
     its position on f's map (f_x, f_y) and on g's (g_x, g_y). attrs["total"]: embedded pairs in the run."""
@@ -168,7 +233,7 @@ def embedding_map(run_name: str, modality: str, score: str, max_points: int) -> 
     return frame
 
 
-@st.cache_data(ttl=FRESH, show_spinner=False)
+@per_credential(ttl=FRESH)
 def user_tags(run_name: str) -> list[dict]:
     """[{"tag", "pairs"}] for every user tag of the run."""
     return client().get_json(f"{_run_path(run_name)}/tags")

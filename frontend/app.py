@@ -33,4 +33,5 @@ pages = {
 }
 page = st.navigation(pages)
 ui.carry_view_params(page.title.lower())
+ui.require_access()  # a visitor of a backend with tokens signs in before any page shows data
 page.run()

@@ -1,9 +1,10 @@
 """The one HTTP client of the dashboard: every backend call goes through `ApiClient.request`.
 
-The backend's URL comes from CLIPMEM_API_URL (default http://127.0.0.1:8000) and its
-token, when it has one, from CLIPMEM_API_TOKEN (sent as 'Authorization: Bearer ...').
-Every failure becomes a `BackendError` whose message a person can act on; pages show
-that message and never a traceback.
+The backend's URL comes from CLIPMEM_API_URL (default http://127.0.0.1:8000). A client
+sends the token it is given (as 'Authorization: Bearer ...'); the dashboard gives each
+browser session's client the token that session signed in with, never one from its own
+environment. Every failure becomes a `BackendError` whose message a person can act on;
+pages show that message and never a traceback.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ class BackendUnreachable(BackendError):
     """Nothing answers at the backend URL (not started, wrong port, wrong host)."""
 
 
+class Unauthorized(BackendError):
+    """The backend answered 401: it needs a token and the request had none, or one it does not know."""
+
+
 class NotFound(BackendError):
     """The backend answered 404: a run, pair or endpoint it does not have."""
 
 
 def api_url() -> str:
     return os.environ.get("CLIPMEM_API_URL", DEFAULT_API_URL).rstrip("/")
-
-
-def api_token() -> str | None:
-    return os.environ.get("CLIPMEM_API_TOKEN") or None
 
 
 def _detail(response: httpx.Response) -> str:
@@ -67,7 +68,6 @@ class ApiClient:
     def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0):
         self.base_url = (base_url or api_url()).rstrip("/")
         headers = {"Accept": "application/json"}
-        token = token if token is not None else api_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
@@ -92,14 +92,18 @@ class ApiClient:
             return response
         detail = _detail(response)
         status = response.status_code
-        if status in (401, 403):
-            raise BackendError(f"The backend refused the request ({status}: {detail}). Set CLIPMEM_API_TOKEN to "
-                               "the token the backend was started with.", status)
+        if status == 401:
+            raise Unauthorized(f"The backend needs a token: sign in with its read or write token ({detail}).", status)
+        if status == 403:
+            raise BackendError(f"The backend refused the request (403: {detail}).", status)
         if status == 404:
             raise NotFound(f"Not found: {detail}", status)
         if status == 422 or status == 400:
             raise BackendError(f"The backend rejected the request: {detail}", status)
         raise BackendError(f"The backend failed on {method} {path} ({status}): {detail}", status)
+
+    def close(self) -> None:
+        self._http.close()
 
     def get_json(self, path: str, **params) -> Any:
         return self._json(self.request("GET", path, params=params))

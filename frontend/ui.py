@@ -1,4 +1,5 @@
-"""Streamlit pieces every page shares: showing backend errors, the run picker, the filter sidebar, badges."""
+"""Streamlit pieces every page shares: signing in, showing backend errors, the run picker, the filter sidebar,
+badges."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Callable, TypeVar
 import streamlit as st
 
 from frontend import api, charts
-from frontend.client import BackendError, BackendUnreachable, NotFound
+from frontend.client import BackendError, BackendUnreachable, NotFound, Unauthorized, api_url
 from frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, SCORED_SPLITS, Paging, ViewFilter,
                             format_score)
 
@@ -30,9 +31,63 @@ SCORE_HELP = ("`_f` = the model trained with the pair, `_g` = the model trained 
               "clipmem_contrastive are scaled to [0, 1] over the run; `_raw` are the unscaled differences.")
 
 
+# ---------------------------------------------------------------- signing in
+
+def require_access() -> dict:
+    """Called before every page: what this browser session may do ({"token_required", "read", "write"}). When the
+    backend needs a token, a visitor who has not given one this session sees the sign-in form and nothing else;
+    the dashboard never acts with credentials of its own."""
+    allowed = fetch(api.access)
+    if not allowed["read"]:
+        sign_in_form()
+    if allowed["token_required"]:
+        side = st.sidebar
+        side.caption(":material/lock_open: Signed in · " + ("may tag pairs and delete runs" if allowed["write"]
+                                                           else "read only"))
+        if side.button("Sign out", icon=":material/logout:", key="sign_out"):
+            api.sign_out()
+            st.rerun()
+    return allowed
+
+
+def can_write() -> bool:
+    """Whether this session's token may change the database (tag pairs, delete runs)."""
+    return bool(fetch(api.access)["write"])
+
+
+def sign_in_form(notice: str | None = None) -> None:
+    """The form that asks for a token; stops the page."""
+    st.title("Sign in", anchor=False)
+    st.markdown(f"The clipmem backend at `{api_url().replace('`', '')}` needs a token. Give the read token "
+                "(`CLIPMEM_API_TOKEN`) to browse, or the write token (`CLIPMEM_API_WRITE_TOKEN`) to also tag pairs "
+                "and delete runs. It is kept for this browser tab only, until you sign out or reload.")
+    if notice:
+        st.warning(notice, icon=":material/lock:")
+    with st.form("sign_in", clear_on_submit=True):
+        token = st.text_input("Token", type="password", key="sign_in_token")
+        submitted = st.form_submit_button("Sign in", icon=":material/login:", key="sign_in_submit")
+    if submitted and token.strip():
+        try:
+            api.sign_in(token.strip())
+        except Unauthorized:
+            st.error("The backend does not accept this token.", icon=":material/key_off:")
+        except BackendError as err:
+            show_backend_error(err)
+        else:
+            st.rerun()
+    st.stop()
+
+
 # ---------------------------------------------------------------- errors
 
 def show_backend_error(err: BackendError) -> None:
+    if isinstance(err, Unauthorized):
+        # the backend's tokens changed since this session learnt what it may do: ask for a token again
+        had_token = api.session_token() is not None
+        api.sign_out()
+        api.access.clear()
+        sign_in_form("The backend no longer accepts the token this tab signed in with; sign in again."
+                     if had_token else None)
     if isinstance(err, BackendUnreachable):
         st.error("**The clipmem backend is not reachable.** " + err.message, icon=":material/cloud_off:")
         st.markdown("To start the stack on this machine, in two terminals:")
@@ -131,8 +186,9 @@ def pick_run(page: str, draw: bool = True) -> dict:
         st.warning(f"The backend has no run named “{wanted}” (deleted, or a link from another database); "
                    "showing the newest run instead.", icon=":material/search_off:")
     current = wanted if wanted in names else names[0]
-    if st.session_state.get(RUN_PICKER) != current:
-        st.session_state[RUN_PICKER] = current
+    # set on every run: the picker of another page is another widget, which would start at the first (newest)
+    # run, whatever the key still holds from the page before
+    st.session_state[RUN_PICKER] = current
     if st.query_params.get("run") != current:
         st.query_params["run"] = current
         remember_params()

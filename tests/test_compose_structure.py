@@ -305,12 +305,25 @@ def test_database_url_points_at_the_db_service(services):
     assert url.database == db_env["POSTGRES_DB"]
 
 
-def test_api_token_is_optional_and_shared(compose, services):
-    raw = {n: (services[n].get("environment") or {}).get("CLIPMEM_API_TOKEN") for n in ("api", "ui")}
-    for name, value in raw.items():
-        assert value is not None, f"{name} must pass CLIPMEM_API_TOKEN"
-        assert environment(services[name])["CLIPMEM_API_TOKEN"] == "", "the token must default to empty"
-        assert interpolate(value, {"CLIPMEM_API_TOKEN": "s3cret"}) == "s3cret"
+TOKEN_VARIABLES = ("CLIPMEM_API_TOKEN", "CLIPMEM_API_WRITE_TOKEN")
+
+
+def test_the_api_holds_both_tokens_and_they_are_optional(services):
+    raw = services["api"].get("environment") or {}
+    for name in TOKEN_VARIABLES:
+        assert raw.get(name) is not None, f"api must pass {name}"
+        assert environment(services["api"])[name] == "", f"{name} must default to empty (no token)"
+        assert interpolate(raw[name], {name: "s3cret"}) == "s3cret"
+
+
+def test_the_dashboard_holds_no_token(services):
+    """The ui service is published; a token in its environment would be used on behalf of every visitor (or
+    could be), so visitors sign in with their own and the container gets none, by any route."""
+    ui = services["ui"]
+    for name in TOKEN_VARIABLES:
+        assert name not in environment(ui), f"ui must not receive {name}"
+    assert "env_file" not in ui, "an env_file could hand the dashboard the tokens"
+    assert not any("TOKEN" in str(arg) for arg in as_argv(ui["command"]))
 
 
 def test_api_serves_on_its_published_port_with_a_health_check(services):

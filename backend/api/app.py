@@ -19,8 +19,8 @@ from starlette.routing import Match
 from backend.api.deps import require_token
 from backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
 from backend.api.frames import RunCache
-from backend.api.routers import (comparisons, detection, encoders, experiments, exports, health, histograms,
-                                 images, maps, neighbours, runs, samples, tags)
+from backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
+                                 histograms, images, maps, neighbours, runs, samples, tags)
 from backend.db import make_engine, migrate, session_factory
 from backend.images import PixelBudget
 from backend.settings import Settings
@@ -36,7 +36,9 @@ Experiments (`clipmem experiment`) group runs: their parameters, mean CLIPMem an
 
 Convention: `_f` is the model trained WITH the pair, `_g` the one trained without it; `f` and `g` in
 neighbours and maps are the literal models (f trains on shared + candidate pairs, g on shared + independent).
-When the server has CLIPMEM_API_TOKEN set, every endpoint but /health needs `Authorization: Bearer <token>`.
+When the server has a token (CLIPMEM_API_TOKEN to read, CLIPMEM_API_WRITE_TOKEN to read and write), every
+endpoint but /health and /access needs `Authorization: Bearer <token>`, and the routes that change the
+database (DELETE /runs/{run}, adding and removing tags) need the write token (403 with the read token).
 """
 
 
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, migrate_schema: bool = True) ->
         app.include_router(module.router, dependencies=[Depends(require_token)],
                            responses={**UNAUTHORIZED, **NOT_FOUND})
     app.include_router(health.router)
+    app.include_router(access.router)
     _add_docs(app)
 
     @app.exception_handler(StarletteHTTPException)

@@ -19,7 +19,12 @@ class ErrorMessage(BaseModel):
 
 # documented on every router, besides the 422 FastAPI documents itself
 NOT_FOUND = {404: {"model": ErrorMessage, "description": "The run or sample does not exist."}}
-UNAUTHORIZED = {401: {"model": ErrorMessage, "description": "CLIPMEM_API_TOKEN is set and the request lacks it."}}
+UNAUTHORIZED = {401: {"model": ErrorMessage, "description": "The server has a token (CLIPMEM_API_TOKEN or "
+                                                            "CLIPMEM_API_WRITE_TOKEN) and the request lacks "
+                                                            "one, or sent another."}}
+# on the routes that change the database
+READ_ONLY_TOKEN = {403: {"model": ErrorMessage, "description": "The request's token may only read: changing the "
+                                                               "database needs CLIPMEM_API_WRITE_TOKEN."}}
 
 
 def bad_parameter(loc: tuple[str, ...], message: str) -> RequestValidationError:

@@ -15,6 +15,13 @@ class Health(BaseModel):
     schema_revision: str | None = Field(description="Alembic revision of the database schema.")
 
 
+class Access(BaseModel):
+    token_required: bool = Field(description="Whether the server has tokens (CLIPMEM_API_TOKEN, "
+                                             "CLIPMEM_API_WRITE_TOKEN), so requests need one.")
+    read: bool = Field(description="Whether this request's credentials may read.")
+    write: bool = Field(description="Whether they may change the database (delete a run, add or remove tags).")
+
+
 class TruthSummary(BaseModel):
     truth: str
     pairs: int

@@ -189,16 +189,20 @@ else:
                                 key="compare_chart")
 
 # ---------------------------------------------------------------- delete
-with st.expander(f"Delete {run_name} from the database"):
-    st.markdown(f"Removes run **{ui.escape_md(run_name)}** with its scores, embeddings, maps and user tags from the "
-                "backend's database. The run directory on disk is left alone; `clipmem ingest` loads it again.")
-    confirm = st.text_input("Type the run's name to confirm", key="delete_confirm")
-    if st.button("Delete run", icon=":material/delete:", disabled=confirm != run_name, key="delete_run"):
-        try:
-            api.delete_run(run_name)
-        except BackendError as err:
-            ui.show_backend_error(err)
-        else:
-            st.query_params.clear()
-            st.session_state.pop(ui.SAVED_PARAMS, None)
-            st.rerun()
+if not ui.can_write():
+    st.caption("Deleting a run needs the write token (`CLIPMEM_API_WRITE_TOKEN`): sign out and sign in with it.")
+else:
+    with st.expander(f"Delete {run_name} from the database"):
+        st.markdown(f"Removes run **{ui.escape_md(run_name)}** with its scores, embeddings, maps and user tags from "
+                    "the backend's database. The run directory on disk is left alone; `clipmem ingest` loads it "
+                    "again.")
+        confirm = st.text_input("Type the run's name to confirm", key="delete_confirm")
+        if st.button("Delete run", icon=":material/delete:", disabled=confirm != run_name, key="delete_run"):
+            try:
+                api.delete_run(run_name)
+            except BackendError as err:
+                ui.show_backend_error(err)
+            else:
+                st.query_params.clear()
+                st.session_state.pop(ui.SAVED_PARAMS, None)
+                st.rerun()

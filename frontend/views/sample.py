@@ -65,7 +65,11 @@ with text_col:
 
     st.subheader("User tags", anchor=False)
     tags = item.get("tags") or []
-    if tags:
+    writable = ui.can_write()
+    if tags and not writable:
+        st.markdown(ui.user_tag_badges(tags))
+        st.caption("Tagging pairs needs the write token: sign out and sign in with it.")
+    elif tags:
         st.caption("Click a tag to remove it from this pair.")
         for tag, column in zip(tags, st.columns(min(len(tags), 4))):
             if column.button(tag, icon=":material/close:", key=f"untag_{tag}", help=f"Remove “{tag}” from this pair"):
@@ -76,25 +80,26 @@ with text_col:
                 else:
                     st.rerun()
     else:
-        st.caption("No user tags on this pair yet.")
-    known = [t["tag"] for t in ui.fetch_part(api.user_tags, run_name, what="the run's user tags") or []]
-    with st.form("add_tag", clear_on_submit=True, border=False):
-        new_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
-        new_tag = new_col.text_input("Add a tag", placeholder="e.g. wrong-caption, private, keep",
-                                     help="Letters, digits, spaces and _ . : - ; up to 64 characters. Tags in this "
-                                          "run: " + (", ".join(known) or "none yet"))
-        added = button_col.form_submit_button("Add tag", icon=":material/add:")
-    new_tag = new_tag.strip()
-    if added and new_tag and not TAG_RULE.match(new_tag):
-        st.error(f"“{new_tag}” is not a valid tag: use 1–64 letters, digits, spaces and _ . : - (not starting "
-                 "with a space).", icon=":material/error:")
-    elif added and new_tag:
-        try:
-            api.add_tag(run_name, sample_id, new_tag)
-        except BackendError as err:
-            ui.show_backend_error(err)
-        else:
-            st.rerun()
+        st.caption("No user tags on this pair yet." + ("" if writable else " Tagging pairs needs the write token."))
+    if writable:
+        known = [t["tag"] for t in ui.fetch_part(api.user_tags, run_name, what="the run's user tags") or []]
+        with st.form("add_tag", clear_on_submit=True, border=False):
+            new_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
+            new_tag = new_col.text_input("Add a tag", placeholder="e.g. wrong-caption, private, keep",
+                                         help="Letters, digits, spaces and _ . : - ; up to 64 characters. Tags in "
+                                              "this run: " + (", ".join(known) or "none yet"))
+            added = button_col.form_submit_button("Add tag", icon=":material/add:")
+        new_tag = new_tag.strip()
+        if added and new_tag and not TAG_RULE.match(new_tag):
+            st.error(f"“{new_tag}” is not a valid tag: use 1–64 letters, digits, spaces and _ . : - (not starting "
+                     "with a space).", icon=":material/error:")
+        elif added and new_tag:
+            try:
+                api.add_tag(run_name, sample_id, new_tag)
+            except BackendError as err:
+                ui.show_backend_error(err)
+            else:
+                st.rerun()
 
 # ---------------------------------------------------------------- with versus without
 st.header("With versus without this pair", anchor=False)

@@ -91,7 +91,8 @@ def fuzzed_database(db, tmp_path_factory):
                         experiment={**params, "text_noise": 0.1})
     for name in RUNS:
         ingest(db.engine, root / name)
-    APP.target = create_app(Settings(database_url=db.url, api_token=TOKEN))
+    # TOKEN is the write token, so the fuzz reaches the routes that write (the read token would get 403s)
+    APP.target = create_app(Settings(database_url=db.url, api_token="fuzz-read-token", api_write_token=TOKEN))
     yield
     with db.engine.begin() as conn:
         for run_id in conn.execute(select(Run.id).where(Run.name.in_(RUNS))).scalars().all():

@@ -5,6 +5,8 @@ database and served by `clipmem serve` on a free port."""
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from backend.synthetic_run import write_synthetic_run
 from tests.frontend.stack import backend, ingest
 
 APP = Path(__file__).resolve().parents[2] / "frontend" / "app.py"
@@ -52,12 +55,59 @@ def api(api_url) -> httpx.Client:
         yield client
 
 
+READ_TOKEN, WRITE_TOKEN = "read-s3cret", "write-s3cret"
+KEPT = "locked-run"  # the locked backend's run that no test deletes
+
+
+@dataclass
+class LockedBackend:
+    """A backend with a read and a write token, over a database of its own (tests delete runs from it)."""
+
+    url: str
+    database_url: str
+
+    def add_run(self, name: str, seed: int) -> str:
+        """Ingest a small made-up run under `name` (while the backend serves the same database)."""
+        from backend.db import make_engine
+        from backend.ingest import ingest as ingest_run
+        from backend.synthetic_run import write_synthetic_run
+
+        engine = make_engine(self.database_url)
+        try:
+            ingest_run(engine, write_synthetic_run(Path(tempfile.mkdtemp(prefix=f"{name}-")), 30, 30, 30, 10,
+                                                   seed=seed), name=name)
+        finally:
+            engine.dispose()
+        return name
+
+    def get(self, path: str, token: str = READ_TOKEN) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def locked_backend(tmp_path_factory) -> LockedBackend:
+    root = tmp_path_factory.mktemp("locked_stack")
+    url = f"sqlite:///{root / 'locked.db'}"
+    ingest(write_synthetic_run(root / KEPT, n_candidate=60, n_independent=60, n_shared=100, n_extra=20, seed=9), url,
+           KEPT, root / "ingest.log")
+    with backend(url, root, token=READ_TOKEN, write_token=WRITE_TOKEN) as served:
+        yield LockedBackend(served, url)
+
+
+@pytest.fixture()
+def locked_env(locked_backend, monkeypatch) -> LockedBackend:
+    """The dashboard's environment pointed at the locked backend, with empty caches."""
+    monkeypatch.setenv("CLIPMEM_API_URL", locked_backend.url)
+    st.cache_data.clear()
+    yield locked_backend
+    st.cache_data.clear()
+
+
 @pytest.fixture()
 def app_env(api_url):
     """The dashboard's environment pointed at the test backend, with empty caches."""
-    saved = {k: os.environ.get(k) for k in ("CLIPMEM_API_URL", "CLIPMEM_API_TOKEN")}
+    saved = {k: os.environ.get(k) for k in ("CLIPMEM_API_URL", "CLIPMEM_API_TOKEN", "CLIPMEM_API_WRITE_TOKEN")}
     os.environ["CLIPMEM_API_URL"] = api_url
-    os.environ.pop("CLIPMEM_API_TOKEN", None)
     st.cache_data.clear()
     yield api_url
     st.cache_data.clear()

@@ -68,13 +68,13 @@ def ingest(run_dir: Path, database_url: str, name: str, log: Path) -> None:
 
 
 @contextmanager
-def backend(database_url: str, workdir: Path, token: str | None = None) -> Iterator[str]:
-    """`clipmem serve` on a free port; yields its URL."""
+def backend(database_url: str, workdir: Path, token: str | None = None,
+            write_token: str | None = None) -> Iterator[str]:
+    """`clipmem serve` on a free port, with the read and write tokens given (none by default); yields its URL."""
     port = free_port()
     log = workdir / "backend.log"
-    env = {**os.environ, "CLIPMEM_DATABASE_URL": database_url}
-    if token:
-        env["CLIPMEM_API_TOKEN"] = token
+    env = {**os.environ, "CLIPMEM_DATABASE_URL": database_url, "CLIPMEM_API_TOKEN": token or "",
+           "CLIPMEM_API_WRITE_TOKEN": write_token or ""}
     with open(log, "ab") as out:
         proc = subprocess.Popen([*CLIPMEM, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -87,13 +87,11 @@ def backend(database_url: str, workdir: Path, token: str | None = None) -> Itera
 
 
 @contextmanager
-def dashboard(api_url: str, workdir: Path, token: str | None = None) -> Iterator[str]:
+def dashboard(api_url: str, workdir: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """`clipmem ui` on a free port, talking to `api_url`; yields its URL."""
     port = free_port()
     log = workdir / "dashboard.log"
-    env = {**os.environ, "CLIPMEM_API_URL": api_url}
-    if token:
-        env["CLIPMEM_API_TOKEN"] = token
+    env = {**os.environ, "CLIPMEM_API_URL": api_url, **(extra_env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([*CLIPMEM, "ui", "--port", str(port)], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,6 +6,7 @@ Screenshots of every page go to test-artifacts/ (gitignored).
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -138,3 +139,67 @@ def test_selecting_points_on_a_map_lists_those_pairs(page, ui_url):
     assert selected > 10
     assert page.locator('[data-testid="stDataFrame"]').count() >= 1
     shot(page, "encoders-selection")
+
+
+def sign_in_in_the_browser(page, token: str) -> None:
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_without_a_token_a_visitor_sees_no_data_and_cannot_delete(browser, locked_backend, stack_dir):
+    """The backend has a read and a write token, and the dashboard's environment holds both (as the compose
+    file once handed it the token): a fresh browser sees no pair and no way to delete; the read token shows
+    the data but no delete; only the write token deletes a run."""
+    from tests.frontend.conftest import KEPT, READ_TOKEN, WRITE_TOKEN
+
+    doomed = locked_backend.add_run("doomed-browser", seed=22)
+    held = {"CLIPMEM_API_TOKEN": READ_TOKEN, "CLIPMEM_API_WRITE_TOKEN": WRITE_TOKEN}
+    with dashboard(locked_backend.url, stack_dir, extra_env=held) as url:
+        # no credentials: the sign-in form on every page, and nothing of the runs
+        for path in (f"/?run={KEPT}", f"/runs?run={doomed}", f"/sample?run={KEPT}&sample=pair-0000200"):
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.goto(url + path)
+            page.get_by_label("Token").wait_for(timeout=60_000)
+            settle(page)
+            shown = page.inner_text("body")
+            assert "Sign in" in shown and KEPT not in shown and doomed not in shown and "Delete" not in shown
+            assert page.locator(GRID_IMAGE).count() == 0
+            assert page.locator('[data-testid="stDataFrame"], [data-testid="stPlotlyChart"]').count() == 0
+            if path.startswith("/?"):
+                shot(page, "sign-in")
+            context.close()
+
+        # the read token: the data, and no delete
+        context = browser.new_context(viewport={"width": 1600, "height": 1200})
+        page = context.new_page()
+        page.goto(f"{url}/?run={KEPT}")
+        sign_in_in_the_browser(page, READ_TOKEN)
+        page.wait_for_selector(GRID_IMAGE, state="visible", timeout=60_000)
+        settle(page)
+        assert match_count(page) == 120 and page.locator(GRID_IMAGE).count() == 24
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Runs", exact=True).click()  # same session
+        page.get_by_text("Detection quality").first.wait_for(timeout=60_000)
+        settle(page)
+        assert "Deleting a run needs the write token" in page.inner_text('[data-testid="stMain"]')
+        assert page.get_by_text(re.compile("^Delete ")).count() == 0
+        shot(page, "runs-read-only")
+        context.close()
+
+        # the write token deletes
+        context = browser.new_context(viewport={"width": 1600, "height": 1200})
+        page = context.new_page()
+        page.goto(f"{url}/runs?run={doomed}")
+        sign_in_in_the_browser(page, WRITE_TOKEN)
+        page.get_by_text(f"Delete {doomed} from the database").click(timeout=60_000)
+        confirm = page.get_by_label("Type the run's name to confirm")
+        confirm.fill(doomed)
+        confirm.press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Delete run").click()
+        deadline = time.monotonic() + 30
+        while locked_backend.get(f"/runs/{doomed}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert locked_backend.get(f"/runs/{doomed}").status_code == 404
+        assert locked_backend.get(f"/runs/{KEPT}").status_code == 200
+        context.close()

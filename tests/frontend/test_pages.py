@@ -125,6 +125,7 @@ def test_the_filter_follows_the_user_across_pages(open_page, api):
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception
         assert at.query_params["run"] == TINY
+        assert widget(at.selectbox, "Run").value == TINY  # the picker too, not the newest run (plain-b)
     assert at.query_params["truth"] == "swapped"
     assert count_shown(at) == swapped
     assert widget(at.selectbox, "Truth tag").value == "swapped"
@@ -328,25 +329,96 @@ def test_an_unreachable_backend_says_how_to_start_it(page, app_env, monkeypatch)
     assert any("clipmem serve" in c.value for c in at.code)
 
 
-def test_a_token_protected_backend_needs_the_token(database_url, stack_dir, app_env, monkeypatch):
-    import streamlit as st
+PAGES = ("explore", "sample", "encoders", "runs", "export")
+
+
+def locked_app(page: str = "explore", **params: str):
+    """A fresh browser session (AppTest) of the dashboard on the token-protected backend, showing `page`."""
     from streamlit.testing.v1 import AppTest
 
     from tests.frontend.conftest import APP
-    from tests.frontend.stack import backend
 
-    with backend(database_url, stack_dir, token="s3cret-token") as url:
-        monkeypatch.setenv("CLIPMEM_API_URL", url)
-        at = AppTest.from_file(str(APP), default_timeout=30).run()
-        assert not at.exception
-        assert "CLIPMEM_API_TOKEN" in at.error[0].value
-        monkeypatch.setenv("CLIPMEM_API_TOKEN", "s3cret-token")
-        st.cache_data.clear()
-        at = AppTest.from_file(str(APP), default_timeout=30)
-        at.query_params["run"] = TINY
-        at.run()
-        assert not at.exception and not at.error
-        assert count_shown(at) == 240
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(params)
+    at.run()
+    if page != "explore":
+        at.query_params.update(params)
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def sign_in(at, token: str):
+    at.text_input(key="sign_in_token").input(token)
+    at.button(key="sign_in_submit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def shows_no_data(at) -> None:
+    """The sign-in form and nothing read from the backend: no pairs, images, tables, charts or run names."""
+    from tests.frontend.conftest import KEPT
+
+    assert at.title[0].value == "Sign in"
+    assert at.text_input(key="sign_in_token").proto.type == at.text_input(key="sign_in_token").proto.PASSWORD
+    assert not at.get("image") and not at.dataframe and not at.get("plotly_chart") and not at.selectbox
+    texts = " ".join(e.value for e in (*at.markdown, *at.caption, *at.info, *at.warning) if isinstance(e.value, str))
+    assert "scored pairs" not in texts and KEPT not in texts
+    assert not [b for b in at.button if b.key == "delete_run"]
+
+
+def test_a_visitor_without_a_token_sees_nothing_even_when_others_signed_in(locked_env, monkeypatch):
+    """The dashboard's own environment holds both tokens (as docker-compose.yml once gave it one): a visitor
+    must still sign in, and answers cached for a signed-in session must not reach an anonymous one."""
+    from tests.frontend.conftest import KEPT, READ_TOKEN, WRITE_TOKEN
+
+    monkeypatch.setenv("CLIPMEM_API_TOKEN", READ_TOKEN)
+    monkeypatch.setenv("CLIPMEM_API_WRITE_TOKEN", WRITE_TOKEN)
+    signed_in = sign_in(locked_app(run=KEPT), WRITE_TOKEN)
+    assert count_shown(signed_in) == 120  # the cache now holds the run's pages, fetched with the write token
+    for page in PAGES:
+        shows_no_data(locked_app(page, run=KEPT, sample="pair-0000200"))
+
+
+def test_a_wrong_token_is_refused(locked_env):
+    at = sign_in(locked_app(), "not-a-token")
+    assert "does not accept this token" in at.error[0].value
+    shows_no_data(at)
+
+
+def test_the_read_token_browses_but_cannot_tag_or_delete(locked_env):
+    from tests.frontend.conftest import KEPT, READ_TOKEN
+
+    at = sign_in(locked_app(run=KEPT), READ_TOKEN)
+    assert not at.error
+    assert count_shown(at) == locked_env.get(f"/runs/{KEPT}/samples?limit=1").json()["total"] == 120
+    assert len(at.get("image")) == GRID
+    assert any("read only" in c.value for c in at.sidebar.caption)
+    at.switch_page("views/runs.py").run()
+    assert not at.exception and not at.error
+    assert at.dataframe and not [b for b in at.button if b.key == "delete_run"]
+    assert any("needs the write token" in c.value for c in at.caption)
+    at.query_params["sample"] = "pair-0000200"
+    at.switch_page("views/sample.py").run()
+    assert not at.exception and not at.error
+    assert "Captions" in [s.value for s in at.subheader]
+    assert not [t for t in at.text_input if t.label == "Add a tag"]
+    # signing out forgets the token
+    at.button(key="sign_out").click().run()
+    shows_no_data(at)
+
+
+def test_the_write_token_deletes_a_run(locked_env):
+    from tests.frontend.conftest import WRITE_TOKEN
+
+    doomed = locked_env.add_run("doomed-apptest", seed=21)
+    at = sign_in(locked_app("runs", run=doomed), WRITE_TOKEN)
+    assert not at.error
+    assert any("may tag pairs and delete runs" in c.value for c in at.sidebar.caption)
+    at.text_input(key="delete_confirm").input(doomed).run()
+    at.button(key="delete_run").click().run()
+    assert not at.exception and not at.error
+    assert locked_env.get(f"/runs/{doomed}").status_code == 404
 
 
 def test_an_empty_backend_says_how_to_add_a_run(stack_dir, app_env, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from frontend import charts
-from frontend.client import ApiClient, BackendError, NotFound
+from frontend.client import ApiClient, BackendError, NotFound, Unauthorized
 from frontend.state import Paging, ViewFilter
 
 
@@ -75,6 +75,27 @@ def test_client_turns_http_errors_into_readable_messages():
         client_answering(404, {"detail": "no run named 'x'"}).get_json("/runs/x")
     with pytest.raises(BackendError, match=r"failed on GET /runs \(503\): the database is busy"):
         client_answering(503, {"detail": "the database is busy"}).get_json("/runs")
+    with pytest.raises(Unauthorized, match="sign in with its read or write token"):
+        client_answering(401, {"detail": "a valid bearer token is required"}).get_json("/runs")
+    with pytest.raises(BackendError, match=r"refused the request \(403: this token may only read"):
+        client_answering(403, {"detail": "this token may only read"}).delete("/runs/x")
+
+
+def test_the_client_sends_only_the_token_it_is_given(monkeypatch):
+    """The dashboard process's environment is not a credential: a client made without a token sends none."""
+    monkeypatch.setenv("CLIPMEM_API_TOKEN", "from-the-environment")
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={})
+
+    for token in (None, "given"):
+        api = ApiClient("http://backend.test", token=token)
+        api._http = httpx.Client(base_url="http://backend.test", transport=httpx.MockTransport(handler),
+                                 headers=api._http.headers)
+        api.get_json("/runs")
+    assert seen == [None, "Bearer given"]
 
 
 def test_client_drops_empty_parameters():

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
 from backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
-from backend.api.errors import NOT_FOUND
+from backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN
 from backend.api.schemas import RunDetail, RunSummary, ScoreSummary
 from backend.models import Run
 from backend.rundir import EXPERIMENT_NAME
@@ -51,9 +51,10 @@ def run_detail(run: RunDep) -> RunDetail:
                      n_embedded=run.n_embedded, embedding_dim=run.embedding_dim, map_method=run.map_method)
 
 
-@router.delete("/{run}", status_code=204, response_class=Response, responses=NOT_FOUND)
+@router.delete("/{run}", status_code=204, response_class=Response, responses={**NOT_FOUND, **READ_ONLY_TOKEN})
 def remove_run(run: WriteRunDep, session: WriteSessionDep, request: Request) -> Response:
-    """Delete a run with its samples, scores, embeddings, maps and tags (its files are left alone)."""
+    """Delete a run with its samples, scores, embeddings, maps and tags (its files are left alone). Needs the
+    write token when the server has tokens."""
     delete_run(session.connection(), run.id)
     session.commit()
     request.app.state.score_frames.discard(run.id)

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
-from backend.api.errors import NOT_FOUND, ErrorMessage
+from backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN, ErrorMessage
 from backend.api.limits import MAX_TAG_BATCH
 from backend.api.query import TAG_PATTERN, TAG_RULE, SampleIdText
 from backend.api.schemas import TagChange, TagCount, TagResult
@@ -46,7 +46,8 @@ def list_tags(run: RunDep, session: SessionDep) -> list[TagCount]:
 
 
 @router.post("/{tag}", response_model=TagResult,
-             responses={**NOT_FOUND, 400: {"model": ErrorMessage, "description": "The body cannot be decoded."}})
+             responses={**NOT_FOUND, **READ_ONLY_TOKEN,
+                        400: {"model": ErrorMessage, "description": "The body cannot be decoded."}})
 def add_tag(run: WriteRunDep, tag: TagName, change: TagChange, session: WriteSessionDep) -> TagResult:
     """Put the tag on the given pairs (pairs that already carry it are left as they are)."""
     pair_indexes = _pair_indexes(session, run, change.sample_ids)
@@ -62,7 +63,7 @@ def add_tag(run: WriteRunDep, tag: TagName, change: TagChange, session: WriteSes
     return TagResult(tag=tag, changed=len(inserted), pairs=pairs)
 
 
-@router.delete("/{tag}", response_model=TagResult, responses=NOT_FOUND)
+@router.delete("/{tag}", response_model=TagResult, responses={**NOT_FOUND, **READ_ONLY_TOKEN})
 def remove_tag(run: WriteRunDep, tag: TagName, session: WriteSessionDep,
                sample_id: Annotated[list[SampleIdText],
                                     Query(max_length=MAX_TAG_BATCH,
