@@ -9,6 +9,7 @@ import typer
 
 APP = Path(__file__).resolve().parent / "app.py"
 BACKEND_START_S = 60
+TOKEN_VARIABLES = ("CLIPMEM_API_TOKEN", "CLIPMEM_API_WRITE_TOKEN")
 
 
 def register(app: typer.Typer) -> None:
@@ -36,40 +37,50 @@ def register(app: typer.Typer) -> None:
 
             clipmem ui                 # then open http://127.0.0.1:8501
 
-        or let `clipmem ui --with-backend` start and stop the backend for you. If the backend requires a
-        token, set CLIPMEM_API_TOKEN to the same value for both.
+        or let `clipmem ui --with-backend` start and stop the backend for you. When the backend has tokens
+        (CLIPMEM_API_TOKEN, CLIPMEM_API_WRITE_TOKEN), each visitor signs in with one in the browser; the
+        dashboard holds none itself. Ctrl+C, SIGTERM or SIGHUP stops the dashboard and the backend it started.
         """
         import os
         import subprocess
         import sys
 
+        from frontend.client import DEFAULT_API_URL
+        from scoring.processes import interrupt_on_stop_signals, stop_processes
+
+        if with_backend and api_url:
+            raise typer.BadParameter("give either --api-url or --with-backend, not both", param_hint="--api-url")
         env = dict(os.environ)
-        backend = None
         if with_backend:
-            if api_url:
-                raise typer.BadParameter("give either --api-url or --with-backend, not both", param_hint="--api-url")
-            backend = _start_backend(backend_port, env)
             env["CLIPMEM_API_URL"] = f"http://127.0.0.1:{backend_port}"
         elif api_url:
             env["CLIPMEM_API_URL"] = api_url
+        # the dashboard acts for each visitor with the token that visitor signs in with, never with one of its own
+        ui_env = {k: v for k, v in env.items() if k not in TOKEN_VARIABLES}
         command = [sys.executable, "-m", "streamlit", "run", str(APP),
                    "--server.address", host, "--server.port", str(port),
                    "--server.headless", "true", "--browser.gatherUsageStats", "false",
                    "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
-        backend_url = env.get("CLIPMEM_API_URL", "http://127.0.0.1:8000")
-        typer.echo(f"clipmem dashboard: http://{host}:{port} (backend {backend_url}); Ctrl+C stops it")
-        try:
-            code = subprocess.call(command, env=env)
-        except KeyboardInterrupt:
-            code = 0
-        finally:
-            if backend is not None:
-                _stop(backend)
+        children: list[subprocess.Popen] = []
+        code = 0
+        with interrupt_on_stop_signals():
+            try:
+                if with_backend:
+                    _start_backend(backend_port, env, children)
+                backend_url = env.get("CLIPMEM_API_URL", DEFAULT_API_URL)
+                typer.echo(f"clipmem dashboard: http://{host}:{port} (backend {backend_url}); Ctrl+C stops it")
+                children.append(subprocess.Popen(command, env=ui_env))
+                code = children[-1].wait()
+            except KeyboardInterrupt:
+                code = 0
+            finally:
+                stop_processes(children)
         raise typer.Exit(code=code)
 
 
-def _start_backend(port: int, env: dict):
-    """`clipmem serve` on 127.0.0.1:port, once it answers /health."""
+def _start_backend(port: int, env: dict, children: list) -> None:
+    """`clipmem serve` on 127.0.0.1:port, appended to `children` as soon as it starts (so an interrupt while it
+    comes up still stops it); returns once it answers /health."""
     import socket
     import subprocess
     import sys
@@ -84,6 +95,7 @@ def _start_backend(port: int, env: dict):
             raise typer.Exit(code=2)
     process = subprocess.Popen([sys.executable, "-c", "from scoring.cli import app; app()", "serve",
                                 "--host", "127.0.0.1", "--port", str(port)], env=env)
+    children.append(process)
     deadline = time.monotonic() + BACKEND_START_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -92,22 +104,9 @@ def _start_backend(port: int, env: dict):
             raise typer.Exit(code=2)
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    _stop(process)
     typer.echo(f"error: the backend did not answer on port {port} within {BACKEND_START_S} s", err=True)
     raise typer.Exit(code=2)
-
-
-def _stop(process) -> None:
-    import subprocess
-
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

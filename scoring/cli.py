@@ -580,6 +580,7 @@ def experiment(
 
     from scoring.experiment import report_rows, run_experiment
     from scoring.experiment_report import write_report
+    from scoring.processes import interrupt_on_stop_signals
 
     try:
         exp_name = name or Path(out).resolve().name
@@ -612,7 +613,8 @@ def experiment(
 
         columns = (TextColumn("[bold]experiment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn())
-        with (experiment_ingester() if ingest else nullcontext()) as on_finished, \
+        # SIGTERM and SIGHUP stop the experiment as Ctrl+C does: run_experiment then stops its worker processes
+        with (experiment_ingester() if ingest else nullcontext()) as on_finished, interrupt_on_stop_signals(), \
                 Progress(*columns, console=console) as bar:
             task = bar.add_task("starting", total=len(exp.settings()) * seeds)
 

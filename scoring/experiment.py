@@ -31,6 +31,7 @@ from typing import Callable
 from scoring.config import RunConfig
 from scoring.errors import ClipmemError
 from scoring.experiment_report import GRIDS, REMOVAL_METHODS
+from scoring.processes import stop_processes
 from scoring.rundir import RunDir, write_json
 
 CAPTIONS = (1, 2, 3, 5)
@@ -282,9 +283,7 @@ def run_experiment(exp: Experiment, jobs: int = 0, on_finished: Callable[[RunDir
                 report(f"finished {exp.run_name(*task)}", len(done), total)
                 finish(task)
     finally:
-        for proc in running:  # on a failure or Ctrl-C, no run keeps training in the background
-            proc.terminate()
-            proc.wait()
+        stop_processes(running)  # on a failure or Ctrl-C (or SIGTERM in `clipmem experiment`), no run keeps training
     if waiting:
         raise ClipmemError("removal runs could not start: their baseline runs did not finish")
     return finished_runs

@@ -1,4 +1,4 @@
-"""`clipmem ui`: the command `make demo` ends with."""
+"""`clipmem ui`: the command `make demo` ends with, and how it stops."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import subprocess
 from urllib.parse import urlparse
 
 import httpx
+import pytest
 
 from tests.frontend.conftest import TINY
 from tests.frontend.stack import CLIPMEM, ROOT, free_port, wait_until_up
+from tests.processes import group_members, wait_until_empty
 
 
 def answers(port: int) -> bool:
@@ -46,3 +48,32 @@ def test_ui_with_backend_refuses_a_busy_port(api_url):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"port {busy} is already in use" in result.stderr
+
+
+@pytest.mark.parametrize("with_backend, stop_signal", [(True, signal.SIGTERM), (False, signal.SIGHUP)],
+                         ids=["with-backend-SIGTERM", "alone-SIGHUP"])
+def test_a_signal_to_the_launcher_stops_every_child(tmp_path, with_backend, stop_signal):
+    """`kill`, `docker stop` or a closed terminal signal `clipmem ui` alone (not its process group): the
+    dashboard and the backend it started must stop with it and free their ports."""
+    ui_port, api_port = free_port(), free_port()
+    log = tmp_path / "ui.log"
+    env = {**os.environ, "CLIPMEM_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+           "CLIPMEM_API_URL": f"http://127.0.0.1:{api_port}"}
+    args = ["--with-backend", "--backend-port", str(api_port)] if with_backend else []
+    with open(log, "wb") as out:
+        # a session of its own: its process group then holds the launcher and everything it starts
+        process = subprocess.Popen([*CLIPMEM, "ui", "--port", str(ui_port), *args], env=env, cwd=ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{ui_port}/_stcore/health", process, timeout=90, log=log)
+        assert len(group_members(process.pid)) >= (3 if with_backend else 2)  # launcher, streamlit (, serve)
+        os.kill(process.pid, stop_signal)
+        assert process.wait(timeout=30) == 0
+        assert wait_until_empty(process.pid, timeout=5) == [], "children outlived the launcher"
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+    assert not answers(ui_port) and not answers(api_port)
