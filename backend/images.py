@@ -8,13 +8,14 @@ inside the data root and refuses anything that would leave it.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import tarfile
 import threading
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -43,25 +44,69 @@ def resolve_inside(root: Path, ref: str) -> Path:
     return path
 
 
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's malloc_trim(0), or nothing where there is no glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+# glibc keeps memory freed by a thread in that thread's malloc arena, so decodes of large images taking
+# turns on the server's worker threads each left ~5 bytes a pixel resident in another arena (measured:
+# 16 requests for a 49-megapixel PNG took the API from 0.2 to 1.3 GB resident; trimming after each large
+# decode, back to 0.26 GB)
+release_freed_memory = _malloc_trim()
+TRIM_AFTER_PIXELS = 4_000_000
+
+
+class DecodeBusy(Exception):
+    """The pixel budget did not admit a decode in time, or too many already wait: try again later."""
+
+
 class PixelBudget:
     """Admits image decodes while the pixels being decoded at once stay within `limit`, so concurrent
     requests for large images wait their turn instead of multiplying the memory one of them needs
-    (about 8 bytes a pixel while an RGBA image is flattened); small thumbnails pass side by side."""
+    (about 5 bytes a pixel while an RGB image is scaled, more for RGBA); small thumbnails pass side by
+    side. After a large decode the freed memory is handed back to the system.
 
-    def __init__(self, limit: int):
+    Waiting is bounded, as each waiter holds one of the server's worker threads: at most `max_waiting`
+    requests wait, each at most `wait_s` seconds; others get DecodeBusy at once or when their time is up.
+    """
+
+    def __init__(self, limit: int, wait_s: float = 10.0, max_waiting: int = 8):
         self.limit = limit
+        self.wait_s = wait_s
+        self.max_waiting = max_waiting
         self.in_use = 0
+        self.waiting = 0
         self._changed = threading.Condition()
 
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         pixels = min(pixels, self.limit)  # one image over the budget still runs, alone
+
+        def fits() -> bool:
+            return self.in_use + pixels <= self.limit
+
         with self._changed:
-            self._changed.wait_for(lambda: self.in_use + pixels <= self.limit)
+            if not fits():
+                if self.waiting >= self.max_waiting:
+                    raise DecodeBusy
+                self.waiting += 1
+                try:
+                    admitted = self._changed.wait_for(fits, timeout=self.wait_s)
+                finally:
+                    self.waiting -= 1
+                if not admitted:
+                    raise DecodeBusy
             self.in_use += pixels
         try:
             yield
         finally:
+            if pixels >= TRIM_AFTER_PIXELS:
+                release_freed_memory()
             with self._changed:
                 self.in_use -= pixels
                 self._changed.notify_all()
@@ -86,7 +131,11 @@ def resize_longest(img: Image.Image, size: int, enlarge: bool = True) -> Image.I
     target = (max(1, round(w * scale)), max(1, round(h * scale)))
     if target == img.size:
         return img
-    return img.resize(target, Image.NEAREST if scale > 1 else Image.LANCZOS)
+    if scale > 1:
+        return img.resize(target, Image.NEAREST)
+    # reducing by whole factors first: 8x faster from 49 megapixels (0.15 against 1.2 s), and at a gap of
+    # 3 Pillow's docs call the result indistinguishable from plain Lanczos
+    return img.resize(target, Image.LANCZOS, reducing_gap=3.0)
 
 
 def thumbnail(source: bytes | Path, size: int, enlarge: bool = True, max_pixels: int = MAX_PIXELS,
@@ -100,7 +149,9 @@ def thumbnail(source: bytes | Path, size: int, enlarge: bool = True, max_pixels:
         media_type = "image/jpeg" if img.format == "JPEG" else "image/png"
         img.draft(None, (size, size))  # JPEG: decode at up to 1/8 scale, still at least `size` on each side
         with budget.hold(img.width * img.height) if budget else nullcontext():
-            return encode(resize_longest(to_rgb(img), size, enlarge), media_type), media_type
+            data = encode(resize_longest(to_rgb(img), size, enlarge), media_type)
+            img.close()  # its decoded pixels are freed before the budget's release hands memory back
+    return data, media_type
 
 
 def store_shard_images(data_root: Path, refs: list[tuple[int, str, str]], size: int) -> list[tuple[int, str, bytes]]:

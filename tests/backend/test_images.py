@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import PixelBudget, thumbnail
+from backend.images import DecodeBusy, PixelBudget, thumbnail
 from backend.ingest import ingest
 from backend.synthetic_run import write_synthetic_run
 from scoring.data import load_dataset
@@ -206,3 +206,48 @@ def test_jpeg_thumbnails_decode_at_a_reduced_scale():
     data, media_type = thumbnail(photo.getvalue(), 256, budget=Recording(10**9))
     assert media_type == "image/jpeg" and Image.open(io.BytesIO(data)).size == (256, 192)
     assert opened == [500 * 375]  # JPEG's 1/8 scale, still at least 256 px on each side
+
+
+def test_pixel_budget_bounds_the_wait():
+    budget = PixelBudget(100, wait_s=0.2, max_waiting=1)
+    outcome = []
+
+    def waiter() -> None:
+        try:
+            with budget.hold(10):
+                outcome.append("admitted")
+        except DecodeBusy:
+            outcome.append("busy")
+
+    with budget.hold(100):
+        started = time.monotonic()
+        with pytest.raises(DecodeBusy):  # after waiting its 0.2 s
+            with budget.hold(10):
+                pass
+        assert time.monotonic() - started >= 0.2
+        budget.wait_s = 30
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while budget.waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(DecodeBusy):  # one waits already: refused at once
+            with budget.hold(10):
+                pass
+        assert time.monotonic() - started < 1
+    thread.join()  # the waiter is admitted once the budget is free
+    assert outcome == ["admitted"] and budget.in_use == 0 and budget.waiting == 0
+
+
+def test_busy_decoding_is_a_503_with_retry_after(client, served_run):
+    budget = client.app.state.pixel_budget
+    with budget.hold(budget.limit):
+        saved = budget.wait_s, budget.max_waiting
+        budget.wait_s, budget.max_waiting = 0.1, 0
+        try:
+            response = client.get("/runs/bombs/images/pair-0000011")
+        finally:
+            budget.wait_s, budget.max_waiting = saved
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert client.get("/runs/bombs/images/pair-0000011").status_code == 200

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample
 from backend.api.errors import NOT_FOUND, ErrorMessage
 from backend.api.limits import DEFAULT_THUMBNAIL_PX, MAX_THUMBNAIL_PX, MIN_THUMBNAIL_PX
-from backend.images import ImageOutsideRoot, resolve_inside, thumbnail
+from backend.images import DecodeBusy, ImageOutsideRoot, resolve_inside, thumbnail
 from backend.models import Thumbnail
 from scoring.images import ImageError
 
@@ -33,7 +33,10 @@ CACHE_CONTROL = "private, no-cache"
                                                                    "root."},
                        404: {"model": ErrorMessage, "description": "The run, the sample or its image does not "
                                                                    "exist, or the image cannot be decoded or is "
-                                                                   "over CLIPMEM_MAX_IMAGE_PIXELS."}})
+                                                                   "over CLIPMEM_MAX_IMAGE_PIXELS."},
+                       503: {"model": ErrorMessage, "description": "Other large images are being decoded (their "
+                                                                   "pixels in flight are bounded); retry after "
+                                                                   "Retry-After seconds."}})
 def sample_image(run: RunDep, sample_id: SampleIdPath, session: SessionDep, request: Request,
                  size: Annotated[int, Query(ge=MIN_THUMBNAIL_PX, le=MAX_THUMBNAIL_PX,
                                             description="Longest side of the thumbnail, in pixels.")]
@@ -62,10 +65,15 @@ def sample_image(run: RunDep, sample_id: SampleIdPath, session: SessionDep, requ
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if if_none_match is not None and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
+    # decoding may wait for the pixel budget and take seconds: the database connection goes back first
+    session.close()
     settings = request.app.state.settings
     try:
         data, media_type = thumbnail(source, size, max_pixels=settings.max_image_pixels,
                                      budget=request.app.state.pixel_budget)
+    except DecodeBusy:
+        raise HTTPException(503, "the server is decoding other large images; try again",
+                            headers={"Retry-After": "5"}) from None
     except (ImageError, OSError) as exc:
         # ImageError says what is wrong without a path; an OSError here (the file vanished or became
         # unreadable since the check above) names the server's path, so only its kind is shown
