@@ -20,7 +20,7 @@ from backend.ingest import ingest
 from backend.synthetic_run import write_synthetic_run
 from scoring.data import load_dataset
 from scoring.errors import ClipmemError
-from scoring.images import BACKGROUND, ImageError, decode_rgb
+from scoring.images import ImageError, decode_rgb
 
 # a half-transparent red pixel over white: red stays 255, green and blue get white's share, 255 - 128
 HALF_RED = (255, 0, 0, 128)
@@ -41,10 +41,6 @@ def png_claiming(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
             + chunk(b"IEND", b""))
-
-
-def test_background_is_white():
-    assert BACKGROUND == (255, 255, 255)
 
 
 def palette_with_transparent_index() -> Image.Image:
