@@ -16,14 +16,16 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so editing the source does not reinstall torch.
 COPY pyproject.toml README.md ./
-RUN mkdir scoring backend frontend \
-    && touch scoring/__init__.py backend/__init__.py frontend/__init__.py \
+RUN mkdir clipmem \
+    && touch clipmem/__init__.py \
     && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} . \
-    && rm -rf scoring backend frontend build ./*.egg-info
+    && rm -rf clipmem build ./*.egg-info
 
+# clipmem/ holds the composition root and symbolic links to the three layers' folders
 COPY scoring ./scoring
 COPY backend ./backend
 COPY frontend ./frontend
+COPY clipmem ./clipmem
 RUN pip install --no-deps --force-reinstall . \
     && rm -rf build ./*.egg-info \
     && clipmem --help > /dev/null

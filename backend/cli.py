@@ -1,4 +1,4 @@
-"""`clipmem ingest` and `clipmem serve`, registered on scoring's Typer app.
+"""`clipmem ingest` and `clipmem serve`, registered on the `clipmem` command by clipmem/cli.py.
 
 Imports of the database and web stack happen inside the commands so `clipmem --help`
 stays fast.
@@ -12,7 +12,9 @@ from typing import Optional
 
 import typer
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.console import console, err_console
+from clipmem.scoring.console import fail as _fail
+from clipmem.scoring.errors import ClipmemError
 
 DATABASE_HELP = ("The database is CLIPMEM_DATABASE_URL (default: sqlite:///clipmem.db, a file in the current "
                  "folder; PostgreSQL: postgresql+psycopg://user@host:5432/dbname).")
@@ -37,7 +39,7 @@ def database(url: str, bulk_write: bool = False):
     ClipmemError line naming the database (its password hidden)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from backend.db import make_engine, migrate
+    from clipmem.backend.db import make_engine, migrate
 
     engine = make_engine(url, bulk_write=bulk_write)
     try:
@@ -55,9 +57,9 @@ def experiment_ingester():
     CLIPMEM_DATABASE_URL under its experiment name, keeping runs the database already has."""
     from sqlalchemy import select
 
-    from backend.ingest import ingest as ingest_run
-    from backend.models import Run
-    from backend.settings import Settings
+    from clipmem.backend.ingest import ingest as ingest_run
+    from clipmem.backend.models import Run
+    from clipmem.backend.settings import Settings
 
     settings = Settings()
     with database(settings.database_url, bulk_write=True) as engine:
@@ -93,10 +95,8 @@ def register(app: typer.Typer) -> None:
                                                  "(default: the name in the run's experiment.json, written by "
                                                  "`clipmem experiment`; runs without one belong to none)."),
     ):
-        from scoring.cli import _fail, console, err_console
-
-        from backend.ingest import ingest as ingest_run
-        from backend.settings import load_settings
+        from clipmem.backend.ingest import ingest as ingest_run
+        from clipmem.backend.settings import load_settings
 
         try:
             settings = load_settings()
@@ -125,9 +125,7 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
         port: int = typer.Option(8000, "--port", help="Port to listen on."),
     ):
-        from scoring.cli import _fail
-
-        from backend.settings import load_settings
+        from clipmem.backend.settings import load_settings
 
         try:
             settings = load_settings()
@@ -139,4 +137,4 @@ def register(app: typer.Typer) -> None:
             _fail(exc)
         import uvicorn
 
-        uvicorn.run("backend.api.app:create_app", factory=True, host=host, port=port)
+        uvicorn.run("clipmem.backend.api.app:create_app", factory=True, host=host, port=port)

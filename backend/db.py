@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RUN_PARTITION = re.compile(r"^(samples|scores|embedding_points)_run_\d+$")

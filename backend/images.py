@@ -19,9 +19,9 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
-from backend.rundir import TAR_REF, UNSAFE_REF
-from scoring.errors import ClipmemError
-from scoring.images import MAX_PIXELS, ImageError, open_image, to_rgb
+from clipmem.backend.rundir import TAR_REF, UNSAFE_REF
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import MAX_PIXELS, ImageError, open_image, to_rgb
 
 
 class ImageOutsideRoot(Exception):

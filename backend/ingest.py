@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, and_, insert, or_, select, update
 
-from backend.images import is_stored, store_shard_images
-from backend.maps import check_map_method, project
-from backend.models import EmbeddingBlock, Run, Sample, Tag
-from backend.rundir import RunContents, check_experiment_name, read_run
-from backend.snapshots import EMBEDDING_ROWS, SCORES, write_snapshot
-from backend.store import bulk_insert, delete_run, is_postgresql, load_run_rows
-from backend.summary import summarize
-from scoring.errors import ClipmemError
+from clipmem.backend.images import is_stored, store_shard_images
+from clipmem.backend.maps import check_map_method, project
+from clipmem.backend.models import EmbeddingBlock, Run, Sample, Tag
+from clipmem.backend.rundir import RunContents, check_experiment_name, read_run
+from clipmem.backend.snapshots import EMBEDDING_ROWS, SCORES, write_snapshot
+from clipmem.backend.store import bulk_insert, delete_run, is_postgresql, load_run_rows
+from clipmem.backend.summary import summarize
+from clipmem.scoring.errors import ClipmemError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RUN_NAME_RULE = "1-100 characters: letters, digits, '.', '_', '-', starting with a letter or digit"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 PCA_FIT_ROWS = 50_000   # the projection is fit on a seeded sample this large; every point is projected
 UMAP_FIT_ROWS = 20_000   # UMAP is fit on a smaller sample and the rest is placed with its transform

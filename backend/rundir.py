@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backend.score_columns import (COSINE, RANGE_TOLERANCE, REQUIRED_SCORES, SCORE_BY_NAME, SCORE_COLUMNS,
+from clipmem.backend.score_columns import (COSINE, RANGE_TOLERANCE, REQUIRED_SCORES, SCORE_BY_NAME, SCORE_COLUMNS,
                                    SCORED_SPLITS, SPLITS)
-from scoring.errors import ClipmemError
-from scoring.experiment_report import REMOVAL_METHODS
-from scoring.rundir import COMPLETE, RunDir
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.experiment_report import REMOVAL_METHODS
+from clipmem.scoring.rundir import COMPLETE, RunDir
 
 SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")
 SCORE_FILE_COLUMNS = ("sample_id", "split", "truth", "n_captions", "seen_by", *REQUIRED_SCORES, "views_f", "views_g")

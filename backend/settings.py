@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scoring.errors import ClipmemError
-from scoring.images import MAX_PIXELS
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import MAX_PIXELS
 
 
 class Settings(BaseSettings):

@@ -6,7 +6,7 @@ import io
 
 from sqlalchemy import Connection, insert, select
 
-from backend.models import RunSnapshot
+from clipmem.backend.models import RunSnapshot
 
 BLOCK_BYTES = 4 * 1024 * 1024
 SCORES = "scores"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import Connection, delete, func, select
 
-from backend.models import PARTITIONED, EmbeddingBlock, Run, RunSnapshot, Tag, Thumbnail, partition_name
+from clipmem.backend.models import PARTITIONED, EmbeddingBlock, Run, RunSnapshot, Tag, Thumbnail, partition_name
 
 CHUNK_ROWS = 100_000
 Columns = dict[str, Sequence | np.ndarray]  # column name -> one value per row (JSON columns as JSON text)

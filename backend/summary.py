@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from backend.score_columns import DETECTOR_SCORES
-from scoring.metrics import detection
+from clipmem.backend.score_columns import DETECTOR_SCORES
+from clipmem.scoring.metrics import detection
 
 
 def summarize(scores: pd.DataFrame, score_names: list[str]) -> dict:

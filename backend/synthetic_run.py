@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from backend.score_columns import SCORE_COLUMNS
-from scoring.rundir import RunDir
+from clipmem.backend.score_columns import SCORE_COLUMNS
+from clipmem.scoring.rundir import RunDir
 
 TRUTH_RATES = {"swapped": 0.05, "vague": 0.02, "atypical": 0.02}
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")

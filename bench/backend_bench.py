@@ -38,9 +38,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.db import make_engine, migrate  # noqa: E402
-from backend.ingest import ingest  # noqa: E402
-from backend.synthetic_run import write_synthetic_run  # noqa: E402
+from clipmem.backend.db import make_engine, migrate  # noqa: E402
+from clipmem.backend.ingest import ingest  # noqa: E402
+from clipmem.backend.synthetic_run import write_synthetic_run  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"ingest_pairs_per_s": 20_000, "page_p95_ms": 50, "histogram_p95_ms": 150, "neighbours_p95_ms": 200,
@@ -88,7 +88,7 @@ class Server:
         for token in ("CLIPMEM_API_TOKEN", "CLIPMEM_API_WRITE_TOKEN"):  # measured without auth
             env.pop(token, None)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from scoring.cli import app; app()", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "clipmem", "serve", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -33,12 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import scoring  # noqa: E402,F401  (first: it sets the OpenMP wait policy before torch loads)
+from clipmem.scoring.threads import prefer_passive_openmp  # noqa: E402
+
+prefer_passive_openmp()  # before torch loads
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 
-from scoring.errors import ClipmemError  # noqa: E402
-from scoring.models import context_length_of, create_model, image_size_of, resolve_config  # noqa: E402
+from clipmem.scoring.errors import ClipmemError  # noqa: E402
+from clipmem.scoring.models import context_length_of, create_model, image_size_of, resolve_config  # noqa: E402
 
 # open_clip's (OpenAI's) normalisation, the one scoring/transform.py uses too
 MEAN = (0.48145466, 0.4578275, 0.40821073)

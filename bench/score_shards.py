@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def clipmem(*args) -> list[str]:
-    return [sys.executable, "-m", "scoring.cli", *map(str, args)]
+    return [sys.executable, "-m", "clipmem", *map(str, args)]
 
 
 def run(cmd, env=None, check=True) -> subprocess.CompletedProcess:
@@ -123,7 +123,7 @@ def time_torchrun(run_dir: Path, views: list) -> tuple[float, float]:
     """(end to end, per-pair stage on rank 0 including its wait for rank 1) seconds under torchrun."""
     fresh(run_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "scoring.cli", "score", str(run_dir), *map(str, views)]
+           "--master_port", str(free_port()), "-m", "clipmem", "score", str(run_dir), *map(str, views)]
     t = time.perf_counter()
     run(cmd, env=base_env())
     return time.perf_counter() - t, stage_seconds(run_dir)

@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoring.attribution import attribute  # noqa: E402
-from scoring.models import Vocabulary, context_length_of, create_model  # noqa: E402
-from scoring.pipeline import load_corpus  # noqa: E402
-from scoring.rundir import RunDir  # noqa: E402
-from scoring.score import SCORED_SPLITS, score_run  # noqa: E402
-from scoring.train import MODELS, load_model_weights  # noqa: E402
+from clipmem.scoring.attribution import attribute  # noqa: E402
+from clipmem.scoring.models import Vocabulary, context_length_of, create_model  # noqa: E402
+from clipmem.scoring.pipeline import load_corpus  # noqa: E402
+from clipmem.scoring.rundir import RunDir  # noqa: E402
+from clipmem.scoring.score import SCORED_SPLITS, score_run  # noqa: E402
+from clipmem.scoring.train import MODELS, load_model_weights  # noqa: E402
 
 
 @torch.no_grad()

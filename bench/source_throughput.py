@@ -23,16 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoring.data import load_dataset  # noqa: E402
-from scoring.data.base import Problems, SourceOptions, verify_images  # noqa: E402
-from scoring.data.synthetic import SynthConfig, write  # noqa: E402
+from clipmem.scoring.data import load_dataset  # noqa: E402
+from clipmem.scoring.data.base import Problems, SourceOptions, verify_images  # noqa: E402
+from clipmem.scoring.data.synthetic import SynthConfig, write  # noqa: E402
 
 PLAN_SNIPPET = """
 import resource, sys, time
 from pathlib import Path
-from scoring.data.base import Problems, SourceOptions
-from scoring.data.csvfile import read_csv
-from scoring.splits import SplitSizes, plan_splits
+from clipmem.scoring.data.base import Problems, SourceOptions
+from clipmem.scoring.data.csvfile import read_csv
+from clipmem.scoring.splits import SplitSizes, plan_splits
 t = time.perf_counter()
 ds = read_csv(Path(sys.argv[1]), SourceOptions(), Problems("fail"), check_files=False)
 read = time.perf_counter() - t

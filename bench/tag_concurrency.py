@@ -37,9 +37,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.db import make_engine, migrate  # noqa: E402
-from backend.ingest import ingest  # noqa: E402
-from backend.synthetic_run import write_synthetic_run  # noqa: E402
+from clipmem.backend.db import make_engine, migrate  # noqa: E402
+from clipmem.backend.ingest import ingest  # noqa: E402
+from clipmem.backend.synthetic_run import write_synthetic_run  # noqa: E402
 from backend_bench import Server  # noqa: E402  (bench/ is the script's folder, first on sys.path)
 
 RESULTS = ROOT / "bench" / "results"

@@ -25,14 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoring.config import DataConfig, RunConfig, TrainConfig  # noqa: E402
-from scoring.data import load_dataset  # noqa: E402
-from scoring.data.synthetic import SynthConfig, write  # noqa: E402
-from scoring.export import write_open_clip_csv  # noqa: E402
-from scoring.models import resolve_config  # noqa: E402
-from scoring.pipeline import split_step, train_step  # noqa: E402
-from scoring.rundir import RunDir  # noqa: E402
-from scoring.splits import SplitPlan  # noqa: E402
+from clipmem.scoring.config import DataConfig, RunConfig, TrainConfig  # noqa: E402
+from clipmem.scoring.data import load_dataset  # noqa: E402
+from clipmem.scoring.data.synthetic import SynthConfig, write  # noqa: E402
+from clipmem.scoring.export import write_open_clip_csv  # noqa: E402
+from clipmem.scoring.models import resolve_config  # noqa: E402
+from clipmem.scoring.pipeline import split_step, train_step  # noqa: E402
+from clipmem.scoring.rundir import RunDir  # noqa: E402
+from clipmem.scoring.splits import SplitPlan  # noqa: E402
 
 
 def clipmem_rate(work: Path, data: Path, model: str, epochs: int, compact: bool, batch: int) -> float:

@@ -22,8 +22,8 @@ from urllib.parse import quote
 import pandas as pd
 import streamlit as st
 
-from frontend.client import ApiClient, BackendError, api_url
-from frontend.state import ViewFilter
+from clipmem.frontend.client import ApiClient, BackendError, api_url
+from clipmem.frontend.state import ViewFilter
 
 FRESH = 30
 RUN = 300

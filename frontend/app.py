@@ -12,7 +12,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from frontend import ui  # noqa: E402
+from clipmem.frontend import ui  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
 

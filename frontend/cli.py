@@ -1,4 +1,4 @@
-"""`clipmem ui`: start the dashboard (registered on the main `clipmem` CLI by scoring/cli.py)."""
+"""`clipmem ui`: start the dashboard (registered on the `clipmem` command by clipmem/cli.py)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def register(app: typer.Typer) -> None:
         import subprocess
         import sys
 
-        from frontend.client import DEFAULT_API_URL
-        from scoring.processes import interrupt_on_stop_signals, stop_processes
+        from clipmem.frontend.client import DEFAULT_API_URL
+        from clipmem.scoring.processes import interrupt_on_stop_signals, stop_processes
 
         if with_backend and api_url:
             raise typer.BadParameter("give either --api-url or --with-backend, not both", param_hint="--api-url")
@@ -93,7 +93,7 @@ def _start_backend(port: int, env: dict, children: list) -> None:
             typer.echo(f"error: port {port} is already in use; stop what runs there or pass --backend-port",
                        err=True)
             raise typer.Exit(code=2)
-    process = subprocess.Popen([sys.executable, "-c", "from scoring.cli import app; app()", "serve",
+    process = subprocess.Popen([sys.executable, "-m", "clipmem", "serve",
                                 "--host", "127.0.0.1", "--port", str(port)], env=env)
     children.append(process)
     deadline = time.monotonic() + BACKEND_START_S

@@ -10,9 +10,9 @@ from typing import Any, Callable, TypeVar
 
 import streamlit as st
 
-from frontend import api, charts
-from frontend.client import BackendError, BackendUnreachable, NotFound, Unauthorized, api_url
-from frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, SCORED_SPLITS, Paging, ViewFilter,
+from clipmem.frontend import api, charts
+from clipmem.frontend.client import BackendError, BackendUnreachable, NotFound, Unauthorized, api_url
+from clipmem.frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, SCORED_SPLITS, Paging, ViewFilter,
                             format_score)
 
 T = TypeVar("T")

@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from scoring.config import ScoreConfig, TrainConfig
-from scoring.data.tensors import TensorCorpus
-from scoring.models import apply_vocabulary, pack, word_encodings
-from scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
+from clipmem.scoring.config import ScoreConfig, TrainConfig
+from clipmem.scoring.data.tensors import TensorCorpus
+from clipmem.scoring.models import apply_vocabulary, pack, word_encodings
+from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
                            scored_rows, to_device, with_without)
-from scoring.transform import sample_views
+from clipmem.scoring.transform import sample_views
 
 TOWERS = ("image", "text")
 

@@ -1,9 +1,5 @@
-"""`clipmem`: measure which image-caption pairs a CLIP model memorized.
-
-A run directory holds one experiment: its config, split plan, the two reference
-models f and g, and the scores. `clipmem run --out RUN_DIR` does every step on the
-built-in synthetic data; the other commands run one step each.
-"""
+"""The scoring layer's commands (synth, split, train, score, run, report, export-splits, experiment, ...),
+added to the `clipmem` command by the composition root, clipmem/cli.py."""
 
 from __future__ import annotations
 
@@ -14,19 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.console import console
+from clipmem.scoring.console import fail as _fail
+from clipmem.scoring.errors import ClipmemError
 
-app = typer.Typer(
-    help=__doc__,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
+app = typer.Typer()
 
 EXPERIMENT_EPOCHS = 30  # the default grid (45 runs) then fits in an hour on the 2-core project machine
 SIZES_HELP = ("Split sizes as SHARED,CANDIDATE,INDEPENDENT,EXTRA: counts (2400,300,300,300) or fractions "
@@ -34,9 +24,6 @@ SIZES_HELP = ("Split sizes as SHARED,CANDIDATE,INDEPENDENT,EXTRA: counts (2400,3
               "S_C only f, S_I only g, S_E neither.")
 
 
-def _fail(exc: ClipmemError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 def _given_options(ctx: typer.Context, keep: tuple[str, ...]) -> list[str]:
@@ -56,8 +43,22 @@ def _refuse_settings_on_resume(ctx: typer.Context, keep: tuple[str, ...]) -> Non
                            "(or start the run again with --overwrite)")
 
 
+
+def _no_ingester():
+    raise ClipmemError("--ingest needs the backend: run this command as `clipmem experiment`")
+
+
+_experiment_ingester = _no_ingester
+
+
+def use_experiment_ingester(factory) -> None:
+    """Set the context manager that `clipmem experiment --ingest` stores finished runs with; it yields a
+    callback taking (RunDir, run name). The composition root passes the backend's."""
+    global _experiment_ingester
+    _experiment_ingester = factory
+
 def _parse_sizes(text: str):
-    from scoring.splits import SplitSizes
+    from clipmem.scoring.splits import SplitSizes
 
     try:
         parts = [float(p) for p in text.split(",")]
@@ -70,10 +71,10 @@ def _parse_sizes(text: str):
 
 def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_seed: Optional[int],
                 source: Optional[dict] = None, scheme: Optional[str] = None, folds: Optional[int] = None):
-    from scoring.config import DataConfig, RunConfig, SplitConfig
-    from scoring.data.base import SOURCE_KINDS, SourceOptions
-    from scoring.data.inject import check_rates
-    from scoring.data.synthetic import parse_rates
+    from clipmem.scoring.config import DataConfig, RunConfig, SplitConfig
+    from clipmem.scoring.data.base import SOURCE_KINDS, SourceOptions
+    from clipmem.scoring.data.inject import check_rates
+    from clipmem.scoring.data.synthetic import parse_rates
 
     source = source or {}
     cfg = RunConfig()
@@ -99,7 +100,7 @@ def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_
         split = replace(split, seed=split_seed)
     if scheme is not None or folds is not None:
         split = replace(split, scheme=scheme or ("kfold" if folds else "published"), folds=folds or 0)
-        from scoring.pipeline import check_scheme
+        from clipmem.scoring.pipeline import check_scheme
 
         cfg.split = split
         check_scheme(cfg)
@@ -110,7 +111,7 @@ def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_
 def _train_overrides(cfg, model=None, epochs=None, batch_size=None, lr=None, seed=None, captions_per_image=None,
                      device=None, no_augment=False, full_vocab=False, text_noise=None, image_views=None,
                      remove_ids=None):
-    from scoring.transform import AugmentConfig
+    from clipmem.scoring.transform import AugmentConfig
 
     t = cfg.train
     t = replace(t, **{k: v for k, v in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -130,7 +131,7 @@ def _train_overrides(cfg, model=None, epochs=None, batch_size=None, lr=None, see
     if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
         raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
                            f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
-    from scoring.models import resolve_config
+    from clipmem.scoring.models import resolve_config
 
     resolve_config(t.model)  # an unknown name fails here, before anything is written
     cfg.train = t
@@ -221,7 +222,7 @@ def synth(
     image_size: int = typer.Option(32, "--image-size", help="Image side in pixels."),
 ):
     """Write the built-in synthetic dataset: PNG images plus metadata.jsonl with captions and truth tags."""
-    from scoring.data.synthetic import SynthConfig, parse_rates, write
+    from clipmem.scoring.data.synthetic import SynthConfig, parse_rates, write
 
     try:
         cfg = SynthConfig(n_pairs=n, seed=seed, image_size=image_size)
@@ -253,8 +254,8 @@ def split(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
 ):
     """Plan the split S_S / S_C / S_I / S_E (or k folds and S_E) and start a run directory (config.json, split.json)."""
-    from scoring.pipeline import split_step
-    from scoring.rundir import RunDir
+    from clipmem.scoring.pipeline import split_step
+    from clipmem.scoring.rundir import RunDir
 
     try:
         cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
@@ -290,14 +291,14 @@ def train(
     only: Optional[str] = typer.Option(None, "--only", help="Train only these models (comma-separated, e.g. f, "
                                        "or fold0,fold1) as a job of their own; start one job per model to train "
                                        "them at once with the same options. Same weights as training all together."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs and workers)."),
 ):
     """Train f on S_S ∪ S_C and g on S_S ∪ S_I (or the k fold models) with the same recipe, initialisation and steps.
 
-    Under torchrun (`torchrun --nproc_per_node N -m scoring.train RUN_DIR`, or `torchrun ... -m scoring.cli train
-    RUN_DIR`) the processes train together with DistributedDataParallel, sharing each batch.
+    Under torchrun (`torchrun --nproc_per_node N -m clipmem train RUN_DIR`) the processes train together with DistributedDataParallel, sharing each batch.
     """
-    from scoring.pipeline import train_step
-    from scoring.rundir import RunDir
+    from clipmem.scoring.pipeline import train_step
+    from clipmem.scoring.rundir import RunDir
 
     try:
         run = RunDir(run_dir)
@@ -310,7 +311,7 @@ def train(
             cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
                                    no_augment, full_vocab, text_noise, image_views, remove_ids)
         models = [m.strip() for m in only.split(",") if m.strip()] if only else None
-        summary = train_step(run, cfg, resume=resume, only=models)
+        summary = train_step(run, cfg, resume=resume, only=models, show_progress=not no_progress)
     except ClipmemError as exc:
         _fail(exc)
     if summary.get("world_size", 1) > 1 and "weights_sha256" not in summary:
@@ -346,8 +347,8 @@ def score(
     machines sharing RUN_DIR) score parts at once, and `--merge` finishes the run; under torchrun each rank scores
     the part of its rank and rank 0 merges.
     """
-    from scoring.pipeline import score_step
-    from scoring.rundir import RunDir
+    from clipmem.scoring.pipeline import score_step
+    from clipmem.scoring.rundir import RunDir
 
     try:
         run = RunDir(run_dir)
@@ -357,7 +358,7 @@ def score(
         if model is not None and checkpoint_f is None:
             raise ClipmemError("--model applies to imported checkpoints; give --checkpoint-f and --checkpoint-g")
         if checkpoint_f is not None:
-            from scoring.models import resolve_config
+            from clipmem.scoring.models import resolve_config
 
             # externally trained models use open_clip's full vocabulary
             cfg.train = replace(cfg.train, model=model or cfg.train.model, compact_vocab=False)
@@ -412,8 +413,8 @@ def run(
                                 "saved settings (only --device may be given)."),
 ):
     """Every step in one go: data, split, train f and g (or the fold models), score, evaluate, report."""
-    from scoring.pipeline import run_all
-    from scoring.rundir import RunDir
+    from clipmem.scoring.pipeline import run_all
+    from clipmem.scoring.rundir import RunDir
 
     try:
         run_dir = RunDir(out)
@@ -464,8 +465,8 @@ def export_splits_command(
 
     Prints the torchrun command lines that train f and g with clipmem's recipe on them.
     """
-    from scoring.export import export_run
-    from scoring.rundir import RunDir
+    from clipmem.scoring.export import export_run
+    from clipmem.scoring.rundir import RunDir
 
     try:
         result = export_run(RunDir(run_dir), out)
@@ -500,8 +501,8 @@ def compare_schemes(
     score, and each run's swapped-pair detection AUROC (on its own scored pairs and on the common ones)."""
     import pandas as pd
 
-    from scoring.report import compare_runs
-    from scoring.rundir import RunDir
+    from clipmem.scoring.report import compare_runs
+    from clipmem.scoring.rundir import RunDir
 
     try:
         frames, labels = [], []
@@ -578,9 +579,9 @@ def experiment(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scoring.experiment import report_rows, run_experiment
-    from scoring.experiment_report import write_report
-    from scoring.processes import interrupt_on_stop_signals
+    from clipmem.scoring.experiment import report_rows, run_experiment
+    from clipmem.scoring.experiment_report import write_report
+    from clipmem.scoring.processes import interrupt_on_stop_signals
 
     try:
         exp_name = name or Path(out).resolve().name
@@ -591,7 +592,7 @@ def experiment(
             path = write_report(rows, Path(out) / "report", f"Experiment {exp_name}")
             console.print(f"report of {len(rows)} runs written to {path}")
             return
-        from scoring.experiment import open_experiment
+        from clipmem.scoring.experiment import open_experiment
 
         grid_list = [g.strip() for g in grids.split(",") if g.strip()]
         try:
@@ -609,12 +610,10 @@ def experiment(
         if overwrite and Path(out).exists():
             shutil.rmtree(out)
         exp = open_experiment(Path(out), exp_name, grid_list, list(range(seeds)), counts, cfg)
-        from backend.cli import experiment_ingester
-
         columns = (TextColumn("[bold]experiment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn())
         # SIGTERM and SIGHUP stop the experiment as Ctrl+C does: run_experiment then stops its worker processes
-        with (experiment_ingester() if ingest else nullcontext()) as on_finished, interrupt_on_stop_signals(), \
+        with (_experiment_ingester() if ingest else nullcontext()) as on_finished, interrupt_on_stop_signals(), \
                 Progress(*columns, console=console) as bar:
             task = bar.add_task("starting", total=len(exp.settings()) * seeds)
 
@@ -631,8 +630,8 @@ def experiment(
 def _print_report(run_dir: Path, as_json: bool = False) -> None:
     import pandas as pd
 
-    from scoring.report import summarize
-    from scoring.rundir import RunDir
+    from clipmem.scoring.report import summarize
+    from clipmem.scoring.rundir import RunDir
 
     run = RunDir(run_dir)
     run.require_finished()
@@ -697,12 +696,9 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
     console.print(table)
 
 
-def main() -> None:  # pragma: no cover
-    app()
-from backend.cli import register as _register_backend  # noqa: E402
-_register_backend(app)
-from frontend.cli import register as _register_frontend  # noqa: E402
-_register_frontend(app)
+@app.command("experiment-worker", hidden=True)
+def experiment_worker(run_dir: Path, threads: int) -> None:
+    """Train and score one planned run of `clipmem experiment` (which starts it in a fresh interpreter)."""
+    from clipmem.scoring.experiment import worker_main
 
-if __name__ == "__main__":  # pragma: no cover  (python -m scoring.cli, e.g. under torchrun)
-    main()
+    worker_main(run_dir, threads)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict, dataclass, field, fields
 
-from scoring.data.base import SourceOptions
-from scoring.data.synthetic import SynthConfig
-from scoring.splits import SplitSizes
-from scoring.transform import AugmentConfig
+from clipmem.scoring.data.base import SourceOptions
+from clipmem.scoring.data.synthetic import SynthConfig
+from clipmem.scoring.splits import SplitSizes
+from clipmem.scoring.transform import AugmentConfig
 
 
 @dataclass
@@ -72,7 +72,7 @@ class RunConfig:
         import open_clip
         import torch
 
-        from scoring import __version__
+        from clipmem import __version__
 
         return {
             **asdict(self),

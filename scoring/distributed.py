@@ -3,8 +3,7 @@
 Launched by torchrun, a process finds RANK, WORLD_SIZE and LOCAL_RANK in its environment.
 `clipmem train` and `clipmem score` look for them, so both of these work:
 
-    torchrun --nproc_per_node 2 -m scoring.train RUN_DIR       # the entry point below
-    torchrun --nproc_per_node 2 -m scoring.cli train RUN_DIR   # or: torchrun ... $(which clipmem) train RUN_DIR
+    torchrun --nproc_per_node 2 -m clipmem train RUN_DIR   # or: torchrun ... $(which clipmem) train RUN_DIR
 
 Training keeps the global batch at the recipe's batch size: every rank draws the same slots,
 augmentations and captions for the whole batch (the draws are seeded per step) and trains on
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 from open_clip import ClipLoss
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -86,7 +85,7 @@ def from_environment() -> Dist:
 
 def device_for(ctx: Dist, name: str) -> torch.device:
     """The device of this rank: its local GPU on CUDA, else the CPU."""
-    from scoring.train import pick_device
+    from clipmem.scoring.train import pick_device
 
     device = pick_device(name)
     if device.type == "cuda" and ctx.active:
@@ -190,29 +189,3 @@ def gather_objects(ctx: Dist, obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m scoring.train RUN_DIR [--resume]` (under torchrun or alone): train a run's models."""
-    import argparse
-
-    from scoring.pipeline import train_step
-    from scoring.rundir import RunDir
-
-    parser = argparse.ArgumentParser(prog="python -m scoring.train",
-                                     description="Train a run's reference models (f and g, or the k fold models) "
-                                                 "with the recipe in RUN_DIR/config.json; under torchrun, with "
-                                                 "DistributedDataParallel over the launched processes.")
-    parser.add_argument("run_dir")
-    parser.add_argument("--resume", action="store_true", help="continue from the last per-epoch checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        run = RunDir(args.run_dir)
-        summary = train_step(run, run.load_config(), resume=args.resume, show_progress=not args.no_progress)
-    except ClipmemError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if from_environment().is_main:
-        print(f"trained {', '.join(summary['models'])}: {summary['steps']} steps each, "
-              f"{summary['samples_per_s']} samples/s on {summary['world_size']} process(es)")
-    return 0

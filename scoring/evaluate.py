@@ -11,7 +11,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from scoring.data.synthetic import COLOURS, SHAPES
+from clipmem.scoring.data.synthetic import COLOURS, SHAPES
 
 # Prompts reuse caption words, so they fit a vocabulary compacted to the captions.
 PROMPT = "a picture of a {colour} {shape}"

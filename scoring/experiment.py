@@ -28,11 +28,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from scoring.config import RunConfig
-from scoring.errors import ClipmemError
-from scoring.experiment_report import GRIDS, REMOVAL_METHODS
-from scoring.processes import stop_processes
-from scoring.rundir import RunDir, write_json
+from clipmem.scoring.config import RunConfig
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.experiment_report import GRIDS, REMOVAL_METHODS
+from clipmem.scoring.processes import stop_processes
+from clipmem.scoring.rundir import RunDir, write_json
 
 CAPTIONS = (1, 2, 3, 5)
 TEXT_NOISE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -119,7 +119,7 @@ def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], r
 
 def prepare_base(exp: Experiment) -> None:
     """Read the data and plan the split once; every run copies the plan."""
-    from scoring.pipeline import split_step
+    from clipmem.scoring.pipeline import split_step
 
     base = exp.base_run
     if base.split.is_file() and base.samples.is_file():
@@ -127,7 +127,7 @@ def prepare_base(exp: Experiment) -> None:
     base.path.mkdir(parents=True, exist_ok=True)
     cfg = exp.base
     if cfg.data.kind == "synthetic" and cfg.data.path is None:
-        from scoring.data.synthetic import write as write_synthetic
+        from clipmem.scoring.data.synthetic import write as write_synthetic
 
         write_synthetic(cfg.data.synth, base.data)
         cfg = replace(cfg, data=replace(cfg.data, path=str(base.data.resolve())))
@@ -191,7 +191,7 @@ def plan_run(exp: Experiment, setting: Setting, seed: int) -> RunDir:
 
 
 def _start_worker(run: RunDir, threads: int) -> subprocess.Popen:
-    """Train and score one planned run in a process of its own (`python -m scoring.experiment RUN_DIR`).
+    """Train and score one planned run in a process of its own (`python -m clipmem experiment-worker RUN_DIR THREADS`).
 
     A fresh interpreter rather than a multiprocessing pool: a spawned pool worker re-imports the
     parent's `__main__`, which is whatever script started clipmem (a test runner, a notebook, a
@@ -200,17 +200,17 @@ def _start_worker(run: RunDir, threads: int) -> subprocess.Popen:
     log = open(run.path / "worker.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
-        return subprocess.Popen([sys.executable, "-m", "scoring.experiment", str(run.path), str(threads)],
+        return subprocess.Popen([sys.executable, "-m", "clipmem", "experiment-worker", str(run.path), str(threads)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     finally:
         log.close()
 
 
-def _worker_main(path: str, threads: str) -> None:
+def worker_main(path: Path, threads: int) -> None:
     import torch
 
     torch.set_num_threads(int(threads))
-    from scoring.pipeline import run_all
+    from clipmem.scoring.pipeline import run_all
 
     run = RunDir(path)
     run_all(run, run.load_config(), resume=True, show_progress=False)
@@ -293,7 +293,7 @@ def report_rows(exp_path: Path) -> list[dict]:
     """One row per finished run of the experiment directory (see experiment_report.run_row)."""
     import pandas as pd
 
-    from scoring.experiment_report import run_row
+    from clipmem.scoring.experiment_report import run_row
 
     rows = []
     for run_path in sorted((Path(exp_path) / "runs").glob("*")):
@@ -309,6 +309,3 @@ def report_rows(exp_path: Path) -> list[dict]:
         rows.append(row)
     return rows
 
-
-if __name__ == "__main__":  # the worker of run_experiment
-    _worker_main(*sys.argv[1:3])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from scoring.data.base import PairDataset
-from scoring.splits import SplitPlan
+from clipmem.scoring.data.base import PairDataset
+from clipmem.scoring.images import decode_rgb
+from clipmem.scoring.splits import SplitPlan
 
 TRAIN_SETS = {
     "train_f.csv": ("shared", "candidate"),
@@ -56,10 +57,9 @@ def export_run(run, out: Path | None = None) -> dict:
     import json
     import shlex
 
-    from scoring.errors import ClipmemError
-from scoring.images import decode_rgb
-    from scoring.models import resolve_config
-    from scoring.pipeline import open_planned
+    from clipmem.scoring.errors import ClipmemError
+    from clipmem.scoring.models import resolve_config
+    from clipmem.scoring.pipeline import open_planned
 
     if not run.split.is_file():
         raise ClipmemError(f"{run.path} has no split.json: run `clipmem split` first")

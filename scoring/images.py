@@ -25,7 +25,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 BACKGROUND = (255, 255, 255)
 # 50 megapixels holds 8K frames and all but the largest camera sensors, and bounds one decode to about

@@ -19,7 +19,7 @@ import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)

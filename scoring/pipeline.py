@@ -15,25 +15,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoring import distributed
-from scoring.attribution import layer_tables, tower_scores
-from scoring.config import RunConfig
-from scoring.data import PairDataset, load_dataset
-from scoring.data.base import Problems, verify_images
-from scoring.data.inject import check_rates, inject_faults
-from scoring.data.synthetic import write as write_synthetic
-from scoring.data.tensors import TensorCorpus, build_corpus
-from scoring.errors import ClipmemError
-from scoring.evaluate import linear_probe, probe_labels, retrieval, zero_shot, zero_shot_prompts
-from scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
+from clipmem.scoring import distributed
+from clipmem.scoring.attribution import layer_tables, tower_scores
+from clipmem.scoring.config import RunConfig
+from clipmem.scoring.data import PairDataset, load_dataset
+from clipmem.scoring.data.base import Problems, verify_images
+from clipmem.scoring.data.inject import check_rates, inject_faults
+from clipmem.scoring.data.synthetic import write as write_synthetic
+from clipmem.scoring.data.tensors import TensorCorpus, build_corpus
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.evaluate import linear_probe, probe_labels, retrieval, zero_shot, zero_shot_prompts
+from clipmem.scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
                             with_vocabulary)
-from scoring.rundir import RunDir, atomic_path, write_json
-from scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
-from scoring.score import (clean_embeddings, embeddings_arrays, encode_images, prepare_model, scale_scores,
+from clipmem.scoring.rundir import RunDir, atomic_path, write_json
+from clipmem.scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
+from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, encode_images, prepare_model, scale_scores,
                            score_run, scored_rows)
-from scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
-from scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
-from scoring.train import load_model_weights, save_model, train_models
+from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
+from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
+from clipmem.scoring.train import load_model_weights, save_model, train_models
 
 
 def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scoring.metrics import detection, single_auroc
+from clipmem.scoring.metrics import detection, single_auroc
 
 # the scores whose detection quality is reported: higher means more suspicious
 SCORE_COLUMNS = ("clipmem", "clipmem_contrastive", "clipscore_g", "clipscore_f")

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 COMPLETE = "COMPLETE"
 CHECKSUM_SUFFIX = ".sha256"
@@ -121,7 +121,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def load_config(self):
-        from scoring.config import RunConfig  # lazily: config pulls in torch, the backend reads run dirs without it
+        from clipmem.scoring.config import RunConfig  # lazily: config pulls in torch, the backend reads run dirs without it
 
         if not self.config.is_file():
             raise ClipmemError(f"{self.path} has no config.json: create it with `clipmem split` or `clipmem run`")
@@ -139,7 +139,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB pieces (model files can be larger than memory allows twice)."""
+    """Hex SHA-256 of a file, read in 1 MiB pieces: a model file need not fit in memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

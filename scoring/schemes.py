@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from scoring.data.tensors import TensorCorpus
+from clipmem.scoring.data.tensors import TensorCorpus
 
 PUBLISHED_MODELS = ("f", "g")
 

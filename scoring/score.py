@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from scoring.config import ScoreConfig, TrainConfig
-from scoring.data.tensors import TensorCorpus
-from scoring.schemes import trained_on
-from scoring.transform import augment, normalize, sample_views
+from clipmem.scoring.config import ScoreConfig, TrainConfig
+from clipmem.scoring.data.tensors import TensorCorpus
+from clipmem.scoring.schemes import trained_on
+from clipmem.scoring.transform import augment, normalize, sample_views
 
 SCORED_SPLITS = ("candidate", "independent")
 

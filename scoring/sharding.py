@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 PARTS_DIR = "score_parts"
 PART_NAME = re.compile(r"^part-(\d{5,})-of-(\d{5,})\.parquet$")

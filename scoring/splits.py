@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring.errors import ClipmemError
+from clipmem.scoring.errors import ClipmemError
 
 SPLIT_NAMES = ("shared", "candidate", "independent", "extra")
 SCHEMES = ("published", "kfold")

@@ -9,7 +9,7 @@ same recipe. Draws are seeded per (epoch, step), so `--resume` continues exactly
 The k-fold scheme uses the same loop over K models: each pair has one slot, left
 empty by the model that holds its fold out (scoring.schemes.slot_table).
 
-`python -m scoring.train RUN_DIR` (alone or under torchrun) trains a run's models;
+`clipmem train RUN_DIR` (alone, or under torchrun as `torchrun ... -m clipmem train RUN_DIR`) trains a run's models;
 see scoring.distributed.
 """
 
@@ -26,13 +26,13 @@ import torch
 from open_clip import ClipLoss
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from scoring.config import TrainConfig
-from scoring.data.tensors import TensorCorpus
-from scoring.distributed import SINGLE, Dist, RaggedClipLoss, share_sizes
-from scoring.errors import ClipmemError
-from scoring.rundir import checksum_path, verify_checksum, write_checksum
-from scoring.schemes import PUBLISHED_MODELS, model_names, published_slots, slot_batch_size, slot_table
-from scoring.transform import augment, sample_views
+from clipmem.scoring.config import TrainConfig
+from clipmem.scoring.data.tensors import TensorCorpus
+from clipmem.scoring.distributed import SINGLE, Dist, RaggedClipLoss, share_sizes
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.rundir import checksum_path, verify_checksum, write_checksum
+from clipmem.scoring.schemes import PUBLISHED_MODELS, model_names, published_slots, slot_batch_size, slot_table
+from clipmem.scoring.transform import augment, sample_views
 
 MODELS = PUBLISHED_MODELS  # the published scheme's models; see scoring.schemes for the k-fold ones
 NOISE_STREAM, VIEW_STREAM = 7919, 104729  # seed offsets: text noise and fixed image views draw from streams of their own
@@ -386,10 +386,3 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ClipmemError(f"checkpoint {path} does not fit the model architecture: {first}") from None
 
-
-if __name__ == "__main__":  # python -m scoring.train RUN_DIR, e.g. under torchrun
-    import sys
-
-    from scoring.distributed import main
-
-    sys.exit(main())

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import scoring  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+from clipmem.scoring.threads import prefer_passive_openmp  # noqa: I001
+
+prefer_passive_openmp()  # first: it only takes effect before torch loads
 import torch  # noqa: I001
 from run_fixtures import TINY_SYNTH, tiny_run_config
-from scoring.data.synthetic import write
+from clipmem.scoring.data.synthetic import write
 
 torch.set_num_threads(2)
 
@@ -21,8 +23,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data):
     """A finished tiny run: (RunDir, RunConfig)."""
-    from scoring.pipeline import run_all
-    from scoring.rundir import RunDir
+    from clipmem.scoring.pipeline import run_all
+    from clipmem.scoring.rundir import RunDir
 
     run = RunDir(tmp_path_factory.mktemp("runs") / "tiny")
     cfg = tiny_run_config(tiny_data)

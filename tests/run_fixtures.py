@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scoring.config import DataConfig, RunConfig, SplitConfig, TrainConfig
-from scoring.data.synthetic import SynthConfig
-from scoring.splits import SplitSizes
+from clipmem.scoring.config import DataConfig, RunConfig, SplitConfig, TrainConfig
+from clipmem.scoring.data.synthetic import SynthConfig
+from clipmem.scoring.splits import SplitSizes
 
 TINY_SYNTH = SynthConfig(n_pairs=900, seed=3, faults={"swapped": 0.05, "vague": 0.01, "atypical": 0.02})
 TINY_SIZES = SplitSizes(shared=600, candidate=120, independent=120, extra=60)
@@ -23,8 +23,8 @@ def tiny_run_config(data_path: Path, epochs: int = 25, seed: int = 0) -> RunConf
 
 def split_tiny_run(path: Path, data_path: Path, epochs: int = 2):
     """A tiny run directory with its split planned and nothing trained: (RunDir, RunConfig)."""
-    from scoring.pipeline import split_step
-    from scoring.rundir import RunDir
+    from clipmem.scoring.pipeline import split_step
+    from clipmem.scoring.rundir import RunDir
 
     run = RunDir(path)
     cfg = tiny_run_config(data_path, epochs=epochs)

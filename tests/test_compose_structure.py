@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from scoring.cli import app
+from clipmem.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -16,15 +16,15 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from backend.api.deps import require_token
-from backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
-from backend.api.frames import RunCache
-from backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
+from clipmem.backend.api.deps import require_token
+from clipmem.backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
+from clipmem.backend.api.frames import RunCache
+from clipmem.backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
                                  histograms, images, maps, neighbours, runs, samples, tags)
-from backend.db import make_engine, migrate, session_factory
-from backend.images import PixelBudget
-from backend.settings import Settings
-from scoring import __version__
+from clipmem.backend.db import make_engine, migrate, session_factory
+from clipmem.backend.images import PixelBudget
+from clipmem.backend.settings import Settings
+from clipmem import __version__
 
 RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, comparisons, exports,
                     tags, experiments)

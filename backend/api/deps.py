@@ -11,11 +11,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.frames import EmbeddingSet, RunCache, ScoreFrame
-from backend.api.query import SAMPLE_ID_PATTERN
-from backend.ingest import RUN_NAME
-from backend.models import Run, Sample
-from backend.settings import Settings
+from clipmem.backend.api.frames import EmbeddingSet, RunCache, ScoreFrame
+from clipmem.backend.api.query import SAMPLE_ID_PATTERN
+from clipmem.backend.ingest import RUN_NAME
+from clipmem.backend.models import Run, Sample
+from clipmem.backend.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="CLIPMEM_API_TOKEN (reads) or CLIPMEM_API_WRITE_TOKEN "
                                                 "(reads and writes), when the server has them.")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Connection, select
 
-from backend.models import EmbeddingBlock, Run
-from backend.snapshots import EMBEDDING_ROWS, SCORES, read_snapshot
+from clipmem.backend.models import EmbeddingBlock, Run
+from clipmem.backend.snapshots import EMBEDDING_ROWS, SCORES, read_snapshot
 
 
 @dataclass

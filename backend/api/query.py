@@ -18,10 +18,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 from sqlalchemy import ColumnElement, exists
 
-from backend.api.errors import bad_parameter
-from backend.api.frames import ScoreFrame
-from backend.models import Run, Score, Tag
-from backend.score_columns import SCORE_COLUMNS, SCORE_NAMES
+from clipmem.backend.api.errors import bad_parameter
+from clipmem.backend.api.frames import ScoreFrame
+from clipmem.backend.models import Run, Score, Tag
+from clipmem.backend.score_columns import SCORE_COLUMNS, SCORE_NAMES
 
 TRUTH_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
 TAG_PATTERN = r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$"

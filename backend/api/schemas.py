@@ -6,8 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.api.limits import MAX_TAG_BATCH
-from backend.api.query import SampleIdText, UserTag
+from clipmem.backend.api.limits import MAX_TAG_BATCH
+from clipmem.backend.api.query import SampleIdText, UserTag
 
 
 class Health(BaseModel):
@@ -255,5 +255,5 @@ class ExperimentDetail(BaseModel):
     seeds: list[int]
     grids: list[str]
     runs: list[ExperimentRunRow] = Field(description="Every run, by parameters then seed.")
-    summary: list[ExperimentSummaryRow] = Field(description="scoring.experiment_report.summarize of the runs: one "
+    summary: list[ExperimentSummaryRow] = Field(description="clipmem.scoring.experiment_report.summarize of the runs: one "
                                                             "row per grid, method, knob value and metric.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from backend.db import include_object
-from backend.models import Base
+from clipmem.backend.db import include_object
+from clipmem.backend.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

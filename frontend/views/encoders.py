@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import streamlit as st
 
-from frontend import api, charts, ui
+from clipmem.frontend import api, charts, ui
 
 MAP_POINTS = 5000
 LISTED = 50

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from frontend import api, ui
-from frontend.state import Paging, ViewFilter
+from clipmem.frontend import api, ui
+from clipmem.frontend.state import Paging, ViewFilter
 
 COLUMNS = 6
 THUMB_PX = 160

@@ -6,8 +6,8 @@ import re
 
 import streamlit as st
 
-from frontend import api, ui
-from frontend.state import ViewFilter
+from clipmem.frontend import api, ui
+from clipmem.frontend.state import ViewFilter
 
 PREPARED = "_clipmem_export"  # the file last prepared in this session: {(kind, request): bytes}
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from frontend import api, charts, ui
-from frontend.client import BackendError
-from scoring.experiment_report import KNOB_LABELS
-from scoring.experiment_report import figures as experiment_figures
+from clipmem.frontend import api, charts, ui
+from clipmem.frontend.client import BackendError
+from clipmem.scoring.experiment_report import KNOB_LABELS
+from clipmem.scoring.experiment_report import figures as experiment_figures
 
 ROC_BINS = 200
 EXPERIMENT_PICKER = "experiment_picker"

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import streamlit as st
 
-from frontend import api, charts, ui
-from frontend.client import BackendError
-from frontend.state import ViewFilter
+from clipmem.frontend import api, charts, ui
+from clipmem.frontend.client import BackendError
+from clipmem.frontend.state import ViewFilter
 
 # the API's rule for user tags (it checks it too; this explains a refusal before asking)
 TAG_RULE = re.compile(r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$")

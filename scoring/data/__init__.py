@@ -1,5 +1,5 @@
 """Image-caption sources. Every source yields a `PairDataset`."""
 
-from scoring.data.base import PairDataset, load_dataset
+from clipmem.scoring.data.base import PairDataset, load_dataset
 
 __all__ = ["PairDataset", "load_dataset"]

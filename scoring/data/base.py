@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from scoring.errors import ClipmemError
-from scoring.images import ImageError
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import ImageError
 
 ON_ERROR = ("fail", "skip")
 
@@ -162,19 +162,19 @@ def load_dataset(kind: str, path: Path | str | None, options: SourceOptions = So
     if kind != "webdataset" and not path.exists():
         raise ClipmemError(f"--data {path} does not exist")
     if kind in ("folder", "synthetic"):
-        from scoring.data.folder import read_folder
+        from clipmem.scoring.data.folder import read_folder
 
         dataset = read_folder(path, problems, name=kind)
     elif kind == "coco":
-        from scoring.data.coco import read_coco
+        from clipmem.scoring.data.coco import read_coco
 
         dataset = read_coco(path, Path(options.coco_images) if options.coco_images else None, problems)
     elif kind == "csv":
-        from scoring.data.csvfile import read_csv
+        from clipmem.scoring.data.csvfile import read_csv
 
         dataset = read_csv(path, options, problems)
     else:
-        from scoring.data.shards import read_shards
+        from clipmem.scoring.data.shards import read_shards
 
         dataset = read_shards(str(path), options, problems)
     if not dataset.ids:

@@ -13,9 +13,9 @@ import csv
 import os
 from pathlib import Path
 
-from scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
-from scoring.errors import ClipmemError
-from scoring.images import decode_rgb
+from clipmem.scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import decode_rgb
 
 
 def read_csv(path: Path, options: SourceOptions, problems: Problems, check_files: bool = True) -> PairDataset:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scoring.data.base import PairDataset, Problems, caption_problem, clean_caption
-from scoring.errors import ClipmemError
-from scoring.images import decode_rgb
+from clipmem.scoring.data.base import PairDataset, Problems, caption_problem, clean_caption
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import decode_rgb
 
 MANIFEST_NAME = "metadata.jsonl"
 

@@ -16,10 +16,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from scoring.data.base import PairDataset
-from scoring.data.synthetic import VAGUE_CAPTIONS
-from scoring.errors import ClipmemError
-from scoring.splits import SplitPlan
+from clipmem.scoring.data.base import PairDataset
+from clipmem.scoring.data.synthetic import VAGUE_CAPTIONS
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.splits import SplitPlan
 
 INJECTABLE = ("swapped", "vague", "duplicate")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
-from scoring.errors import ClipmemError
-from scoring.images import decode_rgb
+from clipmem.scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import decode_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 

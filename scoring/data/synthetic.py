@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scoring.data.folder import MANIFEST_NAME
-from scoring.errors import ClipmemError
+from clipmem.scoring.data.folder import MANIFEST_NAME
+from clipmem.scoring.errors import ClipmemError
 
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
 COLOURS = {

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from scoring.data.base import PairDataset
-from scoring.errors import ClipmemError
-from scoring.models import Vocabulary, apply_vocabulary, build_vocabulary, missing_ids, tokenize
-from scoring.splits import SPLIT_NAMES, SplitPlan
+from clipmem.scoring.data.base import PairDataset
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.models import Vocabulary, apply_vocabulary, build_vocabulary, missing_ids, tokenize
+from clipmem.scoring.splits import SPLIT_NAMES, SplitPlan
 
 
 @dataclass

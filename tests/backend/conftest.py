@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from backend.db import make_engine, migrate
-from backend.ingest import ingest
-from backend.synthetic_run import write_synthetic_run
+from clipmem.backend.db import make_engine, migrate
+from clipmem.backend.ingest import ingest
+from clipmem.backend.synthetic_run import write_synthetic_run
 
 PG_ENV = "CLIPMEM_TEST_DATABASE_URL"
 # sizes of the standard fake runs: (candidate, independent, shared, extra)
@@ -86,8 +86,8 @@ def db(database_url, fake_runs) -> Database:
 def client(db):
     from fastapi.testclient import TestClient
 
-    from backend.api.app import create_app
-    from backend.settings import Settings
+    from clipmem.backend.api.app import create_app
+    from clipmem.backend.settings import Settings
 
     with TestClient(create_app(Settings(database_url=db.url, api_token=None))) as test_client:
         yield test_client

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from backend.score_columns import DETECTOR_SCORES
+from clipmem.backend.score_columns import DETECTOR_SCORES
 
 
 def files(run_dir):
@@ -72,9 +72,9 @@ def test_pages_follow_sort_order(client, fake_runs, sort, order):
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
 def test_ties_are_paged_by_pair_index(db, client, tmp_path, order):
-    from backend.ingest import ingest
-    from backend.synthetic_run import write_synthetic_run
-    from scoring.rundir import RunDir
+    from clipmem.backend.ingest import ingest
+    from clipmem.backend.synthetic_run import write_synthetic_run
+    from clipmem.scoring.rundir import RunDir
 
     run = write_synthetic_run(tmp_path / f"tied-{order}", 30, 30, 10, 5, seed=21)
     scores = pd.read_parquet(run / "scores.parquet")
@@ -343,7 +343,7 @@ def test_stored_shard_image(client):
 
 
 def test_health(client):
-    from backend.db import head_revision
+    from clipmem.backend.db import head_revision
 
     # the database is migrated to the newest revision
     assert client.get("/health").json() == {"status": "ok", "schema_revision": head_revision()}

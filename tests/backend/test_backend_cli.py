@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from backend.models import Run
-from backend.store import delete_run
-from backend.synthetic_run import write_synthetic_run
-from scoring.cli import app
+from clipmem.backend.models import Run
+from clipmem.backend.store import delete_run
+from clipmem.backend.synthetic_run import write_synthetic_run
+from clipmem.cli import app
 
 runner = CliRunner()
 
@@ -66,7 +66,7 @@ def test_serve_defaults_to_localhost_8000(tmp_path, monkeypatch):
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 0, result.output
     (target,), options = calls[0]
-    assert target == "backend.api.app:create_app" and options == {"factory": True, "host": "127.0.0.1",
+    assert target == "clipmem.backend.api.app:create_app" and options == {"factory": True, "host": "127.0.0.1",
                                                                    "port": 8000}
 
 
@@ -84,7 +84,7 @@ def free_port() -> int:
 def test_real_server_answers(tmp_path):
     run = write_synthetic_run(tmp_path / "served", 10, 10, 5, 2, seed=63)
     env = {**os.environ, "CLIPMEM_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}", "CLIPMEM_API_TOKEN": "t0k"}
-    clipmem = [sys.executable, "-c", "from scoring.cli import app; app()"]
+    clipmem = [sys.executable, "-m", "clipmem"]
     subprocess.run([*clipmem, "ingest", str(run)], env=env, check=True, capture_output=True)
     port = free_port()
     server = subprocess.Popen([*clipmem, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
@@ -106,8 +106,8 @@ def test_real_server_answers(tmp_path):
 
 
 def test_backend_never_imports_torch():
-    code = ("import sys; from scoring.cli import app; import backend.api.app, backend.ingest; "
-            "from backend.api.app import create_app; from backend.settings import Settings; "
+    code = ("import sys; from clipmem.cli import app; import clipmem.backend.api.app, clipmem.backend.ingest; "
+            "from clipmem.backend.api.app import create_app; from clipmem.backend.settings import Settings; "
             "create_app(Settings(database_url='sqlite://')); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"

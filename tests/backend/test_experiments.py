@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from backend.ingest import ingest
-from backend.models import Run
-from backend.store import delete_run
-from backend.synthetic_run import write_synthetic_run
-from scoring.cli import app
-from scoring.errors import ClipmemError
-from scoring.experiment_report import run_row, summarize
-from scoring.rundir import RunDir
+from clipmem.backend.ingest import ingest
+from clipmem.backend.models import Run
+from clipmem.backend.store import delete_run
+from clipmem.backend.synthetic_run import write_synthetic_run
+from clipmem.cli import app
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.experiment_report import run_row, summarize
+from clipmem.scoring.rundir import RunDir
 
 EXPERIMENT = "mitig"
 OTHER = "other-exp"

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from schemathesis.config import HttpBearerAuthConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from backend.api.app import create_app
-from backend.api.query import SAMPLE_ID_PATTERN, TAG_PATTERN
-from backend.ingest import RUN_NAME, ingest
-from backend.rundir import EXPERIMENT_NAME
-from backend.settings import Settings
-from backend.synthetic_run import write_synthetic_run
+from clipmem.backend.api.app import create_app
+from clipmem.backend.api.query import SAMPLE_ID_PATTERN, TAG_PATTERN
+from clipmem.backend.ingest import RUN_NAME, ingest
+from clipmem.backend.rundir import EXPERIMENT_NAME
+from clipmem.backend.settings import Settings
+from clipmem.backend.synthetic_run import write_synthetic_run
 
 RUNS = ("fuzz-a", "fuzz-b")
 TOKEN = "fuzz-token"  # with a token the schema's bearer security is real, and requests without it must get 401
@@ -78,8 +78,8 @@ def fuzzed_database(db, tmp_path_factory):
     """Runs of the fuzz's own (the fuzz adds tags and may change them), removed afterwards."""
     from sqlalchemy import select
 
-    from backend.models import Run
-    from backend.store import delete_run
+    from clipmem.backend.models import Run
+    from clipmem.backend.store import delete_run
 
     root = tmp_path_factory.mktemp("fuzz")
     # both runs belong to one experiment (two points of its text-noise grid), so /experiments has data

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import DecodeBusy, PixelBudget, thumbnail
-from backend.ingest import ingest
-from backend.synthetic_run import write_synthetic_run
-from scoring.data import load_dataset
-from scoring.errors import ClipmemError
-from scoring.images import ImageError, decode_rgb
+from clipmem.backend.images import DecodeBusy, PixelBudget, thumbnail
+from clipmem.backend.ingest import ingest
+from clipmem.backend.synthetic_run import write_synthetic_run
+from clipmem.scoring.data import load_dataset
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.images import ImageError, decode_rgb
 
 # a half-transparent red pixel over white: red stays 255, green and blue get white's share, 255 - 128
 HALF_RED = (255, 0, 0, 128)
@@ -148,8 +148,8 @@ def test_bad_images_answer_404_without_server_paths(client, served_run, content,
 def test_server_pixel_limit_is_a_setting(db, served_run, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from backend.api.app import create_app
-    from backend.settings import Settings
+    from clipmem.backend.api.app import create_app
+    from clipmem.backend.settings import Settings
 
     monkeypatch.setenv("CLIPMEM_MAX_IMAGE_PIXELS", str(24 * 24 - 1))  # the synthetic images are 24 x 24
     with TestClient(create_app(Settings(database_url=db.url, api_token=None))) as small:

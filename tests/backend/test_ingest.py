@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select, text
 
-import backend.ingest
-from backend.db import head_revision, schema_revision
-from backend.ingest import ingest
-from backend.models import Base, Run
-from backend.store import delete_run
-from backend.synthetic_run import write_synthetic_run
-from scoring.errors import ClipmemError
+import clipmem.backend.ingest
+from clipmem.backend.db import head_revision, schema_revision
+from clipmem.backend.ingest import ingest
+from clipmem.backend.models import Base, Run
+from clipmem.backend.store import delete_run
+from clipmem.backend.synthetic_run import write_synthetic_run
+from clipmem.scoring.errors import ClipmemError
 
 
 def table_counts(engine: Engine, run_id: int) -> dict[str, int]:
@@ -44,7 +44,7 @@ def test_migrations_match_models(db):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from backend.db import include_object
+    from clipmem.backend.db import include_object
 
     assert schema_revision(db.engine) == head_revision()
     with db.engine.connect() as conn:
@@ -85,7 +85,7 @@ def test_failure_while_writing_rolls_back(db, tmp_path, monkeypatch):
         raise RuntimeError("disk full (simulated)")
 
     # samples and scores are written by then; embeddings fail
-    monkeypatch.setattr(backend.ingest, "_insert_embeddings", fail)
+    monkeypatch.setattr(clipmem.backend.ingest, "_insert_embeddings", fail)
     with pytest.raises(RuntimeError, match="simulated"):
         ingest(db.engine, run)
     assert all_rows(db) == before
@@ -122,7 +122,7 @@ def test_replace_keeps_tags_or_refuses_to_drop_them(db, client, tmp_path, monkey
     run still has move to it; losing the others needs --drop-tags; the CLI says what happened."""
     from typer.testing import CliRunner
 
-    from scoring.cli import app
+    from clipmem.cli import app
 
     # pair ids follow the split order: 20 shared, 20 candidate, 20 independent, 5 extra
     run = write_synthetic_run(tmp_path / "retag", 20, 20, 20, 5, seed=19)
@@ -193,7 +193,7 @@ def legacy_marker(run) -> None:
 def test_run_without_checksums_ingests_with_a_warning(db, fake_runs, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from scoring.cli import app
+    from clipmem.cli import app
 
     run = tmp_path / "legacy"
     shutil.copytree(fake_runs["alpha"], run)
@@ -235,7 +235,7 @@ def test_delete_removes_everything(db, client, tmp_path):
 def test_snapshots_span_many_blocks(db, monkeypatch):
     import pyarrow as pa
 
-    import backend.snapshots as snapshots
+    import clipmem.backend.snapshots as snapshots
 
     monkeypatch.setattr(snapshots, "BLOCK_BYTES", 1000)
     table = pa.table({"pair_index": list(range(5000)), "text": [f"caption {i}" for i in range(5000)]})
@@ -255,7 +255,7 @@ def test_umap_maps_when_asked(db, client, tmp_path, monkeypatch):
 
     import numpy as np
 
-    import backend.maps
+    import clipmem.backend.maps
 
     class FakeUMAP:
         def __init__(self, n_components, random_state, metric):
@@ -269,7 +269,7 @@ def test_umap_maps_when_asked(db, client, tmp_path, monkeypatch):
             return x[:, :2] * 10
 
     monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
-    monkeypatch.setattr(backend.maps, "UMAP_FIT_ROWS", 30)
+    monkeypatch.setattr(clipmem.backend.maps, "UMAP_FIT_ROWS", 30)
     run = write_synthetic_run(tmp_path / "mapped", 20, 20, 10, 5, seed=17)
     ingest(db.engine, run, map_method="umap")
     try:
@@ -311,7 +311,7 @@ def reflected_predicates(engine: Engine) -> dict[str, str | None]:
 
 
 def model_predicates(dialect: str) -> dict[str, str | None]:
-    from backend.models import Score
+    from clipmem.backend.models import Score
 
     out = {}
     for index in Score.__table__.indexes:
@@ -330,7 +330,7 @@ def partition_predicates(engine: Engine) -> list[tuple[str, str]]:
 
 
 def check_partial_indexes(engine: Engine) -> None:
-    from backend.score_columns import SCORE_COLUMNS
+    from clipmem.backend.score_columns import SCORE_COLUMNS
 
     predicates = reflected_predicates(engine)
     assert predicates == model_predicates(engine.dialect.name)
@@ -368,13 +368,13 @@ def _plan(conn, statement) -> str:
 def test_export_sorted_by_an_optional_score_uses_its_partial_index(db, filtered):
     """The export's ORDER BY an optional score can walk the partial index: the query says `IS NOT NULL`
     (sort_conditions), or a range on the column implies it."""
-    from backend.api.query import SampleFilter, sql_conditions
-    from backend.api.routers.exports import page_order, sort_conditions
+    from clipmem.backend.api.query import SampleFilter, sql_conditions
+    from clipmem.backend.api.routers.exports import page_order, sort_conditions
 
     with db.engine.connect() as conn:
         run = conn.execute(select(Run).where(Run.name == "mem")).first()
         query = SampleFilter(**({"mem_text_min": 0.1} if filtered else {}))
-        from backend.models import Score
+        from clipmem.backend.models import Score
         statement = (select(Score.pair_index).where(*sql_conditions(run, query), *sort_conditions("mem_text"))
                      .order_by(*page_order("mem_text", "desc")).limit(20))
         plan = _plan(conn, statement)
@@ -390,7 +390,7 @@ def fresh_engine(database_url, tmp_path):
 
     from tests.backend.conftest import PG_ENV, _postgres_schema_url
 
-    from backend.db import make_engine
+    from clipmem.backend.db import make_engine
 
     if database_url.startswith("sqlite"):
         engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
@@ -412,7 +412,7 @@ def test_migrations_down_and_up_with_runs_ingested(fresh_engine, tmp_path):
     place: recreating `runs` would delete every run's rows by cascade)."""
     from alembic import command
 
-    from backend.db import _alembic_config, migrate
+    from clipmem.backend.db import _alembic_config, migrate
 
     migrate(fresh_engine)
     ingest(fresh_engine, write_synthetic_run(tmp_path / "plain", 10, 10, 10, 3, seed=61))
@@ -437,7 +437,7 @@ def test_sqlite_bulk_ingest_journal_and_a_running_server(tmp_path):
     itself, stays in WAL when a server has it open, and serving turns WAL back on either way."""
     import sqlite3
 
-    from backend.db import make_engine, migrate
+    from clipmem.backend.db import make_engine, migrate
 
     url = f"sqlite:///{tmp_path / 'j.db'}"
     served = make_engine(url)

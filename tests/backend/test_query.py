@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.frames import ScoreFrame
-from backend.api.query import SampleFilter, frame_mask, frame_page, sql_conditions
-from backend.ingest import ingest
-from backend.models import Run, Score, Tag
-from backend.synthetic_run import write_synthetic_run
+from clipmem.backend.api.frames import ScoreFrame
+from clipmem.backend.api.query import SampleFilter, frame_mask, frame_page, sql_conditions
+from clipmem.backend.ingest import ingest
+from clipmem.backend.models import Run, Score, Tag
+from clipmem.backend.synthetic_run import write_synthetic_run
 
 SCORES = ["clipmem", "clipscore_g", "align_f", "mem_text"]
 bounds = st.one_of(st.none(), st.floats(-0.2, 1.2, allow_nan=False))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from backend.ingest import ingest
-from scoring.report import summarize
+from clipmem.backend.ingest import ingest
+from clipmem.scoring.report import summarize
 
 
 def test_real_run_end_to_end(db, client, tiny_run):

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.rundir import read_run
-from backend.synthetic_run import write_synthetic_run
-from scoring.errors import ClipmemError
-from scoring.rundir import RunDir
+from clipmem.backend.rundir import read_run
+from clipmem.backend.synthetic_run import write_synthetic_run
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

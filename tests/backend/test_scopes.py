@@ -9,12 +9,12 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from backend.api.app import create_app
-from backend.api.deps import require_write
-from backend.ingest import ingest
-from backend.settings import Settings
-from backend.synthetic_run import write_synthetic_run
-from scoring.cli import app
+from clipmem.backend.api.app import create_app
+from clipmem.backend.api.deps import require_write
+from clipmem.backend.ingest import ingest
+from clipmem.backend.settings import Settings
+from clipmem.backend.synthetic_run import write_synthetic_run
+from clipmem.cli import app
 
 READ, WRITE = "read-token-1", "write-token-2"
 SAMPLE = "pair-0000200"  # a scored pair of the fake runs (tests/backend/conftest.py)

@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import update
 
-from backend.api.app import create_app
-from backend.ingest import ingest
-from backend.models import Sample
-from backend.settings import Settings
-from backend.synthetic_run import write_synthetic_run
+from clipmem.backend.api.app import create_app
+from clipmem.backend.ingest import ingest
+from clipmem.backend.models import Sample
+from clipmem.backend.settings import Settings
+from clipmem.backend.synthetic_run import write_synthetic_run
 
 
 @pytest.fixture(scope="module")

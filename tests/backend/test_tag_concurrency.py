@@ -35,7 +35,7 @@ def server(db):
     port = _free_port()
     env = {**os.environ, "CLIPMEM_DATABASE_URL": db.url}
     env.pop("CLIPMEM_API_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "-c", "from scoring.cli import app; app()", "serve", "--port",
+    process = subprocess.Popen([sys.executable, "-m", "clipmem", "serve", "--port",
                                 str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -14,7 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from backend.synthetic_run import write_synthetic_run
+from clipmem.backend.synthetic_run import write_synthetic_run
 from tests.frontend.stack import backend, ingest
 
 APP = Path(__file__).resolve().parents[2] / "frontend" / "app.py"
@@ -30,9 +30,9 @@ def stack_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def database_url(stack_dir, tiny_run) -> str:
-    from backend.synthetic_run import write_synthetic_run
+    from clipmem.backend.synthetic_run import write_synthetic_run
 
-    url = f"sqlite:///{stack_dir / 'frontend.db'}"
+    url = f"sqlite:///{stack_dir / 'clipmem.frontend.db'}"
     run, _ = tiny_run
     ingest(run.path, url, TINY, stack_dir / "ingest.log")
     for name, seed in ((PLAIN, 5), (PLAIN_B, 6)):
@@ -68,9 +68,9 @@ class LockedBackend:
 
     def add_run(self, name: str, seed: int) -> str:
         """Ingest a small made-up run under `name` (while the backend serves the same database)."""
-        from backend.db import make_engine
-        from backend.ingest import ingest as ingest_run
-        from backend.synthetic_run import write_synthetic_run
+        from clipmem.backend.db import make_engine
+        from clipmem.backend.ingest import ingest as ingest_run
+        from clipmem.backend.synthetic_run import write_synthetic_run
 
         engine = make_engine(self.database_url)
         try:

@@ -20,7 +20,7 @@ from typing import Iterator
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIPMEM = [sys.executable, "-c", "from scoring.cli import app; app()"]
+CLIPMEM = [sys.executable, "-m", "clipmem"]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -72,7 +72,7 @@ def backend(database_url: str, workdir: Path, token: str | None = None,
             write_token: str | None = None) -> Iterator[str]:
     """`clipmem serve` on a free port, with the read and write tokens given (none by default); yields its URL."""
     port = free_port()
-    log = workdir / "backend.log"
+    log = workdir / "clipmem.backend.log"
     env = {**os.environ, "CLIPMEM_DATABASE_URL": database_url, "CLIPMEM_API_TOKEN": token or "",
            "CLIPMEM_API_WRITE_TOKEN": write_token or ""}
     with open(log, "ab") as out:

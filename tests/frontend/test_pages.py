@@ -455,9 +455,9 @@ OTHER_EXPERIMENT = "noise"
 def experiment_backend(tmp_path_factory):
     """A backend of its own holding three runs of one experiment (baseline on two seeds, 2 captions per image),
     two of another (text noise) and a run outside both; yields its URL."""
-    from backend.db import make_engine, migrate
-    from backend.ingest import ingest
-    from backend.synthetic_run import write_synthetic_run
+    from clipmem.backend.db import make_engine, migrate
+    from clipmem.backend.ingest import ingest
+    from clipmem.backend.synthetic_run import write_synthetic_run
     from tests.frontend.stack import backend
 
     root = tmp_path_factory.mktemp("experiment_stack")
@@ -490,7 +490,7 @@ def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch)
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from scoring.experiment_report import figures
+    from clipmem.scoring.experiment_report import figures
     from tests.frontend.conftest import APP
 
     monkeypatch.setenv("CLIPMEM_API_URL", experiment_backend)

@@ -6,9 +6,9 @@ import httpx
 import numpy as np
 import pytest
 
-from frontend import charts
-from frontend.client import ApiClient, BackendError, NotFound, Unauthorized
-from frontend.state import Paging, ViewFilter
+from clipmem.frontend import charts
+from clipmem.frontend.client import ApiClient, BackendError, NotFound, Unauthorized
+from clipmem.frontend.state import Paging, ViewFilter
 
 
 def test_a_filter_round_trips_through_the_url_and_omits_defaults():

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from scoring.attribution import attribute, capture_blocks, image_blocks, orthogonal_map, text_blocks
-from scoring.config import ScoreConfig
-from scoring.models import Vocabulary, create_model, resolve_config
-from scoring.pipeline import load_corpus
-from scoring.score import score_run
-from scoring.train import load_model_weights
+from clipmem.scoring.attribution import attribute, capture_blocks, image_blocks, orthogonal_map, text_blocks
+from clipmem.scoring.config import ScoreConfig
+from clipmem.scoring.models import Vocabulary, create_model, resolve_config
+from clipmem.scoring.pipeline import load_corpus
+from clipmem.scoring.score import score_run
+from clipmem.scoring.train import load_model_weights
 
 RESNET_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
               "text_cfg": {"context_length": 20, "vocab_size": 64, "width": 32, "heads": 2, "layers": 2}}

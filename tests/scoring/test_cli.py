@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from scoring.cli import app
+from clipmem.cli import app
 
 runner = CliRunner()
 TINY = ["--model", "clipmem-tiny", "--epochs", "2", "--batch-size", "128", "--sizes", "600,120,120,60"]

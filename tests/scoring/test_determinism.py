@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 
 from run_fixtures import tiny_run_config
-from scoring.pipeline import run_all
-from scoring.rundir import RunDir
+from clipmem.scoring.pipeline import run_all
+from clipmem.scoring.rundir import RunDir
 
 
 def test_two_runs_with_one_seed_agree(tmp_path, tiny_data):

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from run_fixtures import tiny_run_config
-from scoring.distributed import share_bounds, share_sizes, weights_digest
-from scoring.models import create_model
-from scoring.pipeline import split_step, train_step
-from scoring.rundir import RunDir
+from clipmem.scoring.distributed import share_bounds, share_sizes, weights_digest
+from clipmem.scoring.models import create_model
+from clipmem.scoring.pipeline import split_step, train_step
+from clipmem.scoring.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_two_processes_agree_and_track_one(tmp_path, tiny_data, scheme, models):
     run = RunDir(tmp_path / "ddp")
     shutil.copytree(single.path, run.path, ignore=shutil.ignore_patterns("*.pt", "checkpoints", "train_*"))
 
-    proc = torchrun("-m", "scoring.train", run.path, "--no-progress")
+    proc = torchrun("-m", "clipmem", "train", run.path, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     summary = json.loads((run.path / "train_summary.json").read_text())
@@ -102,10 +102,10 @@ def test_clipmem_train_under_torchrun_resumes(tmp_path, tiny_data):
     run, cfg = _split(tmp_path, tiny_data, "run")
     cfg.train = replace(cfg.train, epochs=1)
     run.save_config(cfg)
-    assert torchrun("-m", "scoring.cli", "train", run.path).returncode == 0
+    assert torchrun("-m", "clipmem", "train", run.path).returncode == 0
     cfg.train = replace(cfg.train, epochs=2)
     run.save_config(cfg)
-    proc = torchrun("-m", "scoring.cli", "train", run.path, "--resume")
+    proc = torchrun("-m", "clipmem", "train", run.path, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained f and g") == 1  # rank 0 reports
     log = [json.loads(line) for line in run.train_log.read_text().splitlines()]

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from scoring.evaluate import retrieval
+from clipmem.scoring.evaluate import retrieval
 
 
 def test_retrieval_counts_hits_by_caption_text():

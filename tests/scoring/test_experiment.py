@@ -11,10 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from run_fixtures import TINY_SIZES, tiny_run_config
-from scoring.cli import app, read_id_list
-from scoring.errors import ClipmemError
-from scoring.experiment import Setting, grid_settings, open_experiment, report_rows, run_experiment
-from scoring.experiment_report import figures, run_row, summarize, write_report
+from clipmem.cli import app
+from clipmem.scoring.cli import read_id_list
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.experiment import Setting, grid_settings, open_experiment, report_rows, run_experiment
+from clipmem.scoring.experiment_report import figures, run_row, summarize, write_report
 
 runner = CliRunner()
 
@@ -172,13 +173,13 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_
     GET /experiments/{name} gives the same summary as the report."""
     from fastapi.testclient import TestClient
 
-    from backend.api.app import create_app
-    from backend.settings import Settings
+    from clipmem.backend.api.app import create_app
+    from clipmem.backend.settings import Settings
 
     exp, runs, _ = experiment_dir
     monkeypatch.setenv("CLIPMEM_DATABASE_URL", f"sqlite:///{tmp_path / 'exp.db'}")
     monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
-    from backend.cli import experiment_ingester
+    from clipmem.backend.cli import experiment_ingester
 
     with experiment_ingester() as ingester:  # what `clipmem experiment --ingest` hands run_experiment
         run_experiment(exp, on_finished=ingester)
@@ -205,7 +206,7 @@ def test_a_failing_run_stops_the_experiment_with_its_log(tmp_path, tiny_data):
     shutil.copytree(tiny_data, data)
     base.data = replace(base.data, path=str(data))
     exp = open_experiment(tmp_path / "e", "broken", ["captions"], [0], [5], base)
-    from scoring.experiment import prepare_base
+    from clipmem.scoring.experiment import prepare_base
 
     prepare_base(exp)
     next(data.glob("**/*.png")).write_bytes(b"not an image")  # the runs find it corrupt when they decode it

@@ -5,10 +5,10 @@ import json
 
 import pandas as pd
 
-from scoring.config import DataConfig, RunConfig, SplitConfig
-from scoring.pipeline import open_planned, split_step
-from scoring.rundir import RunDir
-from scoring.splits import SplitSizes
+from clipmem.scoring.config import DataConfig, RunConfig, SplitConfig
+from clipmem.scoring.pipeline import open_planned, split_step
+from clipmem.scoring.rundir import RunDir
+from clipmem.scoring.splits import SplitSizes
 from source_fixtures import png_bytes
 
 

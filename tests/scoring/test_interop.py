@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from scoring.cli import app
+from clipmem.cli import app
 from source_fixtures import make_csv, make_shards
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from scoring.cli import app
-from scoring.errors import ClipmemError
-from scoring.splits import SplitPlan, SplitSizes, plan_kfold, plan_splits
+from clipmem.cli import app
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_kfold, plan_splits
 
 runner = CliRunner()
 K = 3
@@ -74,11 +74,11 @@ def kfold_run(tmp_path_factory, tiny_data):
 
 
 def _corpus_and_models(out):
-    from scoring.models import Vocabulary, create_model
-    from scoring.pipeline import load_corpus
-    from scoring.rundir import RunDir
-    from scoring.schemes import model_names
-    from scoring.train import load_model_weights
+    from clipmem.scoring.models import Vocabulary, create_model
+    from clipmem.scoring.pipeline import load_corpus
+    from clipmem.scoring.rundir import RunDir
+    from clipmem.scoring.schemes import model_names
+    from clipmem.scoring.train import load_model_weights
 
     run = RunDir(out)
     cfg = run.load_config()
@@ -91,7 +91,7 @@ def _corpus_and_models(out):
 
 
 def test_slots_couple_the_fold_models(kfold_run):
-    from scoring.schemes import slot_batch_size, slot_table, trained_on
+    from clipmem.scoring.schemes import slot_batch_size, slot_table, trained_on
 
     _, corpus, _ = _corpus_and_models(kfold_run)
     table = slot_table(corpus)
@@ -106,8 +106,8 @@ def test_slots_couple_the_fold_models(kfold_run):
 
 
 def test_every_pair_scored_against_the_models_that_held_it_out(kfold_run):
-    from scoring.schemes import model_names
-    from scoring.score import encode_captions, scored_rows, view_alignments, view_draws, reference_set
+    from clipmem.scoring.schemes import model_names
+    from clipmem.scoring.score import encode_captions, scored_rows, view_alignments, view_draws, reference_set
 
     out = kfold_run
     scores = pd.read_parquet(out / "scores.parquet")
@@ -157,8 +157,8 @@ def test_outputs_follow_the_run_contract(kfold_run):
 def test_kfold_run_ingests(kfold_run, tmp_path):
     from sqlalchemy import text
 
-    from backend.db import make_engine, migrate
-    from backend.ingest import ingest
+    from clipmem.backend.db import make_engine, migrate
+    from clipmem.backend.ingest import ingest
 
     engine = make_engine(f"sqlite:///{tmp_path / 'clipmem.db'}", bulk_write=True)
     migrate(engine)
@@ -182,7 +182,7 @@ def test_export_writes_one_training_set_per_fold(kfold_run):
 
 
 def test_compare_schemes(kfold_run, tiny_run):
-    from scoring.report import compare_runs
+    from clipmem.scoring.report import compare_runs
 
     run, _ = tiny_run
     result = invoke("compare-schemes", run.path, kfold_run, "--json")

@@ -1,4 +1,4 @@
-"""scoring.metrics against hand-computed cases and against scikit-learn, a second implementation."""
+"""clipmem.scoring.metrics against hand-computed cases and against scikit-learn, a second implementation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from scoring.metrics import Ranking, auroc, average_precision, detection, precision_at_k, single_auroc
+from clipmem.scoring.metrics import Ranking, auroc, average_precision, detection, precision_at_k, single_auroc
 
 
 def test_hand_computed_case():

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from run_fixtures import split_tiny_run
-from scoring.errors import ClipmemError
-from scoring.evaluate import linear_probe, probe_labels
-from scoring.models import create_model
-from scoring.pipeline import load_corpus
-from scoring.train import MODELS, train_pair
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.evaluate import linear_probe, probe_labels
+from clipmem.scoring.models import create_model
+from clipmem.scoring.pipeline import load_corpus
+from clipmem.scoring.train import MODELS, train_pair
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_fixed_image_views_repeat_while_default_augmentation_does_not(planned, t
 
 
 def test_image_views_without_augmentation_is_refused(planned, tmp_path):
-    from scoring.transform import AugmentConfig
+    from clipmem.scoring.transform import AugmentConfig
 
     with pytest.raises(ClipmemError, match="augmentation"):
         train(planned, tmp_path, image_views=2, augment=AugmentConfig(enabled=False))

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from scoring.errors import ClipmemError
-from scoring.models import (Vocabulary, apply_vocabulary, build_vocabulary, create_model, resolve_config, tokenize,
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.models import (Vocabulary, apply_vocabulary, build_vocabulary, create_model, resolve_config, tokenize,
                             with_vocabulary)
 
 

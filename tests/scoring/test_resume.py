@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import scoring.pipeline as pipeline
-from scoring.cli import app
-from scoring.errors import ClipmemError
+import clipmem.scoring.pipeline as pipeline
+from clipmem.cli import app
+from clipmem.scoring.errors import ClipmemError
 
 REAL_RUN_ALL = pipeline.run_all
 TINY = ["--model", "clipmem-tiny", "--epochs", "3", "--batch-size", "128"]

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from scoring.config import ScoreConfig, TrainConfig
-from scoring.pipeline import load_corpus
-from scoring.score import minmax, score_run
+from clipmem.scoring.config import ScoreConfig, TrainConfig
+from clipmem.scoring.pipeline import load_corpus
+from clipmem.scoring.score import minmax, score_run
 
 CONTRACT = ["sample_id", "split", "truth", "caption", "clipmem", "clipmem_raw", "clipmem_contrastive",
             "align_f", "align_g", "clipscore_f", "clipscore_g"]
@@ -37,11 +37,11 @@ def test_swapped_pairs_rank_above_clean(tiny_run):
 
 def test_same_model_gives_zero_memorization(tiny_run):
     run, cfg = tiny_run
-    from scoring.models import create_model
-    from scoring.train import load_model_weights
-    from scoring.rundir import RunDir
+    from clipmem.scoring.models import create_model
+    from clipmem.scoring.train import load_model_weights
+    from clipmem.scoring.rundir import RunDir
     import json
-    from scoring.models import Vocabulary
+    from clipmem.scoring.models import Vocabulary
 
     vocab = Vocabulary.from_json(json.loads(run.vocab.read_text()))
     corpus, _, model_cfg = load_corpus(run, cfg, vocab)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from run_fixtures import split_tiny_run
-from scoring.errors import ClipmemError
-from scoring.pipeline import train_step
-from scoring.rundir import RunDir
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.pipeline import train_step
+from clipmem.scoring.rundir import RunDir
 
 
 def state(run: RunDir, name: str) -> dict:
@@ -34,7 +34,7 @@ def test_two_concurrent_jobs_give_the_weights_of_one(together, tmp_path):
     shutil.copytree(planned.path, jobs.path)
     cfg.train.epochs = 2
     jobs.save_config(cfg)
-    procs = [subprocess.Popen([sys.executable, "-m", "scoring.cli", "train", str(jobs.path), "--only", name],
+    procs = [subprocess.Popen([sys.executable, "-m", "clipmem", "train", str(jobs.path), "--only", name],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name in ("f", "g")]
     for proc in procs:

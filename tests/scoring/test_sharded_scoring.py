@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from scoring.cli import app
-from scoring.config import ScoreConfig, TrainConfig
+from clipmem.cli import app
+from clipmem.scoring.config import ScoreConfig, TrainConfig
 
 runner = CliRunner()
 
@@ -62,10 +62,10 @@ def assert_same_outputs(reference, out, atol=1e-5):
 
 
 def test_view_draws_of_a_part_are_the_whole_draws_sliced(tiny_run):
-    from scoring.models import Vocabulary
-    from scoring.pipeline import load_corpus
-    from scoring.attribution import draw_tower_views
-    from scoring.score import scored_rows, view_draws
+    from clipmem.scoring.models import Vocabulary
+    from clipmem.scoring.pipeline import load_corpus
+    from clipmem.scoring.attribution import draw_tower_views
+    from clipmem.scoring.score import scored_rows, view_draws
 
     run, cfg = tiny_run
     corpus, vocab, _ = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
@@ -126,7 +126,7 @@ def test_torchrun_ranks_score_their_shards_and_rank_0_merges(copy_of):
     from test_distributed import torchrun
 
     reference, out = copy_of
-    proc = torchrun("-m", "scoring.cli", "score", out)
+    proc = torchrun("-m", "clipmem", "score", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (out / "score_parts").iterdir()) == ["part-00000-of-00002.parquet",
                                                                        "part-00001-of-00002.parquet"]

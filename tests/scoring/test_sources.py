@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from scoring.data import load_dataset
-from scoring.data.base import Problems, SourceOptions, verify_images
-from scoring.errors import ClipmemError
+from clipmem.scoring.data import load_dataset
+from clipmem.scoring.data.base import Problems, SourceOptions, verify_images
+from clipmem.scoring.errors import ClipmemError
 from source_fixtures import PAIRS, make_coco, make_csv, make_folder, make_shards
 
 
@@ -41,7 +41,7 @@ def test_every_source_yields_the_same_pairs(tmp_path):
 def test_csv_streams_without_opening_images(tmp_path):
     path = tmp_path / "big.tsv"
     path.write_text("filepath\ttitle\n" + "".join(f"missing/{i}.jpg\tcaption {i}\n" for i in range(2000)))
-    from scoring.data.csvfile import read_csv
+    from clipmem.scoring.data.csvfile import read_csv
 
     ds = read_csv(path, SourceOptions(), Problems("fail"), check_files=False)
     assert len(ds) == 2000 and ds.captions[5] == ["caption 5"]

@@ -1,7 +1,7 @@
 import pytest
 
-from scoring.errors import ClipmemError
-from scoring.splits import SPLIT_NAMES, SplitPlan, SplitSizes, plan_splits
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.splits import SPLIT_NAMES, SplitPlan, SplitSizes, plan_splits
 
 
 def _data(n=100, faulty=10):

@@ -4,9 +4,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from scoring.data import load_dataset
-from scoring.data.synthetic import FAULT_TAGS, SynthConfig, generate, parse_rates, write
-from scoring.errors import ClipmemError
+from clipmem.scoring.data import load_dataset
+from clipmem.scoring.data.synthetic import FAULT_TAGS, SynthConfig, generate, parse_rates, write
+from clipmem.scoring.errors import ClipmemError
 
 
 def test_same_seed_same_data_and_other_seed_differs():

@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from scoring.config import TrainConfig
-from scoring.errors import ClipmemError
-from scoring.train import latest_checkpoint, load_training_state, lr_at, slot_tables
-from scoring.pipeline import load_corpus
-from scoring.rundir import RunDir
+from clipmem.scoring.config import TrainConfig
+from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.train import latest_checkpoint, load_training_state, lr_at, slot_tables
+from clipmem.scoring.pipeline import load_corpus
+from clipmem.scoring.rundir import RunDir
 
 
 def test_schedule_warms_up_then_decays():
@@ -43,7 +43,7 @@ def test_resume_matches_uninterrupted(tmp_path, tiny_data):
     from dataclasses import replace
 
     from run_fixtures import tiny_run_config
-    from scoring.pipeline import split_step, train_step
+    from clipmem.scoring.pipeline import split_step, train_step
 
     run = RunDir(tmp_path / "run")
     run.prepare_new(False)
@@ -93,8 +93,8 @@ def test_bit_flipped_checkpoint_refused_on_resume_and_score(tmp_path, tiny_data)
     import shutil
 
     from run_fixtures import split_tiny_run
-    from scoring.pipeline import train_step
-    from scoring.train import load_model_weights
+    from clipmem.scoring.pipeline import train_step
+    from clipmem.scoring.train import load_model_weights
 
     run, cfg = split_tiny_run(tmp_path / "run", tiny_data, epochs=2)
     train_step(run, cfg, show_progress=False)
@@ -109,7 +109,7 @@ def test_bit_flipped_checkpoint_refused_on_resume_and_score(tmp_path, tiny_data)
         train_step(run, cfg, resume=True, show_progress=False)
 
     # the final models have theirs too (in sha256sum's format), checked when scoring loads them
-    from scoring.models import create_model
+    from clipmem.scoring.models import create_model
 
     shutil.copy(run.path / "f.pt.sha256", tmp_path / "f.pt.sha256")
     assert (tmp_path / "f.pt.sha256").read_text() == f"{hashlib.sha256(model_file.read_bytes()).hexdigest()}  f.pt\n"

@@ -1,6 +1,6 @@
 import torch
 
-from scoring.transform import AugmentConfig, augment, normalize, sample_views
+from clipmem.scoring.transform import AugmentConfig, augment, normalize, sample_views
 
 
 def test_views_seeded_and_disabled_is_identity():

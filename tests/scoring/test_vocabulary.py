@@ -13,10 +13,10 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from typer.testing import CliRunner
 
-from scoring.attribution import _without_word
-from scoring.cli import app
-from scoring.data.synthetic import SynthConfig, generate
-from scoring.models import pack, tokenize, word_encodings
+from clipmem.scoring.attribution import _without_word
+from clipmem.cli import app
+from clipmem.scoring.data.synthetic import SynthConfig, generate
+from clipmem.scoring.models import pack, tokenize, word_encodings
 from source_fixtures import png_bytes
 
 # texts the tokenizer cleans in ways that depend on the whole text (ftfy's mojibake repair,
@@ -131,9 +131,9 @@ def test_saved_vocabulary_lacking_tokens_is_refused_before_training(tmp_path):
 def test_single_caption_baseline_vocabulary_covers_dropped_words(tmp_path):
     """--captions-per-image 1 makes every pair single-caption: its vocabulary holds every token of the first
     captions, those past the context length included."""
-    from scoring.data import load_dataset
-    from scoring.data.tensors import build_corpus
-    from scoring.splits import SplitSizes, plan_splits
+    from clipmem.scoring.data import load_dataset
+    from clipmem.scoring.data.tensors import build_corpus
+    from clipmem.scoring.splits import SplitSizes, plan_splits
 
     dataset = load_dataset("folder", write_clip_art_folder(tmp_path / "art", n=20))
     dataset.captions[:] = [caps + ["a second caption"] for caps in dataset.captions]

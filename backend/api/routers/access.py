@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.security.utils import get_authorization_scheme_param
 
-from backend.api.deps import SettingsDep, scope_of
-from backend.api.errors import UNAUTHORIZED
-from backend.api.schemas import Access
+from clipmem.backend.api.deps import SettingsDep, scope_of
+from clipmem.backend.api.errors import UNAUTHORIZED
+from clipmem.backend.api.schemas import Access
 
 router = APIRouter(tags=["health"])
 

@@ -10,13 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, select
 from sqlalchemy.orm import aliased
 
-from backend.api.deps import SessionDep, load_run
-from backend.api.errors import NOT_FOUND
-from backend.api.limits import MAX_COMPARE_K
-from backend.api.query import ScoreName, require_scores
-from backend.api.schemas import ComparedTag, Comparison
-from backend.ingest import RUN_NAME
-from backend.models import Sample, Score
+from clipmem.backend.api.deps import SessionDep, load_run
+from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.limits import MAX_COMPARE_K
+from clipmem.backend.api.query import ScoreName, require_scores
+from clipmem.backend.api.schemas import ComparedTag, Comparison
+from clipmem.backend.ingest import RUN_NAME
+from clipmem.backend.models import Sample, Score
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
 

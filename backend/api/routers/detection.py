@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.api.deps import RunDep
-from backend.api.errors import NOT_FOUND
-from backend.api.schemas import Detection
+from clipmem.backend.api.deps import RunDep
+from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.schemas import Detection
 
 router = APIRouter(prefix="/runs/{run}/detection", tags=["detection"])
 

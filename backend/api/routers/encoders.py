@@ -6,8 +6,8 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from backend.api.deps import RunDep, SampleIdPath, SessionDep, score_frame
-from backend.api.errors import NOT_FOUND
+from clipmem.backend.api.deps import RunDep, SampleIdPath, SessionDep, score_frame
+from clipmem.backend.api.errors import NOT_FOUND
 
 router = APIRouter(prefix="/runs/{run}/encoders", tags=["encoders"])
 

@@ -14,12 +14,12 @@ from fastapi import APIRouter, HTTPException, Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import SessionDep
-from backend.api.errors import NOT_FOUND
-from backend.api.schemas import ExperimentDetail, ExperimentRunRow, ExperimentSummary, ExperimentSummaryRow
-from backend.models import Run
-from backend.rundir import EXPERIMENT_NAME
-from scoring.experiment_report import GRIDS, run_row, summarize
+from clipmem.backend.api.deps import SessionDep
+from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.schemas import ExperimentDetail, ExperimentRunRow, ExperimentSummary, ExperimentSummaryRow
+from clipmem.backend.models import Run
+from clipmem.backend.rundir import EXPERIMENT_NAME
+from clipmem.scoring.experiment_report import GRIDS, run_row, summarize
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 

@@ -14,11 +14,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 from sqlalchemy import and_, exists, select
 
-from backend.api.deps import RunDep, SessionDep
-from backend.api.errors import NOT_FOUND, ErrorMessage
-from backend.api.query import SampleFilter, SortFields, require_scores, sql_conditions
-from backend.models import Run, Sample, Score
-from backend.score_columns import SCORE_BY_NAME, TRAINING_SPLITS
+from clipmem.backend.api.deps import RunDep, SessionDep
+from clipmem.backend.api.errors import NOT_FOUND, ErrorMessage
+from clipmem.backend.api.query import SampleFilter, SortFields, require_scores, sql_conditions
+from clipmem.backend.models import Run, Sample, Score
+from clipmem.backend.score_columns import SCORE_BY_NAME, TRAINING_SPLITS
 
 router = APIRouter(prefix="/runs/{run}/exports", tags=["exports"])
 

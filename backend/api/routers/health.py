@@ -6,9 +6,9 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.api.errors import ErrorMessage
-from backend.api.schemas import Health
-from backend.db import schema_revision
+from clipmem.backend.api.errors import ErrorMessage
+from clipmem.backend.api.schemas import Health
+from clipmem.backend.db import schema_revision
 
 router = APIRouter(tags=["health"])
 

@@ -8,12 +8,12 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
-from backend.api.deps import RunDep, SessionDep, score_frame
-from backend.api.errors import NOT_FOUND, bad_parameter
-from backend.api.limits import MAX_BINS
-from backend.api.query import SampleFilter, ScoreName, frame_mask, require_scores
-from backend.api.routers.samples import tagged_pairs
-from backend.api.schemas import Histogram
+from clipmem.backend.api.deps import RunDep, SessionDep, score_frame
+from clipmem.backend.api.errors import NOT_FOUND, bad_parameter
+from clipmem.backend.api.limits import MAX_BINS
+from clipmem.backend.api.query import SampleFilter, ScoreName, frame_mask, require_scores
+from clipmem.backend.api.routers.samples import tagged_pairs
+from clipmem.backend.api.schemas import Histogram
 
 router = APIRouter(prefix="/runs/{run}/histogram", tags=["histograms"])
 

@@ -12,12 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
-from backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample
-from backend.api.errors import NOT_FOUND, ErrorMessage
-from backend.api.limits import DEFAULT_THUMBNAIL_PX, MAX_THUMBNAIL_PX, MIN_THUMBNAIL_PX
-from backend.images import DecodeBusy, ImageOutsideRoot, resolve_inside, thumbnail
-from backend.models import Thumbnail
-from scoring.images import ImageError
+from clipmem.backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample
+from clipmem.backend.api.errors import NOT_FOUND, ErrorMessage
+from clipmem.backend.api.limits import DEFAULT_THUMBNAIL_PX, MAX_THUMBNAIL_PX, MIN_THUMBNAIL_PX
+from clipmem.backend.images import DecodeBusy, ImageOutsideRoot, resolve_inside, thumbnail
+from clipmem.backend.models import Thumbnail
+from clipmem.scoring.images import ImageError
 
 router = APIRouter(prefix="/runs/{run}/images", tags=["images"])
 

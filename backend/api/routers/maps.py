@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, select
 
-from backend.api.deps import RunDep, SessionDep
-from backend.api.errors import NOT_FOUND
-from backend.api.limits import DEFAULT_MAP_POINTS, MAX_MAP_POINTS
-from backend.api.query import ScoreName, require_scores
-from backend.api.schemas import MapPoints
-from backend.models import EmbeddingPoint, Sample, Score
+from clipmem.backend.api.deps import RunDep, SessionDep
+from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.limits import DEFAULT_MAP_POINTS, MAX_MAP_POINTS
+from clipmem.backend.api.query import ScoreName, require_scores
+from clipmem.backend.api.schemas import MapPoints
+from clipmem.backend.models import EmbeddingPoint, Sample, Score
 
 router = APIRouter(prefix="/runs/{run}/maps", tags=["maps"])
 

@@ -8,11 +8,11 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import select
 
-from backend.api.deps import RunDep, SampleIdPath, SessionDep, embedding_set, load_sample
-from backend.api.errors import NOT_FOUND
-from backend.api.limits import MAX_NEIGHBOURS
-from backend.api.schemas import Neighbour, NeighbourLists, Neighbours
-from backend.models import EmbeddingPoint, Sample, Score
+from clipmem.backend.api.deps import RunDep, SampleIdPath, SessionDep, embedding_set, load_sample
+from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.limits import MAX_NEIGHBOURS
+from clipmem.backend.api.schemas import Neighbour, NeighbourLists, Neighbours
+from clipmem.backend.models import EmbeddingPoint, Sample, Score
 
 router = APIRouter(prefix="/runs/{run}/neighbours", tags=["neighbours"])
 

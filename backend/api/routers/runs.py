@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
-from backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN
-from backend.api.schemas import RunDetail, RunSummary, ScoreSummary
-from backend.models import Run
-from backend.rundir import EXPERIMENT_NAME
-from backend.store import delete_run
+from clipmem.backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
+from clipmem.backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN
+from clipmem.backend.api.schemas import RunDetail, RunSummary, ScoreSummary
+from clipmem.backend.models import Run
+from clipmem.backend.rundir import EXPERIMENT_NAME
+from clipmem.backend.store import delete_run
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

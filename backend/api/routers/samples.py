@@ -10,13 +10,13 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample, score_frame
-from backend.api.errors import NOT_FOUND
-from backend.api.limits import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
-from backend.api.query import (SampleFilter, SortFields, decode_cursor, encode_cursor, frame_mask, frame_page,
+from clipmem.backend.api.deps import RunDep, SampleIdPath, SessionDep, load_sample, score_frame
+from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.limits import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
+from clipmem.backend.api.query import (SampleFilter, SortFields, decode_cursor, encode_cursor, frame_mask, frame_page,
                                require_scores)
-from backend.api.schemas import SampleDetail, SamplePage, SampleSummary
-from backend.models import EmbeddingPoint, Run, Sample, Score, Tag
+from clipmem.backend.api.schemas import SampleDetail, SamplePage, SampleSummary
+from clipmem.backend.models import EmbeddingPoint, Run, Sample, Score, Tag
 
 router = APIRouter(prefix="/runs/{run}/samples", tags=["samples"])
 

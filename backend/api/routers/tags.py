@@ -10,12 +10,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
-from backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN, ErrorMessage
-from backend.api.limits import MAX_TAG_BATCH
-from backend.api.query import TAG_PATTERN, TAG_RULE, SampleIdText
-from backend.api.schemas import TagChange, TagCount, TagResult
-from backend.models import Run, Sample, Tag
+from clipmem.backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
+from clipmem.backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN, ErrorMessage
+from clipmem.backend.api.limits import MAX_TAG_BATCH
+from clipmem.backend.api.query import TAG_PATTERN, TAG_RULE, SampleIdText
+from clipmem.backend.api.schemas import TagChange, TagCount, TagResult
+from clipmem.backend.models import Run, Sample, Tag
 
 router = APIRouter(prefix="/runs/{run}/tags", tags=["tags"])
 
