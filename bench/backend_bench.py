@@ -20,15 +20,12 @@ This is a benchmark, not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from clipmem.backend.db import make_engine, migrate  # noqa: E402
 from clipmem.backend.ingest import ingest  # noqa: E402
 from clipmem.backend.synthetic_run import write_synthetic_run  # noqa: E402
+from bench_common import each_database, machine, write_results  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 TARGETS = {"ingest_pairs_per_s": 20_000, "page_p95_ms": 50, "histogram_p95_ms": 150, "neighbours_p95_ms": 200,
            "api_peak_rss_mb": 1536}
 SORTS = ("clipmem", "clipscore_g", "align_f", "clipmem_contrastive")
@@ -195,23 +192,6 @@ def bench_database(kind: str, url: str, run: Path, pairs: int, requests: int) ->
     return out
 
 
-def postgres_schema(base: str) -> tuple[str, callable]:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS clipmem_bench CASCADE"))
-        conn.execute(text("CREATE SCHEMA clipmem_bench"))
-
-    def drop():
-        with admin.begin() as conn:
-            conn.execute(text("DROP SCHEMA clipmem_bench CASCADE"))
-        admin.dispose()
-
-    separator = "&" if "?" in base else "?"
-    return f"{base}{separator}options=-csearch_path%3Dclipmem_bench", drop
-
-
 def markdown(results: dict) -> str:
     kinds = [k for k in ("sqlite", "postgresql") if k in results["databases"]]
 
@@ -266,34 +246,20 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     run = run_dir(args.work, args.pairs, args.dim)
     results = {"pairs": args.pairs, "dim": args.dim, "requests": args.requests, "targets": TARGETS,
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                           "load_average_start": round(os.getloadavg()[0], 2)},
-               "databases": {}}
-    if args.only in (None, "sqlite"):
-        db_file = args.work / "bench.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db_file}{suffix}").unlink(missing_ok=True)
-        results["databases"]["sqlite"] = bench_database("sqlite", f"sqlite:///{db_file}", run, args.pairs,
-                                                        args.requests)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db_file}{suffix}").unlink(missing_ok=True)
-    if args.only in (None, "postgresql"):
-        if not args.postgres:
-            print("no PostgreSQL URL (--postgres or CLIPMEM_TEST_DATABASE_URL): PostgreSQL skipped", flush=True)
-        else:
-            url, drop = postgres_schema(args.postgres)
-            try:
-                results["databases"]["postgresql"] = bench_database("postgresql", url, run, args.pairs,
-                                                                    args.requests)
-            finally:
-                drop()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table = markdown(results)
-    (RESULTS / "backend_bench.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "backend_bench.md").write_text(table)
-    print(table)
+               "machine": machine()}
+    db_file = args.work / "bench.db"
 
+    def measure(kind: str, url: str) -> dict:
+        try:
+            return bench_database(kind, url, run, args.pairs, args.requests)
+        finally:
+            for suffix in ("", "-wal", "-shm") if kind == "sqlite" else ():
+                Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+    results["databases"] = each_database(args.only, args.postgres, f"sqlite:///{db_file}", measure)
+    write_results("backend_bench", "", results, markdown(results))
 
 if __name__ == "__main__":
     main()

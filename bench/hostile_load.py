@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import sys
@@ -53,9 +52,8 @@ from clipmem.backend.db import make_engine, migrate  # noqa: E402
 from clipmem.backend.ingest import ingest  # noqa: E402
 from clipmem.backend.synthetic_run import write_synthetic_run  # noqa: E402
 from backend_bench import Server, memory_mb  # noqa: E402  (bench/ is the script's folder, first on sys.path)
-from tag_concurrency import postgres_schema  # noqa: E402
+from bench_common import each_database, machine, write_results  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 RUN = "hostile"
 SIZES = (120, 100, 150, 40)  # candidate, independent, shared, extra: 410 pairs
 N_PAIRS = sum(SIZES)
@@ -315,31 +313,14 @@ def main() -> None:
         parser.error(f"--label '{args.label}': use letters, digits, '_' and '-' only (it names the result files)")
 
     results = {"clients": args.clients, "seconds": args.seconds, "memory_cap_mb": args.memory_cap_mb,
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "load_average_start": round(os.getloadavg()[0], 2)},
-               "databases": {}}
+               "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="clipmem-hostile-") as work:
         run = write_synthetic_run(Path(work) / RUN, *SIZES, seed=6)
         plant_hostile_images(run / "data" / "images")
-        if args.only in (None, "sqlite"):
-            results["databases"]["sqlite"] = bench_database("sqlite", f"sqlite:///{Path(work) / 'hostile.db'}", run,
-                                                            args.clients, args.seconds, args.memory_cap_mb)
-        if args.only in (None, "postgresql"):
-            if not args.postgres:
-                print("no PostgreSQL URL (--postgres or CLIPMEM_TEST_DATABASE_URL): PostgreSQL skipped", flush=True)
-            else:
-                url, drop = postgres_schema(args.postgres)
-                try:
-                    results["databases"]["postgresql"] = bench_database("postgresql", url, run, args.clients,
-                                                                        args.seconds, args.memory_cap_mb)
-                finally:
-                    drop()
-    table = markdown(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = f"-{args.label}" if args.label else ""
-    (RESULTS / f"hostile_load{suffix}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"hostile_load{suffix}.md").write_text(table)
-    print(table)
+        results["databases"] = each_database(
+            args.only, args.postgres, f"sqlite:///{Path(work) / 'hostile.db'}",
+            lambda kind, url: bench_database(kind, url, run, args.clients, args.seconds, args.memory_cap_mb))
+    write_results("hostile_load", args.label, results, markdown(results))
     if any(row["failures"] for row in results["databases"].values()):
         sys.exit(1)
 

@@ -19,7 +19,6 @@ This is a benchmark, not a test: tests/backend/test_tag_concurrency.py asserts t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -27,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,8 +39,8 @@ from clipmem.backend.db import make_engine, migrate  # noqa: E402
 from clipmem.backend.ingest import ingest  # noqa: E402
 from clipmem.backend.synthetic_run import write_synthetic_run  # noqa: E402
 from backend_bench import Server  # noqa: E402  (bench/ is the script's folder, first on sys.path)
+from bench_common import each_database, machine, write_results  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 RUN = "tagbench"
 SIZES = (200, 200, 50, 10)  # candidate, independent, shared, extra: 460 pairs
 
@@ -102,23 +100,6 @@ def bench_database(kind: str, url: str, run: Path, rows: list[tuple[int, int]], 
         server.stop()
 
 
-def postgres_schema(base: str) -> tuple[str, callable]:
-    from sqlalchemy import create_engine, text
-
-    schema = f"clipmem_tagbench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-
-    def drop():
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-    separator = "&" if "?" in base else "?"
-    return f"{base}{separator}options=-csearch_path%3D{schema}", drop
-
-
 def markdown(results: dict) -> str:
     lines = ["| database | clients | 200 / requests | other statuses | p50 / p95 ms "
              "| sum of `changed` / pairs tagged |", "|---|---|---|---|---|---|"]
@@ -152,32 +133,13 @@ def main() -> None:
     if not re.fullmatch(r"[A-Za-z0-9_-]*", args.label):
         parser.error(f"--label '{args.label}': use letters, digits, '_' and '-' only (it names the result files)")
 
-    import platform
-
-    results = {"rows": args.rows, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                              "load_average_start": round(os.getloadavg()[0], 2)},
-               "databases": {}}
+    results = {"rows": args.rows, "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="clipmem-tagbench-") as work:
         run = write_synthetic_run(Path(work) / RUN, *SIZES, seed=5)
-        if args.only in (None, "sqlite"):
-            results["databases"]["sqlite"] = bench_database("sqlite", f"sqlite:///{Path(work) / 'tags.db'}", run,
-                                                            rows, args.deadline)
-        if args.only in (None, "postgresql"):
-            if not args.postgres:
-                print("no PostgreSQL URL (--postgres or CLIPMEM_TEST_DATABASE_URL): PostgreSQL skipped", flush=True)
-            else:
-                url, drop = postgres_schema(args.postgres)
-                try:
-                    results["databases"]["postgresql"] = bench_database("postgresql", url, run, rows, args.deadline)
-                finally:
-                    drop()
-    table = markdown(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = f"-{args.label}" if args.label else ""
-    (RESULTS / f"tag_concurrency{suffix}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"tag_concurrency{suffix}.md").write_text(table)
-    print(table)
-
+        results["databases"] = each_database(
+            args.only, args.postgres, f"sqlite:///{Path(work) / 'tags.db'}",
+            lambda kind, url: bench_database(kind, url, run, rows, args.deadline))
+    write_results("tag_concurrency", args.label, results, markdown(results))
 
 if __name__ == "__main__":
     main()
