@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 export CLIPMEM_DATABASE_URL ?= sqlite:///$(CURDIR)/clipmem.db
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser demo lint test bench clean
 
 $(BIN)/clipmem: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ demo: setup
 	$(BIN)/clipmem ingest $(RUN_DIR) --replace
 	$(BIN)/clipmem ui --with-backend
 
-test: setup browser
+# The import-linter contracts in pyproject.toml: layers import downward only, no cycles, no torch in the
+# backend or the dashboard (docs/architecture.md). Seconds, so `make test` runs them first.
+lint: setup
+	$(BIN)/lint-imports
+
+test: setup browser lint
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
