@@ -6,7 +6,7 @@ Three ways of scoring the same trained run, each timed end to end in fresh proce
 - 1 process:  `clipmem score RUN` (all threads of the machine);
 - 2 shards:   `clipmem score RUN --shard I --num-shards 2` for I = 0, 1 at once (each with half
               the threads), then `clipmem score RUN --merge`;
-- torchrun:   `torchrun --nproc_per_node 2 -m scoring.cli score RUN` (gloo; torchrun gives each
+- torchrun:   `torchrun --nproc_per_node 2 -m clipmem score RUN` (gloo; torchrun gives each
               rank one OpenMP thread unless OMP_NUM_THREADS is set).
 
 Two figures per mode: end to end (wall time from the first process start to the finished run)
