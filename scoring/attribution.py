@@ -225,10 +225,6 @@ def swap_check(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: Sco
     return {"mem_swap_text": (full - text_swapped).numpy(), "mem_swap_image": (full - image_swapped).numpy()}
 
 
-def block_names(model) -> dict[str, int]:
-    return {"image": len(image_blocks(model)), "text": len(text_blocks(model))}
-
-
 @torch.inference_mode()
 def tower_scores(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,
                  context_length: int, vocab, device, layers: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

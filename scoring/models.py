@@ -180,7 +180,3 @@ def with_vocabulary(cfg: dict, vocab: Vocabulary) -> dict:
     if vocab.kept is not None:
         cfg["text_cfg"]["vocab_size"] = len(vocab.kept)
     return cfg
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

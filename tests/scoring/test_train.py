@@ -5,7 +5,8 @@ import torch
 
 from clipmem.scoring.config import TrainConfig
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.train import latest_checkpoint, load_training_state, lr_at, slot_tables
+from clipmem.scoring.schemes import published_slots
+from clipmem.scoring.train import latest_checkpoint, load_training_state, lr_at
 from clipmem.scoring.pipeline import load_corpus
 from clipmem.scoring.rundir import RunDir
 
@@ -20,7 +21,7 @@ def test_schedule_warms_up_then_decays():
 def test_slots_pair_candidates_with_independents(tiny_run):
     run, cfg = tiny_run
     corpus, _, _ = load_corpus(run, cfg, vocab=None)
-    f_rows, g_rows = slot_tables(corpus)
+    f_rows, g_rows = published_slots(corpus)
     n_shared = len(corpus.rows("shared"))
     assert torch.equal(f_rows[:n_shared], g_rows[:n_shared])
     assert {corpus.split[r] for r in f_rows[n_shared:].tolist()} == {"candidate"}
