@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
-from clipmem.backend.rundir import TAR_REF, UNSAFE_REF
+from clipmem.backend.rundir import UNSAFE_REF
+from clipmem.scoring.columns import split_image_ref
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.images import MAX_PIXELS, ImageError, open_image, to_rgb
 
@@ -30,7 +31,7 @@ class ImageOutsideRoot(Exception):
 
 def is_stored(ref: str) -> bool:
     """True when the image is not a plain file, so ingest stores a thumbnail of it."""
-    return TAR_REF.match(ref) is not None
+    return split_image_ref(ref)[1] is not None
 
 
 def resolve_inside(root: Path, ref: str) -> Path:
@@ -161,9 +162,9 @@ def store_shard_images(data_root: Path, refs: list[tuple[int, str, str]], size: 
     """
     by_shard: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for pair_index, sample_id, ref in refs:
-        match = TAR_REF.match(ref)
-        if match:
-            by_shard[match["shard"]].append((pair_index, sample_id, match["member"]))
+        shard, member = split_image_ref(ref)
+        if member is not None:
+            by_shard[shard].append((pair_index, sample_id, member))
     out = []
     for shard, members in by_shard.items():
         try:

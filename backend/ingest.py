@@ -176,14 +176,13 @@ def _carried_tags(conn, old_runs: list[tuple[int, str]], contents: RunContents,
 
 def _insert_run(conn, contents: RunContents, map_method: str) -> int:
     metrics = contents.metrics
-    train = contents.config.get("train") if isinstance(contents.config.get("train"), dict) else {}
     values = dict(
         # a placeholder until the end of the transaction, so a replaced run keeps its name meanwhile
         name=f"~ingesting-{uuid.uuid4().hex}",
         source_dir=str(contents.path),
         dataset_kind=contents.dataset_kind,
         data_root=str(contents.data_root),
-        model=str(train.get("model", "unknown")),
+        model=str(contents.run_config.train.model),
         split_sizes=contents.split_sizes,
         settings=contents.config,
         utility={k: metrics[k] for k in ("f", "g") if isinstance(metrics.get(k), dict)},

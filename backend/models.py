@@ -20,7 +20,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Double, ForeignKey, ForeignKeyC
                         LargeBinary, MetaData, String, Text, UniqueConstraint, column)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from clipmem.backend.score_columns import SCORE_COLUMNS
+from clipmem.scoring.columns import SCORE_COLUMNS
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

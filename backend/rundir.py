@@ -1,8 +1,7 @@
 """Read and check a finished run directory before anything is written to the database.
 
-The file names come from scoring.rundir.RunDir (torch-free); the columns are scoring's
-output contract (scoring/pipeline.py, scoring/score.py), checked here without importing
-the modules that compute them, since those import torch, which the backend never loads.
+The file names come from scoring.rundir.RunDir and the columns, split names and score
+definitions from scoring.columns: the contract scoring writes by, both torch-free.
 Every problem is reported as a ClipmemError naming the file, column and an offending sample.
 The files are first checked against the SHA-256 sums the COMPLETE marker records, and every
 score against the range its definition allows, since a damaged Parquet file reads back
@@ -19,17 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipmem.backend.score_columns import (COSINE, RANGE_TOLERANCE, REQUIRED_SCORES, SCORE_BY_NAME, SCORE_COLUMNS,
-                                   SCORED_SPLITS, SPLITS)
+from clipmem.scoring.columns import (COSINE, CURVE_COLUMNS, EMBEDDING_ARRAYS, LAYER_COLUMNS, RANGE_TOLERANCE,
+                                     SAMPLE_COLUMNS, SCORE_BY_NAME, SCORE_COLUMNS, SCORE_FILE_COLUMNS, SCORED_SPLITS,
+                                     SEEN_BY, SPLITS)
+from clipmem.scoring.config import RunConfig
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.experiment_report import REMOVAL_METHODS
 from clipmem.scoring.rundir import COMPLETE, RunDir
 
-SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")
-SCORE_FILE_COLUMNS = ("sample_id", "split", "truth", "n_captions", "seen_by", *REQUIRED_SCORES, "views_f", "views_g")
-EMBEDDING_ARRAYS = ("sample_id", "split", "f_image", "f_text", "g_image", "g_text")
-SEEN_BY = {"candidate": "f", "independent": "g"}
-TAR_REF = re.compile(r"^(?P<shard>.+?\.tar)#(?P<member>.+)$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # an image location that could leave the data root: empty, absolute (also a tar member's
 # part after '#'), backslashes, a '..' segment, or control characters
@@ -41,7 +37,8 @@ MAX_TRUTH = 64
 @dataclass
 class RunContents:
     path: Path
-    config: dict
+    config: dict               # config.json as written: stored and served as the run's settings
+    run_config: RunConfig      # the same, read as scoring reads it
     data_root: Path
     dataset_kind: str
     split_sizes: dict[str, int]
@@ -62,10 +59,6 @@ def read_files(run: RunDir) -> tuple[Path, ...]:
     """The files of the run directory ingest reads (the optional ones only when present)."""
     return (run.config, run.data_root, run.split, run.samples, run.scores, run.embeddings, run.metrics,
             run.layers, run.layer_curves, run.experiment)
-
-
-LAYER_COLUMNS = ("tower", "layer", "truth", "pairs", "layer_mem", "delta_layer_mem")
-CURVE_COLUMNS = ("sample_id", "tower", "layer", "layer_mem")
 
 
 def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
@@ -99,6 +92,7 @@ def read_run(path: Path) -> RunContents:
         warnings.append(f"{run.marker} records no checksums (the run was finished by an older clipmem): its files "
                         "were checked for form and range, but damage that keeps them in range would go unnoticed")
     config = _read_json(run.config)
+    run_config = run.load_config()
     data_root_file = _read_json(run.data_root)
     split = _read_json(run.split)
     metrics = _read_json(run.metrics)
@@ -113,13 +107,12 @@ def read_run(path: Path) -> RunContents:
     # one hash index of the sample ids, for every lookup by id below
     lookup = pd.Index(samples["sample_id"].to_numpy(), dtype=object)
     _check_split_plan(run.split, split, samples, lookup)
-    removed = set((config.get("train") or {}).get("remove_ids") or []) if isinstance(config, dict) else set()
-    scores, score_names = _read_scores(run.scores, samples, lookup, removed)
+    scores, score_names = _read_scores(run.scores, samples, lookup, set(run_config.train.remove_ids or ()))
     emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
     layers, curves = _read_layers(run)
     experiment, experiment_params = read_experiment(run.experiment)
-    return RunContents(path=path, config=config, data_root=data_root.resolve(),
+    return RunContents(path=path, config=config, run_config=run_config, data_root=data_root.resolve(),
                        dataset_kind=str(data_root_file.get("kind", "unknown")), split_sizes=sizes,
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
                        embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves,

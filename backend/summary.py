@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipmem.backend.score_columns import DETECTOR_SCORES
+from clipmem.scoring.columns import DETECTOR_SCORES
 from clipmem.scoring.metrics import detection
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clipmem.backend.score_columns import SCORE_COLUMNS
+from clipmem.scoring.columns import SCORE_COLUMNS, SCORED_SPLITS, SEEN_BY, join_image_ref
 from clipmem.scoring.rundir import RunDir
 
 TRUTH_RATES = {"swapped": 0.05, "vague": 0.02, "atypical": 0.02}
@@ -65,7 +65,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
         "attributes": [json.dumps({"colour": COLOURS[c], "shape": SHAPES[s]}) for c, s in zip(colour, shape)],
     }).to_parquet(out / "samples.parquet", index=False)
 
-    scored = np.flatnonzero(np.isin(split, ("candidate", "independent")))
+    scored = np.flatnonzero(np.isin(split, SCORED_SPLITS))
     _scores_frame(rng, ids[scored], split[scored], truth[scored].astype(str), n_caps[scored],
                   [captions[i][0] for i in scored.tolist()], views, optional_scores).to_parquet(
         out / "scores.parquet", index=False)
@@ -142,7 +142,7 @@ def _write_images(root: Path, ids: np.ndarray, colour: np.ndarray, shape: np.nda
                 info = tarfile.TarInfo(f"{k:07d}.png")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        return [f"shards/000.tar#{k:07d}.png" for k in range(len(ids))]
+        return [join_image_ref("shards/000.tar", f"{k:07d}.png") for k in range(len(ids))]
     raise ValueError(f"images must be files, tar or shared, not {mode!r}")
 
 
@@ -156,7 +156,7 @@ def _scores_frame(rng, ids, split, truth, n_caps, first_captions, views: int, op
     raw_con = raw * 5 + rng.normal(0, 0.05, n)
     frame = pd.DataFrame({
         "sample_id": ids, "split": split, "truth": truth, "caption": first_captions, "n_captions": n_caps,
-        "seen_by": np.where(split == "candidate", "f", "g"),
+        "seen_by": [SEEN_BY[s] for s in split],
         "clipmem": _minmax(raw), "clipmem_raw": raw,
         "clipmem_contrastive": _minmax(raw_con), "clipmem_contrastive_raw": raw_con,
         "align_f": align_f, "align_g": align_g, "contrastive_f": con_g + raw_con, "contrastive_g": con_g,

@@ -23,10 +23,11 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from clipmem.scoring.columns import SCORED_SPLITS
+
 DEFAULT_SCORE = "clipmem"
 ORDERS = ("desc", "asc")
 PAGE_SIZES = (24, 48, 96)
-SCORED_SPLITS = ("candidate", "independent")
 
 # the keys of ViewFilter, and the paging keys that belong to one filter
 FILTER_KEYS = ("run", "score", "lo", "hi", "split", "truth", "tag", "q", "sort", "order", "size")

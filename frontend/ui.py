@@ -12,8 +12,8 @@ import streamlit as st
 
 from clipmem.frontend import api, charts
 from clipmem.frontend.client import BackendError, BackendUnreachable, NotFound, Unauthorized, api_url
-from clipmem.frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, SCORED_SPLITS, Paging, ViewFilter,
-                            format_score)
+from clipmem.frontend.state import FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, Paging, ViewFilter, format_score
+from clipmem.scoring.columns import SCORED_SPLITS
 
 T = TypeVar("T")
 

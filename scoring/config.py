@@ -1,14 +1,63 @@
-"""One config object per pipeline step; together they are saved as the run's config.json."""
+"""One config object per pipeline step; together they are saved as the run's config.json.
+
+Torch-free, like the rest of the run-directory contract: the backend loads run configs too.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import platform
+import runpy
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
-from clipmem.scoring.data.base import SourceOptions
-from clipmem.scoring.data.synthetic import SynthConfig
+from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.splits import SplitSizes
-from clipmem.scoring.transform import AugmentConfig
+
+
+@dataclass
+class SynthConfig:
+    """Everything that determines the synthetic set (checked by scoring.data.synthetic.check_config)."""
+
+    n_pairs: int = 3300
+    image_size: int = 32
+    captions_per_image: int = 5
+    two_object_rate: float = 0.25
+    seed: int = 0
+    # Fault rates are fractions of all pairs; the split plan places every faulty
+    # pair in the scored splits (S_C and S_I), so with the default demo split
+    # (2,400 / 300 / 300 / 300) 1.5% of all pairs is 8% of the scored ones.
+    faults: dict[str, float] = field(
+        default_factory=lambda: {
+            "swapped": 0.015,
+            "wrong_attribute": 0.006,
+            "vague": 0.005,
+            "atypical": 0.009,
+            "duplicate": 0.005,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a source; the names follow open_clip's own options where they exist."""
+
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
+    wds_caption_key: str = "caption"   # key inside a .json caption member
+    coco_images: str | None = None     # COCO image folder; default: beside the annotation JSON
+    label_key: str | None = None       # a per-image label for the linear probe: CSV column or folder attribute
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The training views (scoring.transform): a small shift plus brightness/contrast jitter."""
+
+    max_shift: int = 3
+    brightness: float = 0.1
+    contrast: float = 0.1
+    enabled: bool = True
 
 
 @dataclass
@@ -69,17 +118,14 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def to_json(self) -> dict:
-        import open_clip
-        import torch
-
         from clipmem import __version__
 
         return {
             **asdict(self),
             "versions": {
                 "clipmem": __version__,
-                "torch": torch.__version__,
-                "open_clip": open_clip.__version__,
+                "torch": package_version("torch"),
+                "open_clip": package_version("open_clip"),
                 "python": platform.python_version(),
             },
         }
@@ -89,15 +135,27 @@ class RunConfig:
         return _build(cls, raw)
 
 
-def _build(cls, raw: dict):
+def _build(cls, raw: dict, where: str = "the settings"):
     """Rebuild nested dataclasses from their asdict() form, ignoring unknown keys."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"{where} should be a JSON object, not {raw!r}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in raw:
             continue
         value = raw[f.name]
         sub = f.default_factory if f.default_factory is not None else None  # type: ignore[misc]
-        if sub is not None and hasattr(sub, "__dataclass_fields__") and isinstance(value, dict):
-            value = _build(sub, value)
+        if sub is not None and hasattr(sub, "__dataclass_fields__"):
+            value = _build(sub, value, f"'{f.name}'")
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def package_version(package: str) -> str:
+    """The package's own `__version__`, read from its version.py without importing the package (importing
+    torch takes seconds and the backend never loads it). Not the distribution's metadata: torch's
+    `__version__` names its build (e.g. '2.14.1+cu130') where the metadata may say '2.14.1'."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClipmemError(f"package {package} is not installed")
+    return str(runpy.run_path(str(Path(spec.submodule_search_locations[0]) / "version.py"))["__version__"])

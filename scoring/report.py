@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from clipmem.scoring.columns import DETECTOR_SCORES
 from clipmem.scoring.metrics import detection, single_auroc
-
-# the scores whose detection quality is reported: higher means more suspicious
-SCORE_COLUMNS = ("clipmem", "clipmem_contrastive", "clipscore_g", "clipscore_f")
 
 
 def detection_table(scores: pd.DataFrame, positive: set[str]) -> pd.DataFrame:
-    """AUROC, average precision and precision@k (k = number of positives) per score column.
+    """AUROC, average precision and precision@k (k = number of positives) per detector score the run has.
 
     Returns an empty frame when the run has no positives or no negatives.
     """
     y = scores["truth"].isin(positive).to_numpy()
-    columns = {col: scores[col].to_numpy() for col in SCORE_COLUMNS if col in scores}
+    columns = {col: scores[col].to_numpy() for col in DETECTOR_SCORES if col in scores}
     rows = detection(columns, {"positive": y})["positive"]
     return pd.DataFrame(rows or None, columns=["score", "auroc", "average_precision", "precision_at_k", "k"])
 
@@ -91,7 +89,7 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> dict:
 
     rows = [{"score": col, "a_own": _auroc(a, col, {"swapped"}), "b_own": _auroc(b, col, {"swapped"}),
              "a_common": _auroc(ca, col, {"swapped"}), "b_common": _auroc(cb, col, {"swapped"})}
-            for col in SCORE_COLUMNS]
+            for col in DETECTOR_SCORES if col in a or col in b]
     return {"pairs_a": len(a), "pairs_b": len(b), "common_pairs": int(len(common)),
             "common_swapped": int(ca["truth"].eq("swapped").sum()) if len(common) else 0,
             "spearman_clipmem": rho("clipmem"), "spearman_clipmem_contrastive": rho("clipmem_contrastive"),

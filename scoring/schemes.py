@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from clipmem.scoring.columns import TRAINING_SPLITS
 from clipmem.scoring.data.tensors import TensorCorpus
 
 PUBLISHED_MODELS = ("f", "g")
@@ -70,8 +71,8 @@ def trained_on(corpus: TensorCorpus, rows: torch.Tensor) -> torch.Tensor:
     """(len(rows), models) bool: whether each model trained on each row."""
     if corpus.fold is None:
         split = [corpus.split[int(r)] for r in rows]
-        f = torch.tensor([s in ("shared", "candidate") for s in split], dtype=torch.bool)
-        g = torch.tensor([s in ("shared", "independent") for s in split], dtype=torch.bool)
+        f = torch.tensor([s in TRAINING_SPLITS["f"] for s in split], dtype=torch.bool)
+        g = torch.tensor([s in TRAINING_SPLITS["g"] for s in split], dtype=torch.bool)
         return torch.stack([f, g], dim=1).reshape(len(rows), 2)
     fold = corpus.fold[rows]
     return (fold[:, None] >= 0) & (fold[:, None] != torch.arange(corpus.n_folds)[None, :])

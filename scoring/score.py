@@ -31,12 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clipmem.scoring.columns import SCORED_SPLITS, SEEN_BY
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.schemes import trained_on
 from clipmem.scoring.transform import augment, normalize, sample_views
-
-SCORED_SPLITS = ("candidate", "independent")
 
 
 @dataclass
@@ -291,7 +290,7 @@ def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: Trai
         "caption": [corpus.captions[r][0] for r in rows],
         "n_captions": [len(corpus.captions[r]) for r in rows],
         # the literal model that saw the pair: f for S_C, g for S_I (in a k-fold run: fold0, fold1)
-        "seen_by": np.where(np.array(split) == "candidate", "f", "g"),
+        "seen_by": np.array([SEEN_BY[s] for s in split], dtype=str),
     }
     if corpus.fold is not None:
         columns["fold"] = corpus.fold[scored].numpy()

@@ -15,16 +15,10 @@ import torch.nn.functional as F
 
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from clipmem.scoring.config import AugmentConfig
+
 _MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    max_shift: int = 3
-    brightness: float = 0.1
-    contrast: float = 0.1
-    enabled: bool = True
 
 
 @dataclass

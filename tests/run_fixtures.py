@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipmem.scoring.config import DataConfig, RunConfig, SplitConfig, TrainConfig
-from clipmem.scoring.data.synthetic import SynthConfig
+from clipmem.scoring.config import SynthConfig
 from clipmem.scoring.splits import SplitSizes
 
 TINY_SYNTH = SynthConfig(n_pairs=900, seed=3, faults={"swapped": 0.05, "vague": 0.01, "atypical": 0.02})

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, exists
 from clipmem.backend.api.errors import bad_parameter
 from clipmem.backend.api.frames import ScoreFrame
 from clipmem.backend.models import Run, Score, Tag
-from clipmem.backend.score_columns import SCORE_COLUMNS, SCORE_NAMES
+from clipmem.scoring.columns import SCORE_COLUMNS, SCORE_NAMES, SCORED_SPLITS
 
 TRUTH_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
 TAG_PATTERN = r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$"
@@ -37,7 +37,7 @@ Order = Literal["desc", "asc"]
 class _FilterFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    split: list[Literal["candidate", "independent"]] = Field(
+    split: list[Literal[SCORED_SPLITS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Only pairs in these scored splits (repeat the parameter for several): "
                                           "candidate pairs are seen by f only, independent pairs by g only.")
     truth: list[TruthTag] = Field(default_factory=list, description="Only pairs with one of these truth tags "

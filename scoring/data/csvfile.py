@@ -13,7 +13,8 @@ import csv
 import os
 from pathlib import Path
 
-from clipmem.scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
+from clipmem.scoring.config import SourceOptions
+from clipmem.scoring.data.base import PairDataset, Problems, caption_problem, clean_caption
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.images import decode_rgb
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from clipmem.scoring.columns import SCORED_SPLITS
 from clipmem.scoring.data.base import PairDataset
 from clipmem.scoring.data.synthetic import VAGUE_CAPTIONS
 from clipmem.scoring.errors import ClipmemError
@@ -44,7 +45,7 @@ def inject_faults(dataset: PairDataset, plan: SplitPlan, rates: dict[str, float]
     shared = [where[s] for s in plan.ids["shared"]]
     if plan.folds is not None:  # k-fold: no S_S; a duplicate copies a pair of the pool, which most models train on
         shared = [where[s] for s in plan.ids["candidate"] + plan.ids["independent"]]
-    for split in ("candidate", "independent"):
+    for split in SCORED_SPLITS:
         pool = [where[s] for s in plan.ids[split] if truth[where[s]] == "clean"]
         order = list(rng.permutation(pool)) if pool else []
         cursor = 0

@@ -5,7 +5,7 @@ or `json` with --wds-caption-key, which may hold a string or a list).
 
 Shards are indexed once (member offsets and captions); an image is read by
 seeking to its member, so nothing is unpacked to disk. References take the form
-`SHARD#MEMBER`, with SHARD relative to the shards' common folder.
+`SHARD#MEMBER` (scoring.columns), with SHARD relative to the shards' common folder.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from clipmem.scoring.data.base import PairDataset, Problems, SourceOptions, caption_problem, clean_caption
+from clipmem.scoring.columns import join_image_ref
+from clipmem.scoring.config import SourceOptions
+from clipmem.scoring.data.base import PairDataset, Problems, caption_problem, clean_caption
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.images import decode_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    shard, _, member = ref.partition("#")
-    return shard, member
 
 
 def read_shards(pattern: str, options: SourceOptions, problems: Problems) -> PairDataset:
@@ -94,7 +91,7 @@ def read_shards(pattern: str, options: SourceOptions, problems: Problems) -> Pai
                 problems.report(where, f"duplicate sample key '{key}'", key)
                 continue
             seen.add(key)
-            ref = f"{rel}#{image.name}"
+            ref = join_image_ref(rel, image.name)
             offsets[ref] = (shard, image.offset_data, image.size)
             ids.append(key)
             captions.append(caps)

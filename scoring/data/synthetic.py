@@ -10,12 +10,13 @@ always writes the same files.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from clipmem.scoring.config import SynthConfig
 from clipmem.scoring.data.folder import MANIFEST_NAME
 from clipmem.scoring.errors import ClipmemError
 
@@ -67,38 +68,16 @@ PAIR_TEMPLATES = [
 ]
 
 
-@dataclass
-class SynthConfig:
-    """Everything that determines the synthetic set."""
-
-    n_pairs: int = 3300
-    image_size: int = 32
-    captions_per_image: int = 5
-    two_object_rate: float = 0.25
-    seed: int = 0
-    # Fault rates are fractions of all pairs; the split plan places every faulty
-    # pair in the scored splits (S_C and S_I), so with the default demo split
-    # (2,400 / 300 / 300 / 300) 1.5% of all pairs is 8% of the scored ones.
-    faults: dict[str, float] = field(
-        default_factory=lambda: {
-            "swapped": 0.015,
-            "wrong_attribute": 0.006,
-            "vague": 0.005,
-            "atypical": 0.009,
-            "duplicate": 0.005,
-        }
-    )
-
-    def validate(self) -> None:
-        if self.n_pairs < 1:
-            raise ClipmemError(f"synthetic dataset needs at least one pair, got n_pairs={self.n_pairs}")
-        unknown = set(self.faults) - set(FAULT_TAGS)
-        if unknown:
-            raise ClipmemError(f"unknown fault tag(s) {sorted(unknown)}; known: {', '.join(FAULT_TAGS)}")
-        if any(r < 0 for r in self.faults.values()) or sum(self.faults.values()) > 0.5:
-            raise ClipmemError(f"fault rates must be >= 0 and sum to at most 0.5, got {self.faults}")
-        if self.image_size < 16:
-            raise ClipmemError(f"image_size must be at least 16 pixels, got {self.image_size}")
+def check_config(cfg: SynthConfig) -> None:
+    if cfg.n_pairs < 1:
+        raise ClipmemError(f"synthetic dataset needs at least one pair, got n_pairs={cfg.n_pairs}")
+    unknown = set(cfg.faults) - set(FAULT_TAGS)
+    if unknown:
+        raise ClipmemError(f"unknown fault tag(s) {sorted(unknown)}; known: {', '.join(FAULT_TAGS)}")
+    if any(r < 0 for r in cfg.faults.values()) or sum(cfg.faults.values()) > 0.5:
+        raise ClipmemError(f"fault rates must be >= 0 and sum to at most 0.5, got {cfg.faults}")
+    if cfg.image_size < 16:
+        raise ClipmemError(f"image_size must be at least 16 pixels, got {cfg.image_size}")
 
 
 def parse_rates(text: str) -> dict[str, float]:
@@ -207,7 +186,7 @@ def _sample_scene(rng: np.random.Generator, cfg: SynthConfig, colour_names: list
 
 def generate(cfg: SynthConfig) -> list[dict]:
     """Return one record per pair: id, captions, truth, attributes, pixels (HxWx3 uint8)."""
-    cfg.validate()
+    check_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     # 'pink' only ever appears in atypical pairs: the rarest colour of the set
     common_colours = [c for c in COLOURS if c != "pink"]

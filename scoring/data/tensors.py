@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
+from clipmem.scoring.columns import SPLITS
 from clipmem.scoring.data.base import PairDataset
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.models import Vocabulary, apply_vocabulary, build_vocabulary, missing_ids, tokenize
-from clipmem.scoring.splits import SPLIT_NAMES, SplitPlan
+from clipmem.scoring.splits import SplitPlan
 
 
 @dataclass
@@ -78,7 +79,7 @@ def build_corpus(
     """
     where = dataset.index_of()
     rows, split = [], []
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         for sid in plan.ids[name]:
             if sid not in where:
                 raise ClipmemError(f"split plan names sample '{sid}' which the dataset does not contain")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipmem.backend.score_columns import DETECTOR_SCORES
+from clipmem.scoring.columns import DETECTOR_SCORES
 
 
 def files(run_dir):

@@ -330,7 +330,7 @@ def partition_predicates(engine: Engine) -> list[tuple[str, str]]:
 
 
 def check_partial_indexes(engine: Engine) -> None:
-    from clipmem.backend.score_columns import SCORE_COLUMNS
+    from clipmem.scoring.columns import SCORE_COLUMNS
 
     predicates = reflected_predicates(engine)
     assert predicates == model_predicates(engine.dialect.name)

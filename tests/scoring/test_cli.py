@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipmem.cli import app
+from clipmem.scoring.columns import DETECTOR_SCORES
 
 runner = CliRunner()
 TINY = ["--model", "clipmem-tiny", "--epochs", "2", "--batch-size", "128", "--sizes", "600,120,120,60"]
@@ -40,8 +41,10 @@ def test_report_json(cli_run):
     assert result.exit_code == 0
     summary = json.loads(result.output)
     assert {row["truth"] for row in summary["by_truth"]} >= {"clean", "swapped"}
-    assert {row["score"] for row in summary["detection_swapped"]} == {
-        "clipmem", "clipmem_contrastive", "clipscore_g", "clipscore_f"}
+    # the detectors of the run-directory contract the run has, as the backend evaluates them
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert [row["score"] for row in summary["detection_swapped"]] == [s for s in DETECTOR_SCORES if s in scores]
+    assert {"mem_image", "mem_swap_text"} <= {row["score"] for row in summary["detection_faulty"]}
 
 
 def test_finished_run_refused_without_overwrite(cli_run):

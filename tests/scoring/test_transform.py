@@ -1,6 +1,7 @@
 import torch
 
-from clipmem.scoring.transform import AugmentConfig, augment, normalize, sample_views
+from clipmem.scoring.config import AugmentConfig
+from clipmem.scoring.transform import augment, normalize, sample_views
 
 
 def test_views_seeded_and_disabled_is_identity():

@@ -18,7 +18,7 @@ from clipmem.backend.api.deps import RunDep, SessionDep
 from clipmem.backend.api.errors import NOT_FOUND, ErrorMessage
 from clipmem.backend.api.query import SampleFilter, SortFields, require_scores, sql_conditions
 from clipmem.backend.models import Run, Sample, Score
-from clipmem.backend.score_columns import SCORE_BY_NAME, TRAINING_SPLITS
+from clipmem.scoring.columns import SCORE_BY_NAME, TRAINING_SPLITS
 
 router = APIRouter(prefix="/runs/{run}/exports", tags=["exports"])
 

@@ -1,13 +1,25 @@
-"""The score columns a run's scores.parquet can hold: the one list the schema, ingest and API share.
+"""What the run directory's tables hold: split names, columns, which columns are scores, image references.
 
-Convention (from scoring): `_f` is the model trained WITH the pair, `_g` the one trained
-without it. Required columns are in every run; optional ones come from newer scoring
-versions and are null in runs that lack them.
+The one statement of the contract that scoring writes (pipeline.py, score.py, attribution.py) and the
+backend and the dashboard read (backend/rundir.py, ingest, the API, the dashboard's filters); the file
+names are scoring.rundir.RunDir's. Torch-free, so every layer may import it.
+
+Score convention: `_f` is the model trained WITH the pair, `_g` the one trained without it. Required
+score columns are in every run; optional ones come from newer scoring versions (or scoring options) and
+are null in runs that lack them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+SPLITS = ("shared", "candidate", "independent", "extra")
+SCORED_SPLITS = ("candidate", "independent")
+# which literal model trains on which split: f on shared + candidate, g on shared + independent
+TRAINING_SPLITS = {"f": ("shared", "candidate"), "g": ("shared", "independent")}
+# the literal model that saw a scored pair
+SEEN_BY = {"candidate": "f", "independent": "g"}
 
 INF = float("inf")
 SCALED = (0.0, 1.0)         # min-max scaled over the run's pairs
@@ -64,10 +76,30 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
 
 SCORE_NAMES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS)
 REQUIRED_SCORES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS if c.required)
+# the scores evaluated as detectors of faulty pairs, by `clipmem report` and at ingest alike
 DETECTOR_SCORES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS if c.detector)
 SCORE_BY_NAME: dict[str, ScoreColumn] = {c.name: c for c in SCORE_COLUMNS}
 
-SCORED_SPLITS = ("candidate", "independent")
-SPLITS = ("shared", "candidate", "independent", "extra")
-# which literal model trains on which split: f on shared + candidate, g on shared + independent
-TRAINING_SPLITS = {"f": ("shared", "candidate"), "g": ("shared", "independent")}
+# the columns (and arrays) every finished run's files hold; scores.parquet also holds the optional
+# scores present, and may hold more (the caption, a k-fold run's fold)
+SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")
+SCORE_FILE_COLUMNS = ("sample_id", "split", "truth", "n_captions", "seen_by", *REQUIRED_SCORES, "views_f", "views_g")
+EMBEDDING_ARRAYS = ("sample_id", "split", "f_image", "f_text", "g_image", "g_text")
+LAYER_COLUMNS = ("tower", "layer", "truth", "pairs", "layer_mem", "delta_layer_mem")
+CURVE_COLUMNS = ("sample_id", "tower", "layer", "layer_mem")
+
+# an image_ref is a path relative to the run's data root: a plain image file, or `SHARD.tar#MEMBER`,
+# a member of a WebDataset tar shard
+_TAR_REF = re.compile(r"^(?P<shard>.+?\.tar)#(?P<member>.+)$")
+
+
+def join_image_ref(file: str, member: str | None = None) -> str:
+    """The image_ref of a plain image `file`, or of `member` inside the tar shard `file`."""
+    return file if member is None else f"{file}#{member}"
+
+
+def split_image_ref(ref: str) -> tuple[str, str | None]:
+    """(the file holding the image, the tar member or None): a tar shard and the member inside it, or a plain
+    image file and None."""
+    match = _TAR_REF.match(ref)
+    return (match["shard"], match["member"]) if match else (ref, None)
