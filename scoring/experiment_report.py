@@ -12,6 +12,7 @@ nothing removed) belongs to all three: it is captions = 1, σ = 0 and N = 0.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -223,8 +224,32 @@ def markdown_table(summary: pd.DataFrame, grid: str, metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+class FigureExportWarning(UserWarning):
+    """A report's PNG figures could not be written (no figure exporter); the report names them and the cause."""
+
+
+def exporter_missing(exc: BaseException) -> str | None:
+    """The cause, in one line, when `exc` is Plotly's image export failing for want of its exporter: kaleido
+    not installed, no Chrome/Chromium for it, or a browser that does not start; None for any other error."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if isinstance(exc, RuntimeError) and ("Kaleido requires Google Chrome" in text
+                                          or "requires the Kaleido package" in text):
+        return f"{type(exc).__name__}: {text}"
+    try:
+        from choreographer.errors import BrowserFailedError, ChromeNotFoundError
+    except ImportError:
+        return None
+    if isinstance(exc, (BrowserFailedError, ChromeNotFoundError)):
+        return f"{type(exc).__name__}: {text}"
+    return None
+
+
 def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (), png: bool = True) -> Path:
-    """report.md with the tables, the findings and each grid's figure as HTML and PNG beside it."""
+    """report.md with the tables, the findings and each grid's figure as HTML and PNG beside it.
+
+    Without a figure exporter (kaleido and a Chrome/Chromium) the PNGs are left out: the report says so under
+    each figure and at its end, and a FigureExportWarning names the figures and the cause. Any other failure to
+    write a figure raises."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     summary.to_csv(out / "summary.csv", index=False)
@@ -232,7 +257,7 @@ def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (),
     metrics = metric_names(rows)
     lines = [f"# {title}", "", *notes, "", "## Findings", ""]
     lines += [f"- {s}" for s in findings(summary)] or ["- No grid has both a baseline and another setting yet."]
-    png_problem = None
+    png_problem, png_missing = None, []
     for grid, fig in figures(summary).items():
         html = out / f"{grid}.html"
         fig.write_html(html, include_plotlyjs="directory")
@@ -241,11 +266,21 @@ def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (),
             try:
                 fig.write_image(out / f"{grid}.png", width=1100, height=480)
                 lines += [f"![{grid}]({grid}.png)", ""]
-            except Exception as exc:  # kaleido needs a Chrome/Chromium; the HTML figure does not
-                png_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            except Exception as exc:
+                # only a missing exporter (kaleido, or the Chrome/Chromium it drives) is reported and passed
+                # over: the HTML figure does not need it. Any other failure is a bug and propagates.
+                png_problem = exporter_missing(exc)
+                if png_problem is None:
+                    raise
+        if png and png_problem is not None:
+            png_missing.append(grid)
+            lines += [f"PNG figure not written: {png_problem}", ""]
         lines.append(markdown_table(summary, grid, metrics))
-    if png_problem:
-        lines += ["", f"PNG figures were not written ({png_problem}); install Chromium or set BROWSER_PATH."]
+    if png_missing:
+        message = (f"PNG figures were not written for {', '.join(png_missing)} ({png_problem}); install Chromium "
+                   "(or set BROWSER_PATH) and rerun the report; the HTML figures are complete.")
+        lines += ["", message]
+        warnings.warn(message, FigureExportWarning, stacklevel=2)
     lines += ["", "Per-run figures: `runs.csv`; aggregated table: `summary.csv`.", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from clipmem.backend.db import make_engine, migrate
 from clipmem.backend.ingest import ingest
 from clipmem.backend.synthetic_run import write_synthetic_run
+from tests.prerequisites import skip_or_fail
 
 PG_ENV = "CLIPMEM_TEST_DATABASE_URL"
 # sizes of the standard fake runs: (candidate, independent, shared, extra)
@@ -35,14 +37,19 @@ def _postgres_schema_url(base: str):
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory):
-    """A migrated, empty database per session and kind; PostgreSQL is skipped without its URL."""
+    """A migrated, empty database per session and kind. PostgreSQL without its URL, or unreachable, is skipped
+    locally and fails the run under CI (tests/prerequisites.py)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'clipmem.db'}"
         return
     base = os.environ.get(PG_ENV)
     if not base:
-        pytest.skip(f"{PG_ENV} is not set: the PostgreSQL half of the backend tests is skipped")
-    admin, schema, url = _postgres_schema_url(base)
+        skip_or_fail(f"{PG_ENV} is not set: the PostgreSQL half of the backend tests is skipped")
+    try:
+        admin, schema, url = _postgres_schema_url(base)
+    except OperationalError as exc:
+        skip_or_fail(f"PostgreSQL at {PG_ENV} is unreachable ({str(exc.orig).strip().splitlines()[0]}): "
+                     "the PostgreSQL half of the backend tests is skipped")
     yield url
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))

@@ -12,9 +12,16 @@ import pytest
 
 from tests.frontend.conftest import TINY
 from tests.frontend.stack import ARTIFACTS, CHROMIUM, GRID_IMAGE, chromium, dashboard, error_messages, wait_for_app
+from tests.prerequisites import skip_or_fail
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: install Debian's chromium "
-                                                             "(apt-get install -y chromium) to run browser tests")
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium_is_installed():
+    """Without Chromium these tests are skipped locally, with the reason, and fail the run under CI."""
+    if not CHROMIUM.exists():
+        skip_or_fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser, or apt-get install -y "
+                     "chromium) to run browser tests")
+
 
 COUNT = re.compile(r"([\d,]+) of ([\d,]+) scored pairs match")
 
