@@ -41,3 +41,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs clipmem.db
+
+# Mutation testing of the science core against its fast tests, outside `make test` (docs/testing.md).
+.PHONY: mutation
+mutation: setup
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2; status=$$?; $(BIN)/python tests/mutation_summary.py; exit $$status
