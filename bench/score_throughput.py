@@ -24,8 +24,10 @@ from clipmem.scoring.attribution import attribute  # noqa: E402
 from clipmem.scoring.models import Vocabulary, context_length_of, create_model  # noqa: E402
 from clipmem.scoring.pipeline import load_corpus  # noqa: E402
 from clipmem.scoring.rundir import RunDir  # noqa: E402
-from clipmem.scoring.score import SCORED_SPLITS, score_run  # noqa: E402
-from clipmem.scoring.train import MODELS, load_model_weights  # noqa: E402
+from clipmem.scoring.columns import SCORED_SPLITS  # noqa: E402
+from clipmem.scoring.score import score_run  # noqa: E402
+from clipmem.scoring.schemes import PUBLISHED_MODELS  # noqa: E402
+from clipmem.scoring.train import load_model_weights  # noqa: E402
 
 
 @torch.no_grad()
@@ -39,7 +41,7 @@ def main() -> None:
     cfg = run.load_config()
     corpus, vocab, model_cfg = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
     models = {}
-    for name in MODELS:
+    for name in PUBLISHED_MODELS:
         models[name] = create_model(model_cfg, 0).eval()
         load_model_weights(models[name], run.model_checkpoint(name))
     device = torch.device("cpu")

@@ -23,14 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipmem.scoring.data import load_dataset  # noqa: E402
-from clipmem.scoring.data.base import Problems, SourceOptions, verify_images  # noqa: E402
-from clipmem.scoring.data.synthetic import SynthConfig, write  # noqa: E402
+from clipmem.scoring.data.sources import load_dataset  # noqa: E402
+from clipmem.scoring.config import SourceOptions, SynthConfig  # noqa: E402
+from clipmem.scoring.data.base import Problems, verify_images  # noqa: E402
+from clipmem.scoring.data.synthetic import write  # noqa: E402
 
 PLAN_SNIPPET = """
 import resource, sys, time
 from pathlib import Path
-from clipmem.scoring.data.base import Problems, SourceOptions
+from clipmem.scoring.config import SourceOptions
+from clipmem.scoring.data.base import Problems
 from clipmem.scoring.data.csvfile import read_csv
 from clipmem.scoring.splits import SplitSizes, plan_splits
 t = time.perf_counter()

@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipmem.scoring.config import DataConfig, RunConfig, TrainConfig  # noqa: E402
-from clipmem.scoring.data import load_dataset  # noqa: E402
-from clipmem.scoring.data.synthetic import SynthConfig, write  # noqa: E402
+from clipmem.scoring.data.sources import load_dataset  # noqa: E402
+from clipmem.scoring.config import SynthConfig  # noqa: E402
+from clipmem.scoring.data.synthetic import write  # noqa: E402
 from clipmem.scoring.export import write_open_clip_csv  # noqa: E402
 from clipmem.scoring.models import resolve_config  # noqa: E402
 from clipmem.scoring.pipeline import split_step, train_step  # noqa: E402

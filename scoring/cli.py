@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -71,9 +71,9 @@ def _parse_sizes(text: str):
 
 def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_seed: Optional[int],
                 source: Optional[dict] = None, scheme: Optional[str] = None, folds: Optional[int] = None):
-    from clipmem.scoring.config import DataConfig, RunConfig, SplitConfig
-    from clipmem.scoring.data.base import SOURCE_KINDS, SourceOptions
+    from clipmem.scoring.config import DataConfig, RunConfig, SourceOptions, SplitConfig
     from clipmem.scoring.data.inject import check_rates
+    from clipmem.scoring.data.sources import SOURCE_KINDS
     from clipmem.scoring.data.synthetic import parse_rates
 
     source = source or {}
@@ -108,34 +108,53 @@ def _run_config(dataset: str, data: Optional[Path], sizes: Optional[str], split_
     return cfg
 
 
-def _train_overrides(cfg, model=None, epochs=None, batch_size=None, lr=None, seed=None, captions_per_image=None,
-                     device=None, no_augment=False, full_vocab=False, text_noise=None, image_views=None,
-                     remove_ids=None):
-    from clipmem.scoring.transform import AugmentConfig
+@dataclass(frozen=True)
+class TrainOverrides:
+    """The training options of a command; None (or False) keeps the run's setting."""
 
-    t = cfg.train
-    t = replace(t, **{k: v for k, v in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                                             captions_per_image=captions_per_image, device=device,
-                                             text_noise=text_noise, image_views=image_views).items()
-                      if v is not None})
-    if seed is not None:
-        t = replace(t, init_seed=seed, data_seed=seed)
-    if no_augment:
-        t = replace(t, augment=AugmentConfig(enabled=False))
-    if full_vocab:
-        t = replace(t, compact_vocab=False)
-    if remove_ids is not None:
-        t = replace(t, remove_ids=read_id_list(remove_ids))
-    if t.epochs < 1 or t.batch_size < 2:
-        raise ClipmemError(f"--epochs must be >= 1 and --batch-size >= 2 (got {t.epochs}, {t.batch_size})")
-    if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
-        raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
-                           f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
-    from clipmem.scoring.models import resolve_config
+    model: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    seed: Optional[int] = None
+    captions_per_image: Optional[int] = None
+    device: Optional[str] = None
+    no_augment: bool = False
+    full_vocab: bool = False
+    text_noise: Optional[float] = None
+    image_views: Optional[int] = None
+    remove_ids: Optional[Path] = None
 
-    resolve_config(t.model)  # an unknown name fails here, before anything is written
-    cfg.train = t
-    return cfg
+    @classmethod
+    def given(cls, ctx: typer.Context) -> "TrainOverrides":
+        """From the command's parameters of the same names (a command may lack some: they stay unset)."""
+        return cls(**{f.name: ctx.params[f.name] for f in fields(cls) if f.name in ctx.params})
+
+    def apply(self, cfg):
+        """cfg with these options applied to its training settings, checked before anything is written."""
+        from clipmem.scoring.config import AugmentConfig
+
+        same_names = ("model", "epochs", "batch_size", "lr", "captions_per_image", "device", "text_noise",
+                      "image_views")
+        t = replace(cfg.train, **{k: getattr(self, k) for k in same_names if getattr(self, k) is not None})
+        if self.seed is not None:
+            t = replace(t, init_seed=self.seed, data_seed=self.seed)
+        if self.no_augment:
+            t = replace(t, augment=AugmentConfig(enabled=False))
+        if self.full_vocab:
+            t = replace(t, compact_vocab=False)
+        if self.remove_ids is not None:
+            t = replace(t, remove_ids=read_id_list(self.remove_ids))
+        if t.epochs < 1 or t.batch_size < 2:
+            raise ClipmemError(f"--epochs must be >= 1 and --batch-size >= 2 (got {t.epochs}, {t.batch_size})")
+        if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
+            raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
+                               f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
+        from clipmem.scoring.models import resolve_config
+
+        resolve_config(t.model)  # an unknown name fails here, before anything is written
+        cfg.train = t
+        return cfg
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -222,7 +241,8 @@ def synth(
     image_size: int = typer.Option(32, "--image-size", help="Image side in pixels."),
 ):
     """Write the built-in synthetic dataset: PNG images plus metadata.jsonl with captions and truth tags."""
-    from clipmem.scoring.data.synthetic import SynthConfig, parse_rates, write
+    from clipmem.scoring.config import SynthConfig
+    from clipmem.scoring.data.synthetic import parse_rates, write
 
     try:
         cfg = SynthConfig(n_pairs=n, seed=seed, image_size=image_size)
@@ -308,8 +328,7 @@ def train(
             if device is not None:
                 cfg.train = replace(cfg.train, device=device)
         else:
-            cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
-                                   no_augment, full_vocab, text_noise, image_views, remove_ids)
+            cfg = TrainOverrides.given(ctx).apply(cfg)
         models = [m.strip() for m in only.split(",") if m.strip()] if only else None
         summary = train_step(run, cfg, resume=resume, only=models, show_progress=not no_progress)
     except ClipmemError as exc:
@@ -429,8 +448,7 @@ def run(
             cfg = _run_config(dataset, data, sizes, seed, _source(csv_img_key, csv_caption_key, csv_separator,
                                                                    wds_caption_key, coco_images, on_error, inject,
                                                                    label_key), scheme, folds)
-            cfg = _train_overrides(cfg, model, epochs, batch_size, lr, seed, captions_per_image, device,
-                                   no_augment, full_vocab, text_noise, image_views, remove_ids)
+            cfg = TrainOverrides.given(ctx).apply(cfg)
             if views is not None:
                 cfg.score = replace(cfg.score, views=views)
             run_dir.prepare_new(overwrite)
@@ -537,6 +555,7 @@ def _num(value) -> str:
 
 @app.command()
 def experiment(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Experiment directory: created, or continued where it stopped."),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name; runs are ingested as NAME.SETTING.sSEED "
                                        "(default: the directory's name)."),
@@ -604,7 +623,7 @@ def experiment(
         cfg = _run_config(dataset, data, sizes, None, _source(csv_img_key, csv_caption_key, csv_separator,
                                                               wds_caption_key, coco_images, on_error, inject,
                                                               label_key))
-        cfg = _train_overrides(cfg, model, epochs, batch_size, device=device)
+        cfg = TrainOverrides.given(ctx).apply(cfg)
         # experiments compare mean CLIPMem and utility; the per-encoder views would triple the scoring time
         cfg.score = replace(cfg.score, towers=False, layers=False, **({"views": views} if views else {}))
         if overwrite and Path(out).exists():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -83,10 +82,16 @@ def from_environment() -> Dist:
     return found if found.world_size > 1 else SINGLE
 
 
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ClipmemError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
 def device_for(ctx: Dist, name: str) -> torch.device:
     """The device of this rank: its local GPU on CUDA, else the CPU."""
-    from clipmem.scoring.train import pick_device
-
     device = pick_device(name)
     if device.type == "cuda" and ctx.active:
         device = torch.device("cuda", ctx.local_rank)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from clipmem.scoring.columns import TRAINING_SPLITS
 from clipmem.scoring.data.base import PairDataset
 from clipmem.scoring.images import decode_rgb
+from clipmem.scoring.rundir import atomic_write
 from clipmem.scoring.splits import SplitPlan
 
 TRAIN_SETS = {
-    "train_f.csv": ("shared", "candidate"),
-    "train_g.csv": ("shared", "independent"),
+    "train_f.csv": TRAINING_SPLITS["f"],
+    "train_g.csv": TRAINING_SPLITS["g"],
     "extra.csv": ("extra",),
 }
 
@@ -22,9 +24,8 @@ def write_open_clip_csv(dataset: PairDataset, ids: list[str], path: Path, all_ca
     Returns the number of rows. Written to a temporary name first, then renamed.
     """
     where = dataset.index_of()
-    tmp = path.with_name(path.name + ".tmp")
     rows = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
         writer.writerow(["filepath", "title"])
         for sid in ids:
@@ -33,7 +34,6 @@ def write_open_clip_csv(dataset: PairDataset, ids: list[str], path: Path, all_ca
             for caption in dataset.captions[i] if all_captions else dataset.captions[i][:1]:
                 writer.writerow([image, caption])
                 rows += 1
-    tmp.replace(path)
     return rows
 
 
@@ -101,9 +101,8 @@ def materialise_images(dataset: PairDataset, plan: SplitPlan, folder: Path) -> P
         name = f"{i:08d}.png"
         target = folder / name
         if not target.is_file():
-            tmp = target.with_name(name + ".tmp")
-            dataset.open_checked(i).convert("RGB").save(tmp, format="PNG")
-            tmp.replace(target)
+            with atomic_write(target) as tmp:
+                dataset.open_checked(i).convert("RGB").save(tmp, format="PNG")
         refs[i] = name
     return replace(dataset, root=folder, image_refs=refs, plain_files=True,
                    open_image=lambda ref: decode_rgb(folder / ref))

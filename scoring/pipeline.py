@@ -17,17 +17,18 @@ import torch
 
 from clipmem.scoring import distributed
 from clipmem.scoring.attribution import layer_tables, tower_scores
+from clipmem.scoring.columns import join_image_ref, split_image_ref
 from clipmem.scoring.config import RunConfig
-from clipmem.scoring.data import PairDataset, load_dataset
-from clipmem.scoring.data.base import Problems, verify_images
+from clipmem.scoring.data.base import PairDataset, Problems, verify_images
 from clipmem.scoring.data.inject import check_rates, inject_faults
+from clipmem.scoring.data.sources import load_dataset
 from clipmem.scoring.data.synthetic import write as write_synthetic
 from clipmem.scoring.data.tensors import TensorCorpus, build_corpus
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.evaluate import linear_probe, probe_labels, retrieval, zero_shot, zero_shot_prompts
 from clipmem.scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
                             with_vocabulary)
-from clipmem.scoring.rundir import RunDir, atomic_path, write_json
+from clipmem.scoring.rundir import RunDir, atomic_write, write_json, write_text_atomic
 from clipmem.scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
 from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, encode_images, prepare_model, scale_scores,
                            score_run, scored_rows)
@@ -67,12 +68,11 @@ def split_step(run: RunDir, cfg: RunConfig) -> dict[str, int]:
     # injected into the source as read, as every later step does (open_planned): donors are drawn over the
     # whole source, so leaving out unreadable images here would swap in other captions than training uses
     dataset = inject_faults(source, plan, cfg.data.inject, cfg.data.inject_seed)
-    with open(atomic_path(run.skipped), "w") as fh:
+    with atomic_write(run.skipped) as tmp, open(tmp, "w") as fh:
         for item in problems.skipped:
             fh.write(json.dumps(item) + "\n")
-    atomic_path(run.skipped).replace(run.skipped)
     write_samples(run, dataset, plan)
-    plan.save(run.split)
+    write_text_atomic(run.split, json.dumps(plan.to_json(), indent=1))
     run.save_config(cfg)
     return plan.sizes()
 
@@ -91,18 +91,17 @@ def write_samples(run: RunDir, dataset: PairDataset, plan: SplitPlan) -> None:
 
     `image_ref` is relative to `data_root` (data_root.json): the deepest folder
     holding every image, so the backend can serve images without knowing the
-    source format. Refs of the form `SHARD#MEMBER` point inside tar shards.
+    source format. Refs of the form `SHARD.tar#MEMBER` point inside tar shards (scoring.columns).
     """
     import pandas as pd
 
     split_of = plan.split_of()
     keep = [i for i, sid in enumerate(dataset.ids) if sid in split_of]
     root = Path(dataset.root).resolve()
-    files = [os.path.normpath(os.path.join(root, dataset.image_refs[i].split("#")[0])) for i in keep]
+    located = [split_image_ref(dataset.image_refs[i]) for i in keep]  # (image file or shard, tar member)
+    files = [os.path.normpath(os.path.join(root, file)) for file, _ in located]
     data_root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else str(root)
-    refs = [os.path.relpath(f, data_root) + ("#" + dataset.image_refs[i].split("#", 1)[1]
-                                               if "#" in dataset.image_refs[i] else "")
-            for f, i in zip(files, keep)]
+    refs = [join_image_ref(os.path.relpath(f, data_root), member) for f, (_, member) in zip(files, located)]
     frame = pd.DataFrame({
         "sample_id": [dataset.ids[i] for i in keep],
         "split": [split_of[dataset.ids[i]] for i in keep],
@@ -111,9 +110,8 @@ def write_samples(run: RunDir, dataset: PairDataset, plan: SplitPlan) -> None:
         "image_ref": refs,
         "attributes": [json.dumps(dataset.attributes[i]) if dataset.attributes else "{}" for i in keep],
     })
-    tmp = atomic_path(run.samples)
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(run.samples)
+    with atomic_write(run.samples) as tmp:
+        frame.to_parquet(tmp, index=False)
     write_json(run.data_root, {"data_root": data_root, "kind": dataset.name})
 
 
@@ -338,18 +336,17 @@ def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, pe
         metrics["attribution"] = {"layers": cfg.score.layers}
     metrics["finish_seconds"] = round(time.perf_counter() - t1, 2)
 
-    tmp = atomic_path(run.scores)
-    scores.to_parquet(tmp, index=False)
-    tmp.replace(run.scores)
+    with atomic_write(run.scores) as tmp:
+        scores.to_parquet(tmp, index=False)
     for table, path in ((layers, run.layers), (curves, run.layer_curves)):
         if table is not None and len(table):
-            table.to_parquet(atomic_path(path), index=False)
-            atomic_path(path).replace(path)
+            with atomic_write(path) as tmp:
+                table.to_parquet(tmp, index=False)
         else:
             path.unlink(missing_ok=True)
-    tmp = run.embeddings.with_name("embeddings.tmp.npz")
-    np.savez(tmp, **embeddings_arrays(corpus, {key: clean[name] for key, name in literal.items()}, embedded))
-    tmp.replace(run.embeddings)
+    # through a file object: given a name, np.savez would append .npz to the temporary one
+    with atomic_write(run.embeddings) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **embeddings_arrays(corpus, {key: clean[name] for key, name in literal.items()}, embedded))
     return metrics
 
 

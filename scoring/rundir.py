@@ -17,8 +17,11 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from clipmem.scoring.config import RunConfig
 from clipmem.scoring.errors import ClipmemError
 
 COMPLETE = "COMPLETE"
@@ -120,9 +123,7 @@ class RunDir:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def load_config(self):
-        from clipmem.scoring.config import RunConfig  # lazily: config pulls in torch, the backend reads run dirs without it
-
+    def load_config(self) -> RunConfig:
         if not self.config.is_file():
             raise ClipmemError(f"{self.path} has no config.json: create it with `clipmem split` or `clipmem run`")
         try:
@@ -130,7 +131,7 @@ class RunDir:
         except (json.JSONDecodeError, TypeError) as exc:
             raise ClipmemError(f"{self.config} is malformed ({exc})") from None
 
-    def save_config(self, cfg) -> None:
+    def save_config(self, cfg: RunConfig) -> None:
         write_json(self.config, cfg.to_json())
 
 
@@ -169,13 +170,20 @@ def verify_checksum(path: Path) -> bool:
     return True
 
 
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write to: renamed onto `path` when the block succeeds, removed when it
+    fails, so a reader sees the old file or the whole new one. The name is per process (separate training jobs
+    of one run write the same files at once) and ends in .tmp, which `RunDir.artifacts` leaves out."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    # a per-process temporary name: separate training jobs of one run write the same files at once
-    tmp = Path(f"{path}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_path(path: Path) -> Path:
-    """A sibling temporary path to write to before os.replace(tmp, path)."""
-    return path.with_name(path.name + ".tmp")
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.rundir import atomic_write
 
 PARTS_DIR = "score_parts"
 PART_NAME = re.compile(r"^part-(\d{5,})-of-(\d{5,})\.parquet$")
@@ -87,9 +88,8 @@ def write_part(path: Path, frame: pd.DataFrame, per_pair_layers: dict[str, np.nd
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: print_.encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def part_counts(run) -> set[int]:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from clipmem.scoring.columns import SPLITS
 from clipmem.scoring.errors import ClipmemError
 
-SPLIT_NAMES = ("shared", "candidate", "independent", "extra")
 SCHEMES = ("published", "kfold")
 
 
@@ -45,7 +45,7 @@ class SplitSizes:
         go to the largest remainders, so fractions summing to 1 use exactly n pairs and never more.
         """
         exact, counts = {}, {}
-        for name in SPLIT_NAMES:
+        for name in SPLITS:
             value = getattr(self, name)
             if value < 0:
                 raise ClipmemError(f"split size {name}={value:g} is negative")
@@ -64,7 +64,7 @@ class SplitSizes:
         left = math.floor(sum(exact.values(), Fraction(0)) + Fraction(1, 2)) - sum(floors.values())
         for name in sorted(exact, key=lambda k: exact[k] - floors[k], reverse=True)[:left]:
             floors[name] += 1
-        counts = {name: counts[name] if name in counts else floors[name] for name in SPLIT_NAMES}
+        counts = {name: counts[name] if name in counts else floors[name] for name in SPLITS}
         total = sum(counts.values())
         if total > n:
             hint = ("lower the counts" if exact else "lower the sizes or give fractions of the dataset "
@@ -86,29 +86,27 @@ class SplitPlan:
         return "published" if self.folds is None else "kfold"
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(self.ids[name]) for name in SPLIT_NAMES}
+        return {name: len(self.ids[name]) for name in SPLITS}
 
     def split_of(self) -> dict[str, str]:
-        return {sid: name for name in SPLIT_NAMES for sid in self.ids[name]}
+        return {sid: name for name in SPLITS for sid in self.ids[name]}
 
     def fold_of(self) -> dict[str, int]:
         return {sid: k for k, members in enumerate(self.folds or []) for sid in members}
 
-    def save(self, path: Path) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(".json.tmp")
+    def to_json(self) -> dict:
+        """split.json's content, which `load` reads back."""
         content = {"seed": self.seed, "sizes": self.sizes(), "ids": self.ids}
         if self.folds is not None:
             content.update(scheme="kfold", folds=self.folds)
-        tmp.write_text(json.dumps(content, indent=1))
-        tmp.replace(path)
+        return content
 
     @classmethod
     def load(cls, path: Path) -> "SplitPlan":
         try:
             raw = json.loads(Path(path).read_text())
             folds = raw.get("folds")
-            plan = cls(seed=int(raw["seed"]), ids={name: list(raw["ids"][name]) for name in SPLIT_NAMES},
+            plan = cls(seed=int(raw["seed"]), ids={name: list(raw["ids"][name]) for name in SPLITS},
                        folds=None if folds is None else [list(map(str, f)) for f in folds])
             if plan.folds is not None:
                 _check_folds(plan)
@@ -161,7 +159,7 @@ def plan_splits(ids: list[str], truth: list[str], sizes: SplitSizes, seed: int) 
     extra = [next(take) for _ in range(counts["extra"])]
     # within a split, order by a fresh shuffle so faulty pairs are not all first
     out = {}
-    for name, members in zip(SPLIT_NAMES, (shared, candidate, independent, extra)):
+    for name, members in zip(SPLITS, (shared, candidate, independent, extra)):
         members = [members[j] for j in rng.permutation(len(members))] if members else []
         out[name] = [ids[int(j)] for j in members]
     return SplitPlan(seed=seed, ids=out)
@@ -206,7 +204,3 @@ def plan_kfold(ids: list[str], truth: list[str], sizes: SplitSizes, folds: int, 
     out = {"shared": [], "candidate": [sid for f in fold_ids[1:] for sid in f], "independent": list(fold_ids[0]),
            "extra": extra_ids}
     return SplitPlan(seed=seed, ids=out, folds=fold_ids)
-
-
-def sizes_dict(sizes: SplitSizes) -> dict:
-    return asdict(sizes)

@@ -19,8 +19,9 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from open_clip import ClipLoss
@@ -28,25 +29,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from clipmem.scoring.config import TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
-from clipmem.scoring.distributed import SINGLE, Dist, RaggedClipLoss, share_sizes
+from clipmem.scoring.distributed import SINGLE, Dist, RaggedClipLoss, pick_device, share_sizes
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.rundir import checksum_path, verify_checksum, write_checksum
-from clipmem.scoring.schemes import PUBLISHED_MODELS, model_names, published_slots, slot_batch_size, slot_table
-from clipmem.scoring.transform import augment, sample_views
+from clipmem.scoring.rundir import atomic_write, checksum_path, verify_checksum, write_checksum
+from clipmem.scoring.schemes import PUBLISHED_MODELS, model_names, slot_batch_size, slot_table
+from clipmem.scoring.transform import ViewParams, augment, sample_views
 
-MODELS = PUBLISHED_MODELS  # the published scheme's models; see scoring.schemes for the k-fold ones
 NOISE_STREAM, VIEW_STREAM = 7919, 104729  # seed offsets: text noise and fixed image views draw from streams of their own
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ClipmemError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-slot_tables = published_slots  # f's and g's row per slot (scoring.schemes.slot_table generalises it to K models)
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -140,6 +129,194 @@ class TrainForward(torch.nn.Module):
         return noisy_text_forward(self.model, images, text, noise)
 
 
+@dataclass(frozen=True)
+class SlotPlan:
+    """The batch slots that every model steps through, and how many steps that makes."""
+
+    names: list[str]  # the models trained here, in order
+    tables: dict[str, torch.Tensor]  # each model's corpus row per slot (-1: its slot is empty)
+    n_slots: int
+    batch: int  # slots per step
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan_slots(names: list[str], corpus: TensorCorpus, cfg: TrainConfig) -> SlotPlan:
+    table = slot_table(corpus)
+    planned = model_names(corpus)
+    if table.shape[0] != len(planned) or not set(names) <= set(planned):
+        raise ClipmemError(f"the split plan defines models {', '.join(planned)}, but {', '.join(names)} were given")
+    # a subset of the models (separate jobs) steps through the same slots and draws as all of them at once
+    tables = {name: table[planned.index(name)] for name in names}
+    batch = slot_batch_size(table, cfg.batch_size)
+    steps_per_epoch = math.ceil(table.shape[1] / batch)
+    return SlotPlan(names, tables, table.shape[1], batch, steps_per_epoch, steps_per_epoch * cfg.epochs)
+
+
+class StepDraws(NamedTuple):
+    """One step's random draws, shared by every model: augmentations, caption picks, fixed-view picks, noise."""
+
+    views: ViewParams
+    caption_u: torch.Tensor
+    view_pick: torch.Tensor | None
+    noise: torch.Tensor | None
+
+
+def draw_step(cfg: TrainConfig, epoch: int, step: int, n_slots: int, fixed_views: bool, embed_dim: int) -> StepDraws:
+    gen = step_generator(cfg.data_seed, epoch, step)
+    views = sample_views(n_slots, cfg.augment, gen)
+    caption_u = torch.rand(n_slots, generator=gen)
+    # drawn only when used, so the default recipe's random stream is unchanged
+    view_pick = noise = None
+    if fixed_views:
+        view_pick = (torch.rand(n_slots, generator=gen) * cfg.image_views).long()
+    if cfg.text_noise > 0:
+        noise_gen = step_generator(cfg.data_seed + NOISE_STREAM, epoch, step)
+        noise = torch.randn(n_slots, embed_dim, generator=noise_gen)
+    return StepDraws(views, caption_u, view_pick, noise)
+
+
+class Lockstep:
+    """The models, their optimisers and the data on the training device: trains one epoch at a time.
+
+    Under torchrun (`ctx` active) each model's forward is wrapped in DistributedDataParallel and
+    every rank trains on its share of each batch.
+    """
+
+    def __init__(self, models: dict[str, torch.nn.Module], corpus: TensorCorpus, cfg: TrainConfig, plan: SlotPlan,
+                 ctx: Dist, device: torch.device, batch_hook=None):
+        self.models, self.corpus, self.cfg, self.plan, self.ctx, self.device = models, corpus, cfg, plan, ctx, device
+        self.batch_hook = batch_hook
+        self.on_cuda = device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda else nullcontext()
+        self.optimizers, self.forwards = {}, {}
+        for name, model in models.items():
+            model.to(device).train()
+            if self.on_cuda:
+                model.visual.to(memory_format=torch.channels_last)
+            self.optimizers[name] = make_optimizer(model, cfg, fused=self.on_cuda)
+            self.forwards[name] = TrainForward(model)
+        if ctx.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forwards = {name: DistributedDataParallel(f, device_ids=[device.index] if self.on_cuda else None)
+                             for name, f in self.forwards.items()}
+            self.loss_fn = RaggedClipLoss(ctx.rank, ctx.world_size)
+        else:
+            self.loss_fn = ClipLoss()
+        self.min_rows = max(2, ctx.world_size)  # a contrastive loss needs a negative, and every rank a row
+        self.pixels, self.tokens = corpus.pixels, corpus.tokens
+        if self.on_cuda:  # uint8 pixels and tokens live on the GPU; augmentation runs there
+            self.pixels, self.tokens = _to_device(self.pixels, device), _to_device(self.tokens, device)
+        self.max_shift = cfg.augment.max_shift if cfg.augment.enabled else 0
+        self.fixed_views = fixed_image_views(len(corpus.ids), cfg) if cfg.image_views > 0 else None
+        if cfg.text_noise < 0:
+            raise ClipmemError(f"text noise σ must be >= 0, got {cfg.text_noise}")
+        self.embed_dim = 0
+        if cfg.text_noise > 0:
+            with torch.no_grad():
+                self.embed_dim = models[plan.names[0]].encode_text(self.tokens[:1].to(device)).shape[-1]
+
+    def resume_from(self, checkpoint_dir: Path) -> int:
+        """Load the latest checkpoint's weights and optimiser states; returns the epoch to continue from."""
+        last = latest_checkpoint(checkpoint_dir)
+        if last is None:
+            return 0
+        state = load_training_state(last, self.plan.names)
+        for name in self.plan.names:
+            self.models[name].load_state_dict(state[name]["state_dict"])
+            self.optimizers[name].load_state_dict(state[name]["optimizer"])
+        return int(state["epoch"])
+
+    def epoch(self, epoch: int, on_step) -> tuple[dict[str, float], int]:
+        """Train every model for one epoch; returns the mean loss per model (over ranks) and the rows trained.
+        `on_step(rows so far)` is called after each step."""
+        plan, cfg = self.plan, self.cfg
+        order = torch.randperm(plan.n_slots, generator=step_generator(cfg.data_seed, epoch, -1))
+        # on the device, in float64: the sum of the step losses, read once per epoch
+        epoch_loss = {name: torch.zeros((), dtype=torch.float64, device=self.device) for name in plan.names}
+        epoch_samples = 0
+        for step in range(plan.steps_per_epoch):
+            slots = order[step * plan.batch : (step + 1) * plan.batch]
+            draws = draw_step(cfg, epoch, step, len(slots), self.fixed_views is not None, self.embed_dim)
+            lr = lr_at(epoch * plan.steps_per_epoch + step, plan.total_steps, cfg)
+            for name in plan.names:
+                loss, n_rows = self.model_step(name, slots, draws, lr)
+                if loss is not None:
+                    epoch_loss[name] += loss.detach().to(torch.float64)
+                    epoch_samples += n_rows
+            on_step(epoch_samples)
+        totals = torch.stack([epoch_loss[name] for name in plan.names])
+        if self.ctx.active:  # each rank holds its weighted share of every step's loss
+            torch.distributed.all_reduce(totals)
+            totals = totals / self.ctx.world_size
+        return dict(zip(plan.names, (totals / plan.steps_per_epoch).tolist())), epoch_samples
+
+    def model_step(self, name: str, slots: torch.Tensor, draws: StepDraws, lr: float):
+        """One optimisation step of one model on its rows of these slots; returns (loss, rows), or
+        (None, rows) for a rare tail slot too small to train on."""
+        cfg, ctx, device = self.cfg, self.ctx, self.device
+        rows = self.plan.tables[name][slots]
+        keep = rows >= 0
+        rows = rows[keep]
+        n_rows = len(rows)
+        if n_rows < self.min_rows:
+            return None, n_rows
+        if self.fixed_views is None:
+            drawn = draws.views.select(keep)
+        else:
+            drawn = self.fixed_views.select(rows * cfg.image_views + draws.view_pick[keep])
+        captions = self.corpus.pick_captions(rows, draws.caption_u[keep])
+        picked_noise = None if draws.noise is None else draws.noise[keep]
+        if ctx.active:  # this rank's share of the global batch
+            share = ctx.share(n_rows)
+            self.loss_fn.set_sizes(share_sizes(n_rows, ctx.world_size))
+            rows, drawn, captions = rows[share], drawn.select(share), captions[share]
+            picked_noise = None if picked_noise is None else picked_noise[share]
+        if self.on_cuda:
+            images = augment(self.pixels[_to_device(rows, device)], drawn.to(device), self.max_shift)
+            images = images.contiguous(memory_format=torch.channels_last)
+            text = self.tokens[_to_device(captions, device)]
+        else:
+            images = augment(self.pixels[rows], drawn, self.max_shift)
+            text = self.tokens[captions]
+        if self.batch_hook is not None:
+            self.batch_hook(name, rows, images, text)
+        optimizer = self.optimizers[name]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            extra = () if picked_noise is None else (cfg.text_noise * _to_device(picked_noise, device),)
+            image_features, text_features, logit_scale = self.forwards[name](images, text, *extra)
+            loss = self.loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # open_clip clamps the scale to 100
+            self.models[name].logit_scale.clamp_(0, math.log(100))
+        return loss, n_rows
+
+    def finish(self) -> None:
+        for model in self.models.values():
+            model.eval()
+            if self.on_cuda:
+                model.visual.to(memory_format=torch.contiguous_format)
+
+
+def _progress_bar(names: list[str], show: bool) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]train {','.join(names) if len(names) <= 2 else f'{len(names)} fold models'}"),
+        BarColumn(),
+        TextColumn("epoch {task.fields[epoch]}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]:.0f} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not show,
+        transient=False,
+    )
+
+
 def train_models(
     models: dict[str, torch.nn.Module],
     corpus: TensorCorpus,
@@ -161,175 +338,54 @@ def train_models(
     model is about to (this rank's share under torchrun), e.g. to audit what a mitigation changes.
     """
     device = device or pick_device(cfg.device)
-    on_cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
-    names = list(models)
-    table = slot_table(corpus)
-    planned = model_names(corpus)
-    if table.shape[0] != len(planned) or not set(names) <= set(planned):
-        raise ClipmemError(f"the split plan defines models {', '.join(planned)}, but {', '.join(names)} were given")
-    # a subset of the models (separate jobs) steps through the same slots and draws as all of them at once
-    tables = {name: table[planned.index(name)] for name in names}
-    n_slots = table.shape[1]
-    batch = slot_batch_size(table, cfg.batch_size)
-    steps_per_epoch = math.ceil(n_slots / batch)
-    total_steps = steps_per_epoch * cfg.epochs
+    plan = plan_slots(list(models), corpus, cfg)
+    names = plan.names
     if ctx.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    optimizers, forwards = {}, {}
-    for name, model in models.items():
-        model.to(device).train()
-        if on_cuda:
-            model.visual.to(memory_format=torch.channels_last)
-        optimizers[name] = make_optimizer(model, cfg, fused=on_cuda)
-        forwards[name] = TrainForward(model)
-    if ctx.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forwards = {name: DistributedDataParallel(f, device_ids=[device.index] if on_cuda else None)
-                    for name, f in forwards.items()}
-        loss_fn = RaggedClipLoss(ctx.rank, ctx.world_size)
-    else:
-        loss_fn = ClipLoss()
-    min_rows = max(2, ctx.world_size)  # a contrastive loss needs a negative, and every rank a row
-    pixels, tokens = corpus.pixels, corpus.tokens
-    if on_cuda:  # uint8 pixels and tokens live on the GPU; augmentation runs there
-        pixels, tokens = _to_device(pixels, device), _to_device(tokens, device)
-    max_shift = cfg.augment.max_shift if cfg.augment.enabled else 0
-    fixed_views = fixed_image_views(len(corpus.ids), cfg) if cfg.image_views > 0 else None
-    if cfg.text_noise < 0:
-        raise ClipmemError(f"text noise σ must be >= 0, got {cfg.text_noise}")
-    embed_dim = 0
-    if cfg.text_noise > 0:
-        with torch.no_grad():
-            embed_dim = models[names[0]].encode_text(tokens[:1].to(device)).shape[-1]
-
+    trainer = Lockstep(models, corpus, cfg, plan, ctx, device, batch_hook)
     start_epoch = 0
     if resume:
-        last = latest_checkpoint(checkpoint_dir)
-        if last is not None:
-            state = load_training_state(last, names)
-            for name in names:
-                models[name].load_state_dict(state[name]["state_dict"])
-                optimizers[name].load_state_dict(state[name]["optimizer"])
-            start_epoch = int(state["epoch"])
+        start_epoch = trainer.resume_from(checkpoint_dir)
     elif log_path.exists() and ctx.is_main:
         log_path.unlink()
     ctx.barrier()  # every rank has read the checkpoint before rank 0 writes the next
 
     samples, seconds = 0, 0.0
     losses = {name: float("nan") for name in names}
-    progress = Progress(
-        TextColumn(f"[bold]train {','.join(names) if len(names) <= 2 else f'{len(names)} fold models'}"),
-        BarColumn(),
-        TextColumn("epoch {task.fields[epoch]}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]:.0f} samples/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not show_progress or not ctx.is_main,
-        transient=False,
-    )
-    with progress:
-        task = progress.add_task("train", total=total_steps, completed=start_epoch * steps_per_epoch,
+    with _progress_bar(names, show_progress and ctx.is_main) as progress:
+        task = progress.add_task("train", total=plan.total_steps, completed=start_epoch * plan.steps_per_epoch,
                                  epoch=f"{start_epoch}/{cfg.epochs}", loss="-", rate=0.0)
         for epoch in range(start_epoch, cfg.epochs):
-            order = torch.randperm(n_slots, generator=step_generator(cfg.data_seed, epoch, -1))
-            # on the device, in float64: the sum of the step losses, read once per epoch
-            epoch_loss = {name: torch.zeros((), dtype=torch.float64, device=device) for name in names}
             t0 = time.perf_counter()
-            epoch_samples = 0
-            for step in range(steps_per_epoch):
-                global_step = epoch * steps_per_epoch + step
-                slots = order[step * batch : (step + 1) * batch]
-                gen = step_generator(cfg.data_seed, epoch, step)
-                views = sample_views(len(slots), cfg.augment, gen)
-                caption_u = torch.rand(len(slots), generator=gen)
-                # drawn only when used, so the default recipe's random stream is unchanged
-                view_pick = noise = None
-                if fixed_views is not None:
-                    view_pick = (torch.rand(len(slots), generator=gen) * cfg.image_views).long()
-                if cfg.text_noise > 0:
-                    noise_gen = step_generator(cfg.data_seed + NOISE_STREAM, epoch, step)
-                    noise = torch.randn(len(slots), embed_dim, generator=noise_gen)
-                lr = lr_at(global_step, total_steps, cfg)
-                for name in names:
-                    rows = tables[name][slots]
-                    keep = rows >= 0
-                    rows = rows[keep]
-                    n_rows = len(rows)
-                    if n_rows < min_rows:
-                        continue  # rare tail slot
-                    if fixed_views is None:
-                        drawn = views.select(keep)
-                    else:
-                        drawn = fixed_views.select(rows * cfg.image_views + view_pick[keep])
-                    captions = corpus.pick_captions(rows, caption_u[keep])
-                    picked_noise = None if noise is None else noise[keep]
-                    if ctx.active:  # this rank's share of the global batch
-                        share = ctx.share(n_rows)
-                        loss_fn.set_sizes(share_sizes(n_rows, ctx.world_size))
-                        rows, drawn, captions = rows[share], drawn.select(share), captions[share]
-                        picked_noise = None if picked_noise is None else picked_noise[share]
-                    if on_cuda:
-                        images = augment(pixels[_to_device(rows, device)], drawn.to(device), max_shift)
-                        images = images.contiguous(memory_format=torch.channels_last)
-                        text = tokens[_to_device(captions, device)]
-                    else:
-                        images = augment(pixels[rows], drawn, max_shift)
-                        text = tokens[captions]
-                    if batch_hook is not None:
-                        batch_hook(name, rows, images, text)
-                    for group in optimizers[name].param_groups:
-                        group["lr"] = lr
-                    with autocast:
-                        extra = () if picked_noise is None else (cfg.text_noise * _to_device(picked_noise, device),)
-                        image_features, text_features, logit_scale = forwards[name](images, text, *extra)
-                        loss = loss_fn(image_features, text_features, logit_scale)
-                    optimizers[name].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizers[name].step()
-                    with torch.no_grad():  # open_clip clamps the scale to 100
-                        models[name].logit_scale.clamp_(0, math.log(100))
-                    epoch_loss[name] += loss.detach().to(torch.float64)
-                    epoch_samples += n_rows
-                elapsed = time.perf_counter() - t0
+
+            def on_step(epoch_samples: int, epoch: int = epoch, t0: float = t0) -> None:
                 progress.update(task, advance=1, epoch=f"{epoch + 1}/{cfg.epochs}",
-                                rate=epoch_samples / max(elapsed, 1e-9))
-            totals = torch.stack([epoch_loss[name] for name in names])
-            if ctx.active:  # each rank holds its weighted share of every step's loss
-                torch.distributed.all_reduce(totals)
-                totals = totals / ctx.world_size
-            losses = dict(zip(names, (totals / steps_per_epoch).tolist()))
+                                rate=epoch_samples / max(time.perf_counter() - t0, 1e-9))
+
+            losses, epoch_samples = trainer.epoch(epoch, on_step)
             epoch_seconds = time.perf_counter() - t0
             samples += epoch_samples
             seconds += epoch_seconds
             progress.update(task, loss=" ".join(f"{name} {value:.3f}" for name, value in losses.items()))
             if ctx.is_main:
-                _save_epoch(checkpoint_dir, epoch + 1, models, optimizers, cfg)
+                _save_epoch(checkpoint_dir, epoch + 1, models, trainer.optimizers, cfg)
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps({"epoch": epoch + 1, **{f"loss_{name}": losses[name] for name in names},
                                          "seconds": epoch_seconds,
                                          "samples_per_s": epoch_samples / epoch_seconds}) + "\n")
-    for model in models.values():
-        model.eval()
-        if on_cuda:
-            model.visual.to(memory_format=torch.contiguous_format)
+    trainer.finish()
     return {
         "models": names,
         "epochs": cfg.epochs,
-        "steps": total_steps,
-        "steps_per_model": total_steps,
-        "slots_per_step": batch,
+        "steps": plan.total_steps,
+        "steps_per_model": plan.total_steps,
+        "slots_per_step": plan.batch,
         "device": str(device),
         "world_size": ctx.world_size,
         "train_seconds_this_session": round(seconds, 2),
         "samples_per_s": round(samples / seconds, 1) if seconds else None,
         **{f"final_loss_{name}": losses[name] for name in names},
     }
-
-
-train_pair = train_models  # the published scheme's name for it
 
 
 def _save_epoch(directory: Path, epoch: int, models, optimizers, cfg: TrainConfig) -> None:
@@ -349,10 +405,9 @@ def _save_checked(obj, path: Path) -> None:
     """torch.save to a temporary renamed into place, then its SHA-256 beside it. The old checksum goes
     first: a kill in between leaves a file without one (loaded unverified, with a note), never a file
     with a checksum that does not fit it."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    checksum_path(path).unlink(missing_ok=True)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+        checksum_path(path).unlink(missing_ok=True)
     write_checksum(path)
 
 

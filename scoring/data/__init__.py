@@ -1,5 +1,1 @@
-"""Image-caption sources. Every source yields a `PairDataset`."""
-
-from clipmem.scoring.data.base import PairDataset, load_dataset
-
-__all__ = ["PairDataset", "load_dataset"]
+"""Image-caption sources. Every source yields a `PairDataset` (base); `sources.load_dataset` opens one by kind."""

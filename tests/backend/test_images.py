@@ -18,7 +18,7 @@ from PIL import Image
 from clipmem.backend.images import DecodeBusy, PixelBudget, thumbnail
 from clipmem.backend.ingest import ingest
 from clipmem.backend.synthetic_run import write_synthetic_run
-from clipmem.scoring.data import load_dataset
+from clipmem.scoring.data.sources import load_dataset
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.images import ImageError, decode_rgb
 

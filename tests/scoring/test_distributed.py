@@ -79,7 +79,7 @@ def test_two_processes_agree_and_track_one(tmp_path, tiny_data, scheme, models):
 
     proc = torchrun("-m", "clipmem", "train", run.path, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout
+    assert "on 2 processes" in proc.stdout
     summary = json.loads((run.path / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_agree"] is True
     assert summary["rank_weights_sha256"][0] == summary["rank_weights_sha256"][1]
@@ -98,7 +98,7 @@ def test_two_processes_agree_and_track_one(tmp_path, tiny_data, scheme, models):
 
 
 def test_clipmem_train_under_torchrun_resumes(tmp_path, tiny_data):
-    """`clipmem train` (here via python -m scoring.cli) detects torchrun; --resume continues on every rank."""
+    """`clipmem train` (here via python -m clipmem) detects torchrun; --resume continues on every rank."""
     run, cfg = _split(tmp_path, tiny_data, "run")
     cfg.train = replace(cfg.train, epochs=1)
     run.save_config(cfg)

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from clipmem.scoring.data import load_dataset
-from clipmem.scoring.data.base import Problems, SourceOptions, verify_images
+from clipmem.scoring.data.sources import load_dataset
+from clipmem.scoring.config import SourceOptions
+from clipmem.scoring.data.base import Problems, verify_images
 from clipmem.scoring.errors import ClipmemError
 from source_fixtures import PAIRS, make_coco, make_csv, make_folder, make_shards
 

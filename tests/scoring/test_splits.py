@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.splits import SPLIT_NAMES, SplitPlan, SplitSizes, plan_splits
+from clipmem.scoring.columns import SPLITS
+from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_splits
 
 
 def _data(n=100, faulty=10):
@@ -14,7 +17,7 @@ def test_sizes_disjoint_and_faults_scored():
     ids, truth = _data()
     plan = plan_splits(ids, truth, SplitSizes(60, 15, 15, 10), seed=0)
     assert plan.sizes() == {"shared": 60, "candidate": 15, "independent": 15, "extra": 10}
-    members = [sid for name in SPLIT_NAMES for sid in plan.ids[name]]
+    members = [sid for name in SPLITS for sid in plan.ids[name]]
     assert len(members) == len(set(members)) == 100
     faulty = {f"s{i}" for i in range(10)}
     assert faulty <= set(plan.ids["candidate"]) | set(plan.ids["independent"])
@@ -25,7 +28,7 @@ def test_fractions_and_seed_reproducible(tmp_path):
     ids, truth = _data()
     a = plan_splits(ids, truth, SplitSizes(0.6, 0.1, 0.1, 0.1), seed=7)
     assert a.sizes() == {"shared": 60, "candidate": 10, "independent": 10, "extra": 10}
-    a.save(tmp_path / "split.json")
+    (tmp_path / "split.json").write_text(json.dumps(a.to_json()))
     assert SplitPlan.load(tmp_path / "split.json") == a == plan_splits(ids, truth, SplitSizes(0.6, 0.1, 0.1, 0.1), 7)
     assert plan_splits(ids, truth, SplitSizes(0.6, 0.1, 0.1, 0.1), 8) != a
 
@@ -58,7 +61,7 @@ def test_fractions_summing_to_one_use_every_pair():
         for sizes in ((0.55, 0.15, 0.15, 0.15), (0.7, 0.1, 0.1, 0.1), (0.25, 0.25, 0.25, 0.25), (0.3, 0.3, 0.3, 0.1)):
             got = SplitSizes(*sizes).resolve(n)
             assert sum(got.values()) == n
-            assert all(abs(got[name] - share * n) < 1 for name, share in zip(SPLIT_NAMES, sizes))
+            assert all(abs(got[name] - share * n) < 1 for name, share in zip(SPLITS, sizes))
 
 
 def test_too_large_fractions_are_refused_as_fractions():

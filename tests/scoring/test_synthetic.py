@@ -4,8 +4,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from clipmem.scoring.data import load_dataset
-from clipmem.scoring.data.synthetic import FAULT_TAGS, SynthConfig, generate, parse_rates, write
+from clipmem.scoring.data.sources import load_dataset
+from clipmem.scoring.config import SynthConfig
+from clipmem.scoring.data.synthetic import FAULT_TAGS, generate, parse_rates, write
 from clipmem.scoring.errors import ClipmemError
 
 

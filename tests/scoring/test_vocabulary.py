@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from clipmem.scoring.attribution import _without_word
 from clipmem.cli import app
-from clipmem.scoring.data.synthetic import SynthConfig, generate
+from clipmem.scoring.config import SynthConfig
+from clipmem.scoring.data.synthetic import generate
 from clipmem.scoring.models import pack, tokenize, word_encodings
 from source_fixtures import png_bytes
 
@@ -131,7 +132,7 @@ def test_saved_vocabulary_lacking_tokens_is_refused_before_training(tmp_path):
 def test_single_caption_baseline_vocabulary_covers_dropped_words(tmp_path):
     """--captions-per-image 1 makes every pair single-caption: its vocabulary holds every token of the first
     captions, those past the context length included."""
-    from clipmem.scoring.data import load_dataset
+    from clipmem.scoring.data.sources import load_dataset
     from clipmem.scoring.data.tensors import build_corpus
     from clipmem.scoring.splits import SplitSizes, plan_splits
 
