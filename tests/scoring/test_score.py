@@ -26,13 +26,28 @@ def test_output_contract(tiny_run):
     assert run.is_finished()
 
 
+# Swapped-vs-clean AUROC of the tiny run (tests/run_fixtures.py, 25 epochs, 45 swapped and 168 clean scored
+# pairs), measured over split/init/data seeds 0-4: clipmem_raw 0.600, 0.708, 0.574, 0.619, 0.685;
+# clipmem_contrastive_raw 0.576, 0.809, 0.643, 0.663, 0.668. The fixture uses seed 0. The floors sit below the
+# worst seed, and above what a sign error gives (1 - AUROC: 0.42 for the contrastive score at seed 0).
+DETECTION_FLOOR = {"clipmem_raw": 0.55, "clipmem_contrastive_raw": 0.53}
+
+
 def test_swapped_pairs_rank_above_clean(tiny_run):
-    """On a fixed tiny seeded run, injected swaps carry clearly more memorization than clean pairs."""
+    """On the fixed-seed tiny run, injected swaps rank above clean pairs: AUROC (scikit-learn's, computed here)
+    above the stated floor for both scores, and the scaled score ranks exactly as the raw one."""
+    from sklearn.metrics import roc_auc_score
+
     run, _ = tiny_run
     scores = pd.read_parquet(run.scores)
+    pairs = scores[scores["truth"].isin(["clean", "swapped"])]
+    swapped = (pairs["truth"] == "swapped").to_numpy()
+    assert swapped.sum() >= 30 and (~swapped).sum() >= 100
+    for column, floor in DETECTION_FLOOR.items():
+        assert roc_auc_score(swapped, pairs[column]) > floor, column
+    assert roc_auc_score(swapped, pairs["clipmem"]) == pytest.approx(roc_auc_score(swapped, pairs["clipmem_raw"]))
     means = scores.groupby("truth")["clipmem_raw"].mean()
     assert means["swapped"] > 2 * max(means["clean"], 0.001)
-    assert scores.groupby("truth")["clipmem"].mean()["swapped"] > scores.groupby("truth")["clipmem"].mean()["clean"]
 
 
 def test_same_model_gives_zero_memorization(tiny_run):

@@ -48,6 +48,8 @@ def assert_same_outputs(reference, out, atol=1e-5):
         assert x.drop(columns=["layer_mem"] + (["delta_layer_mem"] if "delta_layer_mem" in x else [])).equals(
             y.drop(columns=["layer_mem"] + (["delta_layer_mem"] if "delta_layer_mem" in y else [])))
         np.testing.assert_allclose(x["layer_mem"], y["layer_mem"], atol=atol, rtol=0)
+        if name == "layers.parquet":
+            np.testing.assert_allclose(x["delta_layer_mem"], y["delta_layer_mem"], atol=atol, rtol=0)
     ea, eb = np.load(reference / "embeddings.npz"), np.load(out / "embeddings.npz")
     assert sorted(ea.files) == sorted(eb.files)
     for key in ea.files:
