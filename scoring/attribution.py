@@ -34,7 +34,7 @@ from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.models import apply_vocabulary, pack, word_encodings
 from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
-                           scored_rows, to_device, with_without)
+                                   scored_rows, to_device, with_without)
 from clipmem.scoring.transform import sample_views
 
 TOWERS = ("image", "text")

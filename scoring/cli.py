@@ -594,30 +594,17 @@ def experiment(
     the same once the runs are ingested.
     """
     import shutil
-    from contextlib import nullcontext
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from clipmem.scoring.experiment import report_rows, run_experiment
-    from clipmem.scoring.experiment_report import write_report
-    from clipmem.scoring.processes import interrupt_on_stop_signals
+    from clipmem.scoring.experiment import open_experiment
 
     try:
         exp_name = name or Path(out).resolve().name
         if report_only:
-            rows = report_rows(out)
-            if not rows:
-                raise ClipmemError(f"{out} holds no finished experiment runs to report on")
-            path = write_report(rows, Path(out) / "report", f"Experiment {exp_name}")
-            console.print(f"report of {len(rows)} runs written to {path}")
+            count, path = _experiment_report(Path(out), exp_name)
+            console.print(f"report of {count} runs written to {path}")
             return
-        from clipmem.scoring.experiment import open_experiment
-
         grid_list = [g.strip() for g in grids.split(",") if g.strip()]
-        try:
-            counts = [int(n) for n in removal_counts.split(",") if n.strip()]
-        except ValueError:
-            raise ClipmemError(f"--removal-counts '{removal_counts}': expected integers, e.g. 50,150") from None
+        counts = _removal_counts(removal_counts)
         if seeds < 1:
             raise ClipmemError(f"--seeds must be >= 1, got {seeds}")
         cfg = _run_config(dataset, data, sizes, None, _source(csv_img_key, csv_caption_key, csv_separator,
@@ -629,21 +616,51 @@ def experiment(
         if overwrite and Path(out).exists():
             shutil.rmtree(out)
         exp = open_experiment(Path(out), exp_name, grid_list, list(range(seeds)), counts, cfg)
-        columns = (TextColumn("[bold]experiment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn())
-        # SIGTERM and SIGHUP stop the experiment as Ctrl+C does: run_experiment then stops its worker processes
-        with (_experiment_ingester() if ingest else nullcontext()) as on_finished, interrupt_on_stop_signals(), \
-                Progress(*columns, console=console) as bar:
-            task = bar.add_task("starting", total=len(exp.settings()) * seeds)
-
-            def progress(message, n_done, total):
-                bar.update(task, completed=n_done, total=total, description=message)
-
-            runs = run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
-        path = write_report(report_rows(out), Path(out) / "report", f"Experiment {exp_name}")
+        runs = _run_with_progress(exp, seeds, jobs, ingest)
+        _, path = _experiment_report(Path(out), exp_name)
     except ClipmemError as exc:
         _fail(exc)
     console.print(f"{len(runs)} runs finished; report written to {path}")
+
+
+def _removal_counts(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise ClipmemError(f"--removal-counts '{text}': expected integers, e.g. 50,150") from None
+
+
+def _experiment_report(out: Path, exp_name: str) -> tuple[int, Path]:
+    """(runs reported, report path) of the experiment's finished runs."""
+    from clipmem.scoring.experiment import report_rows
+    from clipmem.scoring.experiment_report import write_report
+
+    rows = report_rows(out)
+    if not rows:
+        raise ClipmemError(f"{out} holds no finished experiment runs to report on")
+    return len(rows), write_report(rows, out / "report", f"Experiment {exp_name}")
+
+
+def _run_with_progress(exp, seeds: int, jobs: int, ingest: bool) -> list:
+    """Train and score every planned run of the experiment under one progress bar, ingesting each as it ends."""
+    from contextlib import nullcontext
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from clipmem.scoring.experiment import run_experiment
+    from clipmem.scoring.processes import interrupt_on_stop_signals
+
+    columns = (TextColumn("[bold]experiment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    # SIGTERM and SIGHUP stop the experiment as Ctrl+C does: run_experiment then stops its worker processes
+    with (_experiment_ingester() if ingest else nullcontext()) as on_finished, interrupt_on_stop_signals(), \
+            Progress(*columns, console=console) as bar:
+        task = bar.add_task("starting", total=len(exp.settings()) * seeds)
+
+        def progress(message, n_done, total):
+            bar.update(task, completed=n_done, total=total, description=message)
+
+        return run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
 
 
 def _print_report(run_dir: Path, as_json: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Utility of a model on the held-out split S_E: retrieval and zero-shot accuracy.
+"""Utility of a model on the held-out split S_E: retrieval, zero-shot accuracy and linear probes.
 
 Retrieval counts a hit by caption *text*, not by index: on data with repeated
 captions several images legitimately own the same text.
@@ -11,7 +11,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from clipmem.scoring.config import RunConfig
 from clipmem.scoring.data.synthetic import COLOURS, SHAPES
+from clipmem.scoring.data.tensors import TensorCorpus
+from clipmem.scoring.schemes import PUBLISHED_MODELS
+from clipmem.scoring.score import clean_embeddings, encode_images
 
 # Prompts reuse caption words, so they fit a vocabulary compacted to the captions.
 PROMPT = "a picture of a {colour} {shape}"
@@ -94,3 +98,58 @@ def linear_probe(train_x: torch.Tensor, train_y: list, test_x: torch.Tensor, tes
     best = max(inverse_l2, key=lambda c: probe(c, fit).score(x[val], y[val]))
     model = probe(best, np.arange(len(train)))
     return float(model.score(test_x[test].double().numpy(), np.array([str(test_y[i]) for i in test])))
+
+
+def utility(models: dict, corpus: TensorCorpus, clean: dict, embedded: torch.Tensor, cfg: RunConfig, device) -> dict:
+    """Utility of every model: from its clean embeddings of the scored and S_E pairs when it has them, else (fold
+    models beyond the two literal ones) from its S_E embeddings alone."""
+    names = tuple(models)
+    extra = corpus.rows("extra")
+    per_model = {}
+    for name in names:
+        if name in clean:
+            per_model[name] = evaluate_model(models[name], corpus, clean[name], embedded, cfg, device,
+                                             probe_rows=probe_rows(corpus, name, names))
+        else:
+            per_model[name] = evaluate_model(models[name], corpus,
+                                             clean_embeddings(models[name], corpus, extra, cfg.score, device), extra,
+                                             cfg, device, probe_rows=probe_rows(corpus, name, names))
+    return per_model
+
+
+def probe_rows(corpus, name: str, names: tuple[str, ...]) -> torch.Tensor:
+    """Where the linear probe is fitted: S_S (both f and g trained on it); for fold model k, its training folds."""
+    if names == PUBLISHED_MODELS:
+        return corpus.rows("shared")
+    k = names.index(name)
+    rows = torch.cat([corpus.rows("candidate"), corpus.rows("independent")])
+    return rows[corpus.fold[rows] != k]
+
+
+def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg: RunConfig, device,
+                   probe_rows: torch.Tensor | None = None) -> dict:
+    """Retrieval and zero-shot accuracy on S_E with this model's clean embeddings; a linear probe fitted on
+    `probe_rows` (default S_S)."""
+    extra = [i for i, r in enumerate(embedded.tolist()) if corpus.split[r] == "extra"]
+    if not extra:
+        return {}
+    image = emb.image[extra]
+    rows = embedded[extra]
+    caption_sets = [set(x for x in corpus.caption_index[r].tolist() if x >= 0) for r in rows.tolist()]
+    out = retrieval(image, emb.caption_table, caption_sets)
+    prompts = zero_shot_prompts()
+    text_id = {t: j for j, t in enumerate(corpus.caption_texts)}
+    if all(p in text_id for p in prompts):
+        prompt_emb = emb.caption_table[[text_id[p] for p in prompts]]
+        out.update(zero_shot(image, prompt_emb, [corpus.attributes[r] for r in rows.tolist()]))
+    # linear probe: fitted on the clean image embeddings of S_S (which both models trained on), tested on S_E
+    labels = probe_labels(corpus.attributes, cfg.data.options.label_key)
+    if labels:
+        shared = corpus.rows("shared") if probe_rows is None else probe_rows
+        train_x = encode_images(model, corpus.pixels[shared], cfg.score.batch_size, device)
+        for label, values in labels.items():
+            accuracy = linear_probe(train_x, [values[r] for r in shared.tolist()], image,
+                                    [values[r] for r in rows.tolist()])
+            if accuracy is not None:
+                out[f"probe_{label}"] = accuracy
+    return out

@@ -25,13 +25,13 @@ from clipmem.scoring.data.sources import load_dataset
 from clipmem.scoring.data.synthetic import write as write_synthetic
 from clipmem.scoring.data.tensors import TensorCorpus, build_corpus
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.evaluate import linear_probe, probe_labels, retrieval, zero_shot, zero_shot_prompts
+from clipmem.scoring.evaluate import utility, zero_shot_prompts
 from clipmem.scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
-                            with_vocabulary)
+                                    with_vocabulary)
 from clipmem.scoring.rundir import RunDir, atomic_write, write_json, write_text_atomic
 from clipmem.scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
-from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, encode_images, prepare_model, scale_scores,
-                           score_run, scored_rows)
+from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, prepare_model, scale_scores,
+                                   score_run, scored_rows)
 from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
 from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
 from clipmem.scoring.train import load_model_weights, save_model, train_models
@@ -318,15 +318,7 @@ def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, pe
         clean = {name: clean_embeddings(models[name], corpus, embedded, cfg.score, device)
                  for name in literal.values()}
     metrics = {}
-    per_model = {}
-    for name in names:
-        if name in clean:
-            per_model[name] = evaluate_model(models[name], corpus, clean[name], embedded, cfg, device,
-                                             probe_rows=_probe_rows(corpus, name, names))
-        else:  # fold models beyond the two literal ones: utility from their S_E embeddings alone
-            per_model[name] = evaluate_model(models[name], corpus,
-                                             clean_embeddings(models[name], corpus, extra, cfg.score, device), extra,
-                                             cfg, device, probe_rows=_probe_rows(corpus, name, names))
+    per_model = utility(models, corpus, clean, embedded, cfg, device)
     for key, name in literal.items():
         metrics[key] = per_model[name]
     if names != PUBLISHED_MODELS:
@@ -348,44 +340,6 @@ def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, pe
     with atomic_write(run.embeddings) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **embeddings_arrays(corpus, {key: clean[name] for key, name in literal.items()}, embedded))
     return metrics
-
-
-def _probe_rows(corpus, name: str, names: tuple[str, ...]) -> torch.Tensor:
-    """Where the linear probe is fitted: S_S (both f and g trained on it); for fold model k, its training folds."""
-    if names == PUBLISHED_MODELS:
-        return corpus.rows("shared")
-    k = names.index(name)
-    rows = torch.cat([corpus.rows("candidate"), corpus.rows("independent")])
-    return rows[corpus.fold[rows] != k]
-
-
-def evaluate_model(model, corpus: TensorCorpus, emb, embedded: torch.Tensor, cfg: RunConfig, device,
-                   probe_rows: torch.Tensor | None = None) -> dict:
-    """Retrieval and zero-shot accuracy on S_E with this model's clean embeddings; a linear probe fitted on
-    `probe_rows` (default S_S)."""
-    extra = [i for i, r in enumerate(embedded.tolist()) if corpus.split[r] == "extra"]
-    if not extra:
-        return {}
-    image = emb.image[extra]
-    rows = embedded[extra]
-    caption_sets = [set(x for x in corpus.caption_index[r].tolist() if x >= 0) for r in rows.tolist()]
-    out = retrieval(image, emb.caption_table, caption_sets)
-    prompts = zero_shot_prompts()
-    text_id = {t: j for j, t in enumerate(corpus.caption_texts)}
-    if all(p in text_id for p in prompts):
-        prompt_emb = emb.caption_table[[text_id[p] for p in prompts]]
-        out.update(zero_shot(image, prompt_emb, [corpus.attributes[r] for r in rows.tolist()]))
-    # linear probe: fitted on the clean image embeddings of S_S (which both models trained on), tested on S_E
-    labels = probe_labels(corpus.attributes, cfg.data.options.label_key)
-    if labels:
-        shared = corpus.rows("shared") if probe_rows is None else probe_rows
-        train_x = encode_images(model, corpus.pixels[shared], cfg.score.batch_size, device)
-        for label, values in labels.items():
-            accuracy = linear_probe(train_x, [values[r] for r in shared.tolist()], image,
-                                    [values[r] for r in rows.tolist()])
-            if accuracy is not None:
-                out[f"probe_{label}"] = accuracy
-    return out
 
 
 def run_all(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:

@@ -20,7 +20,7 @@ from clipmem.backend.api.deps import require_token
 from clipmem.backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
 from clipmem.backend.api.frames import RunCache
 from clipmem.backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
-                                 histograms, images, maps, neighbours, runs, samples, tags)
+                                         histograms, images, maps, neighbours, runs, samples, tags)
 from clipmem.backend.db import make_engine, migrate, session_factory
 from clipmem.backend.images import PixelBudget
 from clipmem.backend.settings import Settings

@@ -5,7 +5,7 @@ import torch
 
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.models import (Vocabulary, apply_vocabulary, build_vocabulary, create_model, resolve_config, tokenize,
-                            with_vocabulary)
+                                    with_vocabulary)
 
 
 def test_builtin_and_open_clip_names_resolve():

@@ -14,7 +14,7 @@ from clipmem.backend.api.deps import RunDep, SampleIdPath, SessionDep, load_samp
 from clipmem.backend.api.errors import NOT_FOUND
 from clipmem.backend.api.limits import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
 from clipmem.backend.api.query import (SampleFilter, SortFields, decode_cursor, encode_cursor, frame_mask, frame_page,
-                               require_scores)
+                                       require_scores)
 from clipmem.backend.api.schemas import SampleDetail, SamplePage, SampleSummary
 from clipmem.backend.models import EmbeddingPoint, Run, Sample, Score, Tag
 
