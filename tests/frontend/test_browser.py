@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import unquote
 
+import pandas as pd
 import pytest
 
 from tests.frontend.conftest import TINY
@@ -97,18 +99,45 @@ def test_explore_filter_and_open_a_sample(page, ui_url, api):
     main = page.inner_text('[data-testid="stMain"]')
     assert "Captions" in main and "A_f · trained with it" in main and "Captions nearest to the image" in main
     assert f"run {TINY}" in main
+    # the pair's captions in full and its A_f, as the backend has them
+    sample_id = re.search(r"[?&]sample=([^&]+)", page.url).group(1)
+    detail = api.get(f"/runs/{TINY}/samples/{unquote(sample_id)}").json()
+    assert detail["captions"] and all(caption in main for caption in detail["captions"])
+    assert f"{detail['align_f']:.4f}" in main
     shot(page, "sample")
 
 
 @pytest.mark.parametrize("name, heading", [("encoders", "Embedding maps of f and g"),
-                                           ("runs", "Detection quality"),
-                                           ("export", "A training set without them")])
+                                           ("runs", "Detection quality")])
 def test_every_other_page_renders(page, ui_url, name, heading):
     page.goto(f"{ui_url}/{name}?run={TINY}")
     page.get_by_text(heading).first.wait_for(timeout=60_000)
     settle(page)
-    assert page.locator('[data-testid="stPlotlyChart"]').count() >= (0 if name == "export" else 2)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2
     shot(page, name)
+
+
+def test_export_downloads_the_filtered_pairs(page, ui_url, api):
+    """Export with the filter 'swapped pairs': the count the user reads and the CSV the user saves hold exactly
+    the backend's swapped pairs of the run, in the filter's order."""
+    page.goto(f"{ui_url}/export?run={TINY}&truth=swapped")
+    page.get_by_text("A training set without them").first.wait_for(timeout=60_000)
+    settle(page)
+    swapped = api.get(f"/runs/{TINY}/samples", params={"truth": "swapped", "limit": 500}).json()
+    total = swapped["total"]
+    assert 0 < total < 240 and len(swapped["items"]) == total
+    main = page.inner_text('[data-testid="stMain"]')
+    assert f"selects {total} of the 240 scored pairs of run {TINY}" in main
+    assert f"{total} rows, one per pair" in main
+    page.get_by_role("button", name="Prepare the selection CSV").click()
+    download_button = page.get_by_role("button", name=f"Download {TINY}-selection.csv")
+    download_button.wait_for(timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        download_button.click()
+    saved = pd.read_csv(info.value.path())
+    assert saved["sample_id"].tolist() == [item["sample_id"] for item in swapped["items"]]
+    assert set(saved["truth"]) == {"swapped"}
+    shot(page, "export")
 
 
 def test_an_unreachable_backend_is_explained_in_the_browser(browser, stack_dir):
@@ -125,7 +154,7 @@ def test_an_unreachable_backend_is_explained_in_the_browser(browser, stack_dir):
         page.close()
 
 
-def test_selecting_points_on_a_map_lists_those_pairs(page, ui_url):
+def test_selecting_points_on_a_map_lists_those_pairs(page, ui_url, api):
     page.goto(f"{ui_url}/encoders?run={TINY}")
     page.get_by_text("Embedding maps of f and g").wait_for(timeout=60_000)
     settle(page)
@@ -144,7 +173,20 @@ def test_selecting_points_on_a_map_lists_those_pairs(page, ui_url):
     settle(page)
     selected = int(re.search(r"(\d+) selected pairs", page.inner_text('[data-testid="stMain"]')).group(1))
     assert selected > 10
-    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+    # the listing under the maps: one row per selected pair (the first 50), highest CLIPMem first
+    table = page.locator('[data-testid="stDataFrame"]').filter(has_text="CLIPMem")
+    grid = table.locator('[role="grid"]').first
+    assert int(grid.get_attribute("aria-rowcount")) == min(selected, 50) + 1  # and the header row
+    first = grid.locator('[role="row"]').nth(1).locator('[role="gridcell"]')
+    cells = [first.nth(i).inner_text().strip() for i in range(first.count())]
+    sample_id = next(cell for cell in cells if api.get(f"/runs/{TINY}/samples/{cell}").status_code == 200)
+    top = api.get(f"/runs/{TINY}/samples/{sample_id}").json()
+    # its first caption and its CLIPMem (blank for a pair outside the scored splits) as the backend has them
+    assert top["captions"][0] in cells, cells
+    if top["scores"]:
+        assert f"{top['scores']['clipmem']:.3f}" in cells, cells
+    else:
+        assert not any(re.fullmatch(r"-?\d+\.\d{3}", cell) for cell in cells), cells
     shot(page, "encoders-selection")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -155,9 +156,10 @@ def test_sample_page_shows_the_pair_in_full(open_page, api):
     detail = api.get(f"/runs/{TINY}/samples/{pair['sample_id']}").json()
     at = open_page("sample", run=TINY, sample=pair["sample_id"])
     assert at.title[0].value == f"Sample {pair['sample_id']}"
-    text = " ".join(md.value for md in at.markdown)
-    for caption in detail["captions"]:
-        assert caption.split()[0] in text
+    # the captions in full, numbered, as the user reads them (markdown escapes undone)
+    shown = [html.unescape(re.sub(r"\\(.)", r"\1", md.value)) for md in at.markdown]
+    numbered = "\n".join(f"{i}. {caption}" for i, caption in enumerate(detail["captions"], start=1))
+    assert len(detail["captions"]) >= 1 and numbered in shown
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["A_f · trained with it"] == f"{detail['align_f']:.4f}"
     assert metrics["A_g · trained without it"] == f"{detail['align_g']:.4f}"
