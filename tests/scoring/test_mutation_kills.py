@@ -48,6 +48,11 @@ def test_ties_at_the_cutoff_are_broken_by_row_order():
     assert ranking.order.tolist() == list(range(1000))
     assert precision_at_k(positive, ranking, 500) == 0.0
     assert precision_at_k(~positive, ranking, 500) == 1.0
+    # three tied levels in shuffled rows: within a level, rows keep their order (an unstable sort mixes them)
+    values = np.repeat([0.0, 1.0, 2.0], 400)[np.random.default_rng(0).permutation(1200)]
+    order = Ranking.of(values).order
+    expected = [i for level in (2.0, 1.0, 0.0) for i in np.flatnonzero(values == level)]
+    assert order.tolist() == expected
 
 # ---------------------------------------------------------------- split sizes
 
