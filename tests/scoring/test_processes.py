@@ -43,7 +43,7 @@ def test_sigterm_to_clipmem_experiment_stops_its_training_workers(tiny_data, tmp
                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         members = wait_for_members(launcher.pid, at_least=2, timeout=120)
-        assert any("clipmem.scoring.experiment" in m for m in members), (members, log.read_text()[-2000:])
+        assert any("experiment-worker" in m for m in members), (members, log.read_text()[-2000:])
         os.kill(launcher.pid, signal.SIGTERM)  # the launcher alone, as `kill` or `docker stop` would
         launcher.wait(timeout=30)
         assert wait_until_empty(launcher.pid, timeout=15) == [], "training workers outlived `clipmem experiment`"
