@@ -405,8 +405,11 @@ def _save_checked(obj, path: Path) -> None:
     """torch.save to a temporary renamed into place, then its SHA-256 beside it. The old checksum goes
     first: a kill in between leaves a file without one (loaded unverified, with a note), never a file
     with a checksum that does not fit it."""
+    # through a file object: given a path, torch.save names the archive's folder after the temporary file,
+    # whose name holds the process id, so the same weights would give other bytes in every run
     with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
         checksum_path(path).unlink(missing_ok=True)
     write_checksum(path)
 
