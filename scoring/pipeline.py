@@ -359,7 +359,6 @@ def run_all(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bo
     metrics = score_step(run, cfg, show_progress=show_progress)
     timings["score_seconds"] = round(time.perf_counter() - t, 2)
     metrics["timings"] = timings
-    run.mark_unfinished()  # metrics.json changes after scoring finished the run: so does its checksum in the marker
-    write_json(run.metrics, metrics)
-    run.mark_finished()
+    with run.rewriting(run.metrics):  # scoring finished the run; its metrics gain the timings
+        write_json(run.metrics, metrics)
     return metrics

@@ -68,11 +68,23 @@ class RunDir:
     def mark_unfinished(self) -> None:
         self.marker.unlink(missing_ok=True)
 
-    def mark_finished(self) -> None:
-        """Write the marker: the run's outputs and the SHA-256 of each of its artifacts."""
-        artifacts = self.artifacts()
+    def mark_finished(self, known: dict[str, str] | None = None) -> None:
+        """Write the marker: the run's outputs and the SHA-256 of each of its artifacts. `known` holds checksums
+        of files not written since they were taken (see `rewriting`), which are not read again."""
+        known = known or {}
         write_json(self.marker, {"outputs": sorted(p.name for p in self.path.iterdir()),
-                                 "sha256": {p.name: file_sha256(p) for p in artifacts}})
+                                 "sha256": {p.name: known.get(p.name) or file_sha256(p) for p in self.artifacts()}})
+
+    @contextmanager
+    def rewriting(self, *paths: Path) -> Iterator[None]:
+        """Rewrite some files of a finished run: it is unfinished meanwhile, and afterwards its marker is
+        written again hashing only those files (model files need not be read a second time)."""
+        known = self.recorded_checksums() or {}
+        for path in paths:
+            known.pop(Path(path).name, None)
+        self.mark_unfinished()
+        yield
+        self.mark_finished(known)
 
     def artifacts(self) -> list[Path]:
         """The files the marker vouches for: every plain file directly in the run directory but the
