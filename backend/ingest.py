@@ -199,6 +199,7 @@ def _insert_run(conn, contents: RunContents, map_method: str) -> int:
         layer_curves=contents.layer_curves,
         experiment=contents.experiment,
         experiment_params=contents.experiment_params,
+        null_scores=contents.null_scores,
     )
     return conn.execute(insert(Run).values(**values).returning(Run.id)).scalar_one()
 
@@ -227,15 +228,18 @@ def _insert_scores(conn, run_id: int, contents: RunContents) -> None:
     captions = contents.samples["captions"].to_numpy()[sc["pair_index"].to_numpy()]
     caption_search = ["\n".join(c).lower() for c in captions]
     scores = {name: sc[name].to_numpy() for name in contents.score_names}
+    flags = {name: sc[name].to_numpy() for name in contents.flag_names}
+    null_for = {"null_for": sc["null_for"].tolist()} if contents.null_scores is not None else {}
     load_run_rows(conn, "scores", run_id, {
         "run_id": np.full(len(sc), run_id), "pair_index": sc["pair_index"].to_numpy(),
         "split": sc["split"].tolist(), "truth": sc["truth"].tolist(), "caption_search": caption_search,
-        "n_captions": sc["n_captions"].to_numpy(), "seen_by": sc["seen_by"].tolist(), **scores,
-        "views_f": sc["views_f"].tolist(), "views_g": sc["views_g"].tolist(),
+        "n_captions": sc["n_captions"].to_numpy(), "seen_by": sc["seen_by"].tolist(), **scores, **flags,
+        **null_for, "views_f": sc["views_f"].tolist(), "views_g": sc["views_g"].tolist(),
     })
     write_snapshot(conn, run_id, SCORES, pa.table({
         "pair_index": sc["pair_index"].to_numpy(), "split": pa.array(sc["split"].tolist()).dictionary_encode(),
-        "truth": pa.array(sc["truth"].tolist()).dictionary_encode(), "caption_search": caption_search, **scores}))
+        "truth": pa.array(sc["truth"].tolist()).dictionary_encode(), "caption_search": caption_search, **scores,
+        **flags}))
 
 
 def _insert_embeddings(conn, run_id: int, contents: RunContents, maps: dict) -> None:

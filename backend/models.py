@@ -20,7 +20,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Double, ForeignKey, ForeignKeyC
                         LargeBinary, MetaData, String, Text, UniqueConstraint, column)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from clipmem.scoring.columns import SCORE_COLUMNS
+from clipmem.scoring.columns import FLAG_COLUMNS, SCORE_COLUMNS
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -67,6 +67,9 @@ class Run(Base):
     # null for other runs
     experiment: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     experiment_params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # null.parquet's clipmem_raw values by null key ({null_for: [values]}): the measured null every scored pair's
+    # p-value is taken against; null for runs scored without one (older runs, or runs without S_E pairs)
+    null_scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Sample(Base):
@@ -97,7 +100,7 @@ def _sample_fk() -> ForeignKeyConstraint:
 
 
 def score_index(name: str, partial: bool) -> Index:
-    """(run, score, pair) index of one score column. An optional score column (null in runs scored without it)
+    """(run, score, pair) index of one score (or flag) column. An optional column (null in runs scored without it)
     gets a partial index that leaves its nulls out, so such runs write no index entries for it; a query uses that
     index only when its WHERE implies `name IS NOT NULL` (a range on the column does; sorting by it must add the
     condition, see backend/api/routers/exports.py)."""
@@ -115,6 +118,7 @@ class Score(Base):
         Index("ix_scores_run_id_split", "run_id", "split", "pair_index"),
         Index("ix_scores_run_id_truth", "run_id", "truth", "pair_index"),
         *(score_index(c.name, partial=not c.required) for c in SCORE_COLUMNS),
+        *(score_index(name, partial=True) for name in FLAG_COLUMNS),
         {"postgresql_partition_by": "LIST (run_id)"},
     )
 
@@ -142,6 +146,18 @@ class Score(Base):
     mem_text_raw: Mapped[float | None] = mapped_column(Double)
     mem_swap_text: Mapped[float | None] = mapped_column(Double)
     mem_swap_image: Mapped[float | None] = mapped_column(Double)
+    clipmem_p: Mapped[float | None] = mapped_column(Double)
+    clipmem_q: Mapped[float | None] = mapped_column(Double)
+    clipmem_raw_lo: Mapped[float | None] = mapped_column(Double)
+    clipmem_raw_hi: Mapped[float | None] = mapped_column(Double)
+    clipmem_raw_sd: Mapped[float | None] = mapped_column(Double)
+    clipmem_contrastive_p: Mapped[float | None] = mapped_column(Double)
+    clipmem_contrastive_q: Mapped[float | None] = mapped_column(Double)
+    # clipmem_q <= the run's FDR; null in runs scored without significance
+    memorized: Mapped[bool | None] = mapped_column(Boolean)
+    # the key of the null in runs.null_scores the pair is tested against (scoring.columns.null_key); null when the
+    # run has no null
+    null_for: Mapped[str | None] = mapped_column(String(16))
     # per-view alignments, float32 little-endian
     views_f: Mapped[bytes] = mapped_column(LargeBinary)
     views_g: Mapped[bytes] = mapped_column(LargeBinary)

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipmem.scoring.columns import (COSINE, CURVE_COLUMNS, EMBEDDING_ARRAYS, LAYER_COLUMNS, RANGE_TOLERANCE,
+from clipmem.scoring.columns import (COSINE, COSINE_GAP, CURVE_COLUMNS, EMBEDDING_ARRAYS, FLAG_COLUMNS,
+                                     LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS, MEMORIZED, NULL_COLUMNS, RANGE_TOLERANCE,
                                      SAMPLE_COLUMNS, SCORE_BY_NAME, SCORE_COLUMNS, SCORE_FILE_COLUMNS, SCORED_SPLITS,
-                                     SEEN_BY, SPLITS)
+                                     SEEN_BY, SPLITS, null_key)
 from clipmem.scoring.config import RunConfig
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.experiment_report import REMOVAL_METHODS
@@ -43,7 +44,8 @@ class RunContents:
     dataset_kind: str
     split_sizes: dict[str, int]
     samples: pd.DataFrame      # SAMPLE_COLUMNS plus pair_index, in file order
-    scores: pd.DataFrame       # SCORE_FILE_COLUMNS, the optional scores present, pair_index
+    scores: pd.DataFrame       # SCORE_FILE_COLUMNS, the optional scores and flags present, pair_index, and
+                               # null_for (the pair's null key) when the run has a null
     score_names: list[str]     # score columns of this run, in SCORE_COLUMNS order
     embedding_pair_index: np.ndarray  # pair_index of each embedding row
     embeddings: dict[str, np.ndarray]  # f_image, f_text, g_image, g_text: (N, D) float32
@@ -52,13 +54,16 @@ class RunContents:
     layer_curves: dict | None = None           # {sample_id: {tower: [value per block]}}
     experiment: str | None = None              # experiment.json's name, for runs made by `clipmem experiment`
     experiment_params: dict | None = None      # experiment.json as written
+    flag_names: list[str] = field(default_factory=list)  # FLAG_COLUMNS this run's scores.parquet holds
+    null_scores: dict[str, list[float]] | None = None  # null.parquet's clipmem_raw by null_for; None without one
+    fdr: float | None = None                   # config score.fdr: the rate `memorized` controls
     warnings: list[str] = field(default_factory=list)  # what the reader could not check, for the user
 
 
 def read_files(run: RunDir) -> tuple[Path, ...]:
     """The files of the run directory ingest reads (the optional ones only when present)."""
     return (run.config, run.data_root, run.split, run.samples, run.scores, run.embeddings, run.metrics,
-            run.layers, run.layer_curves, run.experiment)
+            run.layers, run.layer_curves, run.experiment, run.null)
 
 
 def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
@@ -66,10 +71,29 @@ def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
     layers = curves = None
     if run.layers.is_file():
         frame, _ = _read_parquet(run.layers, LAYER_COLUMNS, strings=("tower", "truth"))
-        if not np.isfinite(frame[["layer_mem", "delta_layer_mem"]].to_numpy(dtype=float)).all():
+        # the bootstrap intervals of newer runs: all four columns or none
+        intervals = [c for c in LAYER_INTERVAL_COLUMNS if c in frame.columns]
+        if intervals and len(intervals) < len(LAYER_INTERVAL_COLUMNS):
+            missing = sorted(set(LAYER_INTERVAL_COLUMNS) - set(intervals))
+            raise ClipmemError(f"{run.layers} has interval column(s) {', '.join(intervals)} but lacks "
+                               f"{', '.join(missing)}")
+        values = ["layer_mem", "delta_layer_mem", *intervals]
+        try:
+            finite = np.isfinite(frame[values].to_numpy(dtype=float)).all()
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{run.layers}: columns {', '.join(values)} should be numeric") from None
+        if not finite:
             raise ClipmemError(f"{run.layers} holds NaN or infinite values")
+        for name in ("layer_mem", "delta_layer_mem") if intervals else ():
+            lo, hi, value = frame[f"{name}_lo"], frame[f"{name}_hi"], frame[name]
+            outside = (lo > value + RANGE_TOLERANCE) | (hi < value - RANGE_TOLERANCE)
+            if outside.any():
+                row = frame[outside].iloc[0]
+                raise ClipmemError(f"{run.layers}: the interval [{name}_lo, {name}_hi] of tower {row.tower}, layer "
+                                   f"{int(row.layer)}, truth {row.truth} does not contain {name}")
         layers = [{"tower": str(r.tower), "layer": int(r.layer), "truth": str(r.truth), "pairs": int(r.pairs),
-                   "layer_mem": float(r.layer_mem), "delta_layer_mem": float(r.delta_layer_mem)}
+                   "layer_mem": float(r.layer_mem), "delta_layer_mem": float(r.delta_layer_mem),
+                   **{name: float(getattr(r, name)) for name in intervals}}
                   for r in frame.itertuples()]
     if run.layer_curves.is_file():
         frame, _ = _read_parquet(run.layer_curves, CURVE_COLUMNS, strings=("sample_id", "tower"))
@@ -108,6 +132,9 @@ def read_run(path: Path) -> RunContents:
     lookup = pd.Index(samples["sample_id"].to_numpy(), dtype=object)
     _check_split_plan(run.split, split, samples, lookup)
     scores, score_names = _read_scores(run.scores, samples, lookup, set(run_config.train.remove_ids or ()))
+    fdr = _fdr(run.config, config)
+    flag_names = _check_flags(run.scores, scores, score_names, fdr)
+    null_scores = _read_null(run.null, samples, lookup, scores) if run.null.is_file() else None
     emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
     layers, curves = _read_layers(run)
@@ -116,7 +143,85 @@ def read_run(path: Path) -> RunContents:
                        dataset_kind=str(data_root_file.get("kind", "unknown")), split_sizes=sizes,
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
                        embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves,
-                       experiment=experiment, experiment_params=experiment_params, warnings=warnings)
+                       experiment=experiment, experiment_params=experiment_params, flag_names=flag_names,
+                       null_scores=null_scores, fdr=fdr, warnings=warnings)
+
+
+def _fdr(file: Path, config: dict) -> float | None:
+    """config.json's score.fdr (newer runs), checked to be a rate in (0, 1); None when the run has none."""
+    score = config.get("score")
+    fdr = score.get("fdr") if isinstance(score, dict) else None
+    if fdr is None:
+        return None
+    if isinstance(fdr, bool) or not isinstance(fdr, (int, float)) or not 0 < fdr < 1:
+        raise ClipmemError(f"{file}: score.fdr should be a number between 0 and 1 (exclusive), not {fdr!r}")
+    return float(fdr)
+
+
+def _check_flags(file: Path, scores: pd.DataFrame, score_names: list[str], fdr: float | None) -> list[str]:
+    """The FLAG_COLUMNS scores.parquet holds, checked: true/false for every pair, and `memorized` the same as
+    clipmem_q <= the run's FDR (both written by the same scoring step, so a difference means damage)."""
+    present = [name for name in FLAG_COLUMNS if name in scores.columns]
+    for name in present:
+        if not pd.api.types.is_bool_dtype(scores[name].dtype):
+            raise ClipmemError(f"{file}: column {name} should hold true or false for every pair (found "
+                               f"{scores[name].dtype}{', with missing values' if scores[name].isna().any() else ''})")
+    if MEMORIZED in present:
+        if "clipmem_q" not in score_names:
+            raise ClipmemError(f"{file} has column {MEMORIZED} but no clipmem_q, the q-values it is decided by")
+        if fdr is None:
+            raise ClipmemError(f"{file} has column {MEMORIZED} but config.json records no score.fdr, the false "
+                               "discovery rate it was decided at")
+        differ = scores[MEMORIZED].to_numpy() != (scores["clipmem_q"].to_numpy() <= fdr)
+        if differ.any():
+            raise ClipmemError(f"{file}: {MEMORIZED} of sample {_first_bad(scores, differ)} disagrees with its "
+                               f"clipmem_q and the run's FDR {fdr:g} (memorized means clipmem_q <= FDR)")
+    return present
+
+
+def _read_null(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores: pd.DataFrame) -> dict[str, list[float]]:
+    """null.parquet's clipmem_raw by null key, checked: S_E pairs of samples.parquet, each at most once per key,
+    finite raw scores within their range, and a null for every key the scored pairs are tested against. Also sets
+    scores["null_for"], each scored pair's key."""
+    frame, _ = _read_parquet(file, NULL_COLUMNS, strings=("sample_id", "split", "truth", "null_for"),
+                             raw=("views_f", "views_g"))
+    if frame.empty:
+        raise ClipmemError(f"{file} holds no null pairs")
+    position = lookup.get_indexer(frame["sample_id"].to_numpy())
+    if (position < 0).any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, position < 0)} is not in samples.parquet")
+    not_extra = samples["split"].to_numpy()[position] != "extra"
+    if not_extra.any():
+        sid = _first_bad(frame, not_extra)
+        raise ClipmemError(f"{file}: sample {sid} is in split '{samples['split'].to_numpy()[position][not_extra][0]}' "
+                           "in samples.parquet; the null is scored on S_E (extra) pairs, which no model trained on")
+    long_key = frame["null_for"].str.len().to_numpy() > 16
+    if long_key.any():
+        raise ClipmemError(f"{file}: null_for of sample {_first_bad(frame, long_key)} is longer than 16 characters "
+                           "(it names a split or a fold)")
+    dup = frame.duplicated(["sample_id", "null_for"]).to_numpy()
+    if dup.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, dup)} appears more than once for null_for "
+                           f"'{frame['null_for'].to_numpy()[dup][0]}'")
+    for name, bounds in (("clipmem_raw", COSINE_GAP), ("clipmem_contrastive_raw", (-np.inf, np.inf))):
+        try:
+            values = frame[name].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{file}: column {name} should be numeric") from None
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
+        _check_range(file, frame, name, values, bounds)
+    folds = scores["fold"].to_numpy() if "fold" in scores.columns else [None] * len(scores)
+    scores["null_for"] = [null_key(split, fold) for split, fold in zip(scores["split"].tolist(), list(folds))]
+    raw = frame["clipmem_raw"].to_numpy(dtype=np.float64)
+    by_key = {str(key): raw[frame["null_for"].to_numpy() == key].tolist() for key in pd.unique(frame["null_for"])}
+    lacking = sorted(set(scores["null_for"]) - set(by_key))
+    if lacking:
+        first = _first_bad(scores, scores["null_for"].to_numpy() == lacking[0])
+        raise ClipmemError(f"{file} has no null for '{lacking[0]}', which scored pairs such as sample {first} are "
+                           "tested against")
+    return by_key
 
 
 # experiment.json (written by `clipmem experiment`): "experiment" (the name) and "seed" are required; the grid

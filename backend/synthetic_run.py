@@ -164,7 +164,7 @@ def _scores_frame(rng, ids, split, truth, n_caps, first_captions, views: int, op
     })
     if optional_scores:
         for column in SCORE_COLUMNS:
-            if not column.required:
+            if column.name.startswith("mem_"):  # the tower and swap scores (significance has its own option)
                 frame[column.name] = _minmax(raw + rng.normal(0, 0.02, n))
     spread = rng.normal(0, 0.01, (n, views)).astype(np.float32)
     frame["views_f"] = list((align_f[:, None] + spread).astype(np.float32))

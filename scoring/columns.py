@@ -27,6 +27,8 @@ COSINE = (-1.0, 1.0)        # a mean of cosines
 COSINE_GAP = (-2.0, 2.0)    # a difference of two means of cosines
 ONE_MINUS_COSINE = (0.0, 2.0)
 LOG_SOFTMAX = (-INF, 0.0)   # a mean of log-probabilities
+PROBABILITY = (0.0, 1.0)    # p- and q-values
+SPREAD = (0.0, 2.0)         # a standard deviation of cosine gaps
 # how far a value may stray outside its range before ingest calls it corrupt: float rounding only
 # (the encoders normalise in float32 even under bf16 autocast); a flipped bit lands far outside
 RANGE_TOLERANCE = 1e-3
@@ -72,6 +74,23 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
                 False, True, COSINE_GAP),
     ScoreColumn("mem_swap_image", "Image-swap memorization score written by newer scoring runs; optional.",
                 False, True, COSINE_GAP),
+    # significance (issue 15): each scored pair's raw score tested against the run's measured null (null.parquet)
+    ScoreColumn("clipmem_p", "One-sided p-value of clipmem_raw against the run's null: the same score on S_E pairs, "
+                             "which neither model trained on, in the pair's direction (docs/significance.md); "
+                             "optional.", False, bounds=PROBABILITY),
+    ScoreColumn("clipmem_q", "Benjamini-Hochberg q-value of clipmem_p over the run's scored pairs: the pair is "
+                             "flagged memorized when clipmem_q <= the run's FDR; optional.", False, bounds=PROBABILITY),
+    ScoreColumn("clipmem_raw_lo", "Lower end of the 95% interval of clipmem_raw over the scoring views; optional.",
+                False, bounds=COSINE_GAP),
+    ScoreColumn("clipmem_raw_hi", "Upper end of the 95% interval of clipmem_raw over the scoring views; optional.",
+                False, bounds=COSINE_GAP),
+    ScoreColumn("clipmem_raw_sd", "Standard deviation of clipmem_raw across the run's replicas (independently "
+                                  "seeded f/g pairs, --replicas R > 1; clipmem_raw is their mean); optional.",
+                False, bounds=SPREAD),
+    ScoreColumn("clipmem_contrastive_p", "One-sided p-value of clipmem_contrastive_raw against the run's null; "
+                                         "optional.", False, bounds=PROBABILITY),
+    ScoreColumn("clipmem_contrastive_q", "Benjamini-Hochberg q-value of clipmem_contrastive_p; optional.", False,
+                bounds=PROBABILITY),
 )
 
 SCORE_NAMES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS)
@@ -79,6 +98,25 @@ REQUIRED_SCORES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS if c.requ
 # the scores evaluated as detectors of faulty pairs, by `clipmem report` and at ingest alike
 DETECTOR_SCORES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS if c.detector)
 SCORE_BY_NAME: dict[str, ScoreColumn] = {c.name: c for c in SCORE_COLUMNS}
+
+# boolean flags in scores.parquet (optional: null in runs scored before significance)
+MEMORIZED = "memorized"     # clipmem_q <= the run's FDR (config score.fdr, `clipmem run --fdr`, default 0.05)
+FLAG_COLUMNS = (MEMORIZED,)
+
+# null.parquet: the scored pairs' columns on S_E pairs, once per direction they serve as null for. `null_for` is the
+# key of the scored pairs the row is the null of (null_key): in the published scheme "candidate" (raw = A_f - A_g,
+# `_f` = literal f) and "independent" (raw = A_g - A_f, `_f` = literal g); in the k-fold scheme "fold{k}" (with = the
+# models other than fold k, without = fold k). `_f` / `_g` keep their meaning: the model(s) in the role of "with".
+NULL_COLUMNS = ("sample_id", "split", "truth", "null_for", "clipmem_raw", "clipmem_contrastive_raw", "align_f",
+                "align_g", "contrastive_f", "contrastive_g", "views_f", "views_g")
+# the columns of layers.parquet beyond LAYER_COLUMNS written by newer runs: bootstrap 95% intervals over pairs
+LAYER_INTERVAL_COLUMNS = ("layer_mem_lo", "layer_mem_hi", "delta_layer_mem_lo", "delta_layer_mem_hi")
+
+
+def null_key(split: str, fold: int | None = None) -> str:
+    """Which null a scored pair is tested against: its split (published scheme) or its fold (k-fold)."""
+    return split if fold is None else f"fold{int(fold)}"
+
 
 # the columns (and arrays) every finished run's files hold; scores.parquet also holds the optional
 # scores present, and may hold more (the caption, a k-fold run's fold)

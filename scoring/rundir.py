@@ -46,6 +46,7 @@ class RunDir:
     skipped = property(lambda self: self.path / "skipped.jsonl")
     scores = property(lambda self: self.path / "scores.parquet")
     embeddings = property(lambda self: self.path / "embeddings.npz")
+    null = property(lambda self: self.path / "null.parquet")  # the scores of S_E pairs: the null (columns.NULL_COLUMNS)
     layers = property(lambda self: self.path / "layers.parquet")
     layer_curves = property(lambda self: self.path / "layer_curves.parquet")
     metrics = property(lambda self: self.path / "metrics.json")
