@@ -35,6 +35,7 @@ from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.models import apply_vocabulary, pack, word_encodings
 from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
                                    scored_rows, to_device, with_without)
+from clipmem.scoring.significance import bootstrap_block_means
 from clipmem.scoring.transform import sample_views
 
 TOWERS = ("image", "text")
@@ -254,9 +255,12 @@ def tower_scores(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: S
 
 def layer_tables(frame: pd.DataFrame, per_pair: dict[str, np.ndarray],
                  top_k_curves: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """LayerMem and ΔLayerMem per tower, block and truth tag; per-pair curves of the top_k most memorized pairs.
+    """LayerMem and ΔLayerMem per tower, block and truth tag, each with its bootstrap 95% interval over the group's
+    pairs (columns.LAYER_INTERVAL_COLUMNS); per-pair curves of the top_k most memorized pairs.
 
-    per_pair: {tower: (blocks, N)} in frame order; the frame's `clipmem` must be scaled over the whole run.
+    ΔLayerMem's interval is the bootstrap of the per-pair difference of consecutive blocks, resampled with the same
+    pairs as LayerMem's, so it reflects that a pair's blocks move together. per_pair: {tower: (blocks, N)} in frame
+    order; the frame's `clipmem` must be scaled over the whole run.
     """
     layer_rows, curve_rows = [], []
     if not per_pair:
@@ -266,12 +270,20 @@ def layer_tables(frame: pd.DataFrame, per_pair: dict[str, np.ndarray],
     for tower in TOWERS:
         values = per_pair[tower]  # (blocks, N)
         groups = {"all": np.ones(len(frame), bool), **{t: truth == t for t in np.unique(truth)}}
+        # a pair's increase at each block; block 1's increase is its LayerMem
+        deltas = np.diff(values, axis=0, prepend=np.zeros((1, values.shape[1])))
         for group, mask in groups.items():
             means = values[:, mask].mean(1)
+            # the same seed for both: LayerMem and ΔLayerMem come from the same resampled pairs
+            mem_lo, mem_hi = bootstrap_block_means(values[:, mask], seed=0)
+            delta_lo, delta_hi = bootstrap_block_means(deltas[:, mask], seed=0)
             for layer, value in enumerate(means):
                 layer_rows.append({"tower": tower, "layer": layer + 1, "truth": group, "pairs": int(mask.sum()),
                                    "layer_mem": float(value),
-                                   "delta_layer_mem": float(value - (means[layer - 1] if layer else 0.0))})
+                                   "delta_layer_mem": float(value - (means[layer - 1] if layer else 0.0)),
+                                   "layer_mem_lo": float(mem_lo[layer]), "layer_mem_hi": float(mem_hi[layer]),
+                                   "delta_layer_mem_lo": float(delta_lo[layer]),
+                                   "delta_layer_mem_hi": float(delta_hi[layer])})
         for j in top:
             for layer, value in enumerate(values[:, j]):
                 curve_rows.append({"sample_id": frame["sample_id"].iloc[j], "tower": tower, "layer": layer + 1,

@@ -287,3 +287,34 @@ def test_flagged_by_truth_counts():
         {"truth": "all", "pairs": 5, "flagged": 3, "fraction": 0.6},
     ]
     assert flagged_by_truth(frame.drop(columns="memorized")) == []
+
+
+# ---------------------------------------------------------------------------------------------- layer tables
+
+
+def test_layer_intervals_resample_pairs_so_a_shared_shift_cancels_in_delta_layer_mem():
+    from clipmem.scoring.attribution import layer_tables
+    from clipmem.scoring.columns import LAYER_INTERVAL_COLUMNS
+
+    rng = np.random.default_rng(0)
+    n = 400
+    block1 = rng.normal(0.0, 1.0, size=n)  # LayerMem of block 1 varies a lot between pairs ...
+    # ... and every pair gains exactly 0.25 at block 2: ΔLayerMem's interval there is [0.25, 0.25], where the
+    # difference of the two blocks' separate intervals would be about +-0.14 wide
+    per_pair = {"image": np.stack([block1, block1 + 0.25]), "text": np.full((2, n), 0.5)}
+    frame = pd.DataFrame({"sample_id": [f"p{i}" for i in range(n)], "truth": "clean", "clipmem": rng.uniform(size=n)})
+    layers, _ = layer_tables(frame, per_pair, top_k_curves=1)
+    assert set(LAYER_INTERVAL_COLUMNS) <= set(layers.columns)
+    image = layers[(layers["tower"] == "image") & (layers["truth"] == "all")].set_index("layer")
+    assert image.loc[2, "delta_layer_mem"] == pytest.approx(0.25)
+    assert (image.loc[2, "delta_layer_mem_lo"], image.loc[2, "delta_layer_mem_hi"]) == pytest.approx((0.25, 0.25))
+    # block 1: ΔLayerMem is LayerMem, and its interval about the normal-theory 2 * 1.96 / sqrt(400) = 0.196 wide
+    for lo, hi in (("layer_mem_lo", "layer_mem_hi"), ("delta_layer_mem_lo", "delta_layer_mem_hi")):
+        assert image.loc[1, lo] < block1.mean() < image.loc[1, hi]
+        assert image.loc[1, hi] - image.loc[1, lo] == pytest.approx(0.196, rel=0.15)
+    assert image.loc[1, "layer_mem_lo"] == image.loc[1, "delta_layer_mem_lo"]
+    # the interval moves with the pairs: block 2's LayerMem interval is block 1's shifted by 0.25
+    assert image.loc[2, "layer_mem_lo"] == pytest.approx(image.loc[1, "layer_mem_lo"] + 0.25)
+    text = layers[layers["tower"] == "text"]
+    assert (text["layer_mem_lo"] == 0.5).all() and (text["layer_mem_hi"] == 0.5).all()
+    assert text["delta_layer_mem_lo"].tolist() == [0.5, 0.0, 0.5, 0.0]  # truth "all", then "clean"
