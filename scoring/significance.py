@@ -168,9 +168,12 @@ def _bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) 
 
 def bootstrap_mean(values, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
     """The mean of values with its percentile bootstrap interval over the values (pairs); non-finite values are
-    left out. No values: NaN throughout; one value: lo = hi = it."""
+    left out. No values: NaN throughout; one value: lo = hi = it. The same values in any order give the same
+    interval."""
     v = np.asarray(values, dtype=float).ravel()
-    v = v[np.isfinite(v)]
+    # sorted: the resamples then depend on the values only, not on the order a caller holds the pairs in (the
+    # report reads scores.parquet, the API its database), so both print the same interval
+    v = np.sort(v[np.isfinite(v)])
     if len(v) == 0:
         return NO_PAIRS
     estimate = float(v.mean())

@@ -318,3 +318,11 @@ def test_layer_intervals_resample_pairs_so_a_shared_shift_cancels_in_delta_layer
     text = layers[layers["tower"] == "text"]
     assert (text["layer_mem_lo"] == 0.5).all() and (text["layer_mem_hi"] == 0.5).all()
     assert text["delta_layer_mem_lo"].tolist() == [0.5, 0.0, 0.5, 0.0]  # truth "all", then "clean"
+
+
+def test_bootstrap_interval_does_not_depend_on_the_order_of_the_pairs():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=300), rng.normal(size=300)
+    order = rng.permutation(300)
+    assert bootstrap_mean(a) == bootstrap_mean(a[order])
+    assert bootstrap_difference(a, b) == bootstrap_difference(a[order], b[order])
