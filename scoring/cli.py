@@ -663,11 +663,19 @@ def _run_with_progress(exp, seeds: int, jobs: int, ingest: bool) -> list:
         return run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
 
 
+def _interval_text(value: float, interval: dict | None, digits: int) -> str:
+    """"0.512 (0.498 to 0.527)": a mean with its 95% interval, or the mean alone when there is none."""
+    if not interval or any(interval.get(k) is None or interval[k] != interval[k] for k in ("lo", "hi")):  # or NaN
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ({interval['lo']:.{digits}f} to {interval['hi']:.{digits}f})"
+
+
 def _print_report(run_dir: Path, as_json: bool = False) -> None:
     import pandas as pd
 
     from clipmem.scoring.report import summarize
     from clipmem.scoring.rundir import RunDir
+    from clipmem.scoring.significance import jsonable
 
     run = RunDir(run_dir)
     run.require_finished()
@@ -676,11 +684,13 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
     metrics = json.loads(run.metrics.read_text())
     summary["utility"] = {k: metrics[k] for k in ("f", "g") if k in metrics}
     summary["skipped_items"] = len(run.skipped.read_text().splitlines()) if run.skipped.is_file() else 0
+    significance = metrics.get("significance") or {}
+    summary["fdr"] = significance.get("fdr")
     if "scheme" in metrics:
         summary["scheme"] = metrics["scheme"]
         summary["utility_per_fold_model"] = metrics.get("folds", {})
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(json.dumps(jsonable(summary), indent=2) + "\n")
         return
     console.print(f"[bold]{run_dir}[/]: {len(scores)} scored pairs, mean CLIPMem {summary['mean_clipmem']:.3f}")
     if "scheme" in summary:
@@ -690,10 +700,24 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
                       f"g = {scheme['literal_models']['g']}", highlight=False)
     if summary["skipped_items"]:
         console.print(f"{summary['skipped_items']} source items were skipped as unreadable: see {run.skipped}")
-    table = Table("truth", "pairs", "CLIPMem", "raw", "contrastive", title="Mean score per truth tag")
+    if summary["flagged_by_truth"]:
+        fdr = "the run's FDR" if summary["fdr"] is None else f"FDR {summary['fdr']:g}"
+        table = Table("truth", "pairs", "flagged", "fraction",
+                      title=f"Pairs flagged memorized at {fdr} (q-value of CLIPMem against the run's null)")
+        for row in summary["flagged_by_truth"]:
+            table.add_row(row["truth"], str(row["pairs"]), str(row["flagged"]), f"{row['fraction']:.3f}")
+        console.print(table)
+    else:
+        reason = significance.get("missing") or ("the run was scored before significance testing: score it again "
+                                                 "for p-values, q-values and memorized flags")
+        console.print(f"No pairs flagged: {reason}", highlight=False, soft_wrap=True)
+    table = Table("truth", "pairs", "CLIPMem", "raw", "contrastive",
+                  title="Mean score per truth tag (95% bootstrap interval over pairs)")
     for row in summary["by_truth"]:
-        table.add_row(row["truth"], str(row["pairs"]), f"{row['clipmem']:.3f}", f"{row['clipmem_raw']:.4f}",
-                      f"{row['clipmem_contrastive']:.3f}")
+        ci = row["intervals"]
+        table.add_row(row["truth"], str(row["pairs"]), _interval_text(row["clipmem"], ci["clipmem"], 3),
+                      _interval_text(row["clipmem_raw"], ci["clipmem_raw"], 4),
+                      _interval_text(row["clipmem_contrastive"], ci["clipmem_contrastive"], 3))
     console.print(table)
     for key, title in (("detection_faulty", "Finding faulty pairs (every tag but clean)"),
                        ("detection_swapped", "Finding swapped pairs")):
@@ -714,17 +738,26 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
         console.print(table)
     if summary["towers_by_truth"]:
         table = Table("truth", "image-side (raw)", "text-side (raw)", "swap image", "swap text", "text > image",
-                      title="Which encoder memorizes")
+                      title="Which encoder memorizes (mean, 95% bootstrap interval over pairs)")
         for row in summary["towers_by_truth"]:
-            table.add_row(row["truth"], f"{row['mem_image_raw']:.4f}", f"{row['mem_text_raw']:.4f}",
-                          f"{row.get('mem_swap_image', float('nan')):.4f}", f"{row.get('mem_swap_text', float('nan')):.4f}",
+            ci = row["intervals"]
+            table.add_row(row["truth"], *(_interval_text(row[c], ci.get(c), 4) if c in row else "-"
+                                          for c in ("mem_image_raw", "mem_text_raw", "mem_swap_image",
+                                                    "mem_swap_text")),
                           "yes" if row["text_exceeds_image"] else "no")
         console.print(table)
+        for row in summary["towers_by_truth"]:
+            for name in ("verdict", "swap_verdict"):
+                if name in row:
+                    console.print(f"{row['truth']}: {row[name]}", highlight=False, soft_wrap=True)
     if summary.get("layers"):
-        table = Table("tower", "layer", "truth", "LayerMem", "ΔLayerMem", title="Memorization per layer")
+        table = Table("tower", "layer", "truth", "LayerMem", "ΔLayerMem",
+                      title="Memorization per layer (95% bootstrap interval over pairs where the run has them)")
         for row in summary["layers"]:
-            table.add_row(row["tower"], str(row["layer"]), row["truth"], f"{row['layer_mem']:.4f}",
-                          f"{row['delta_layer_mem']:+.4f}")
+            mem = {"lo": row.get("layer_mem_lo"), "hi": row.get("layer_mem_hi")}
+            delta = {"lo": row.get("delta_layer_mem_lo"), "hi": row.get("delta_layer_mem_hi")}
+            table.add_row(row["tower"], str(row["layer"]), row["truth"], _interval_text(row["layer_mem"], mem, 4),
+                          _interval_text(row["delta_layer_mem"], delta, 4))
         console.print(table)
     table = Table("model", *sorted(next(iter(summary["utility"].values()), {})), title="Utility on S_E")
     for name, values in summary["utility"].items():

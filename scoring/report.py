@@ -1,4 +1,5 @@
-"""Detection quality of each score against the recorded truth tags, and per-tag means."""
+"""Detection quality of each score against the recorded truth tags, per-tag means with their bootstrap intervals,
+the pairs flagged memorized per tag, and which tower memorizes (stated only when the interval says so)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pandas as pd
 
 from clipmem.scoring.columns import DETECTOR_SCORES
 from clipmem.scoring.metrics import detection, single_auroc
+from clipmem.scoring.significance import flagged_by_truth, group_means, tower_verdicts
 
 
 def detection_table(scores: pd.DataFrame, positive: set[str]) -> pd.DataFrame:
@@ -20,6 +22,9 @@ def detection_table(scores: pd.DataFrame, positive: set[str]) -> pd.DataFrame:
     return pd.DataFrame(rows or None, columns=["score", "auroc", "average_precision", "precision_at_k", "k"])
 
 
+TAG_COLUMNS = ("clipmem", "clipmem_raw", "clipmem_contrastive")
+
+
 def tag_means(scores: pd.DataFrame) -> pd.DataFrame:
     return (scores.groupby("truth")
             .agg(pairs=("clipmem", "size"), clipmem=("clipmem", "mean"), clipmem_raw=("clipmem_raw", "mean"),
@@ -27,29 +32,63 @@ def tag_means(scores: pd.DataFrame) -> pd.DataFrame:
             .sort_values("clipmem", ascending=False))
 
 
+def tag_rows(scores: pd.DataFrame) -> list[dict]:
+    """tag_means as records (most memorized tag first), each with "intervals": {column: {"estimate", "lo", "hi"}},
+    the bootstrap 95% interval of each mean over the tag's pairs."""
+    intervals = {row["truth"]: row for row in group_means(scores, TAG_COLUMNS)}
+    return [{**row, "intervals": {c: intervals[row["truth"]][c].to_json() for c in TAG_COLUMNS}}
+            for row in tag_means(scores).reset_index().to_dict("records")]
+
+
 TOWER_COLUMNS = ("mem_image_raw", "mem_text_raw", "mem_swap_image", "mem_swap_text")
 
 
 def tower_means(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per truth tag: mean image-side and text-side memorization (raw) and swap drops."""
+    """Per truth tag and "all": mean image-side and text-side memorization (raw) and swap drops; text_exceeds_image
+    only when the bootstrap 95% interval of mean(text - image) lies above 0 (significance.tower_verdicts)."""
     cols = [c for c in TOWER_COLUMNS if c in scores]
     if not cols:
         return pd.DataFrame()
     out = scores.groupby("truth")[cols].mean()
     out.loc["all"] = scores[cols].mean()
-    out["text_exceeds_image"] = out["mem_text_raw"] > out["mem_image_raw"]
+    verdicts = {row["truth"]: row for row in tower_verdicts(scores)}
+    out["text_exceeds_image"] = [bool(verdicts[t]["sides"]["a_exceeds_b"]) if "sides" in verdicts.get(t, {})
+                                 else False for t in out.index]
     return out
 
 
+def tower_rows(scores: pd.DataFrame) -> list[dict]:
+    """tower_means as records, each with "intervals" {column: {"estimate", "lo", "hi"}} of the tower means, and
+    "verdict" (text side against image side) and "swap_verdict" (text-swap drop against image-swap drop) when the
+    run has those columns: a direction only where the interval of the paired difference excludes 0."""
+    means = tower_means(scores)
+    if means.empty:
+        return []
+    intervals = {row["truth"]: row for row in group_means(scores, TOWER_COLUMNS)}
+    verdicts = {row["truth"]: row for row in tower_verdicts(scores)}
+    rows = []
+    for row in means.reset_index().to_dict("records"):
+        tag = row["truth"]
+        row["intervals"] = {c: intervals[tag][c].to_json() for c in TOWER_COLUMNS if c in intervals[tag]}
+        for key, name in (("sides", "verdict"), ("swaps", "swap_verdict")):
+            if key in verdicts.get(tag, {}):
+                row[name] = verdicts[tag][key]["verdict"]
+                row[f"{name}_difference"] = verdicts[tag][key]["difference"].to_json()
+        rows.append(row)
+    return rows
+
+
 def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
-    """Everything `clipmem report` prints, as plain data."""
+    """Everything `clipmem report` prints, as plain data. Runs scored before significance testing (no `memorized`
+    column) get an empty "flagged_by_truth"."""
     faulty = set(scores["truth"].unique()) - {"clean"}
     out = {
         "mean_clipmem": float(scores["clipmem"].mean()),
-        "by_truth": tag_means(scores).reset_index().to_dict("records"),
+        "by_truth": tag_rows(scores),
+        "flagged_by_truth": flagged_by_truth(scores),
         "detection_faulty": detection_table(scores, faulty).to_dict("records"),
         "detection_swapped": detection_table(scores, {"swapped"}).to_dict("records"),
-        "towers_by_truth": tower_means(scores).reset_index().to_dict("records"),
+        "towers_by_truth": tower_rows(scores),
     }
     if layers is not None and len(layers):
         out["layers"] = layers[layers["truth"].isin(["all", "clean", "swapped"])].to_dict("records")

@@ -225,7 +225,11 @@ def verdict(a_label: str, b_label: str, diff: Interval, unit: str = "", level: f
     if diff.excludes_zero and hi < 0:
         a_label, b_label, estimate, lo, hi = b_label, a_label, -estimate, -hi, -lo
     d = _decimals(estimate, lo, hi)
-    numbers = f"(difference {estimate:.{d}f}{unit}, {level:.0%} CI {lo:.{d}f}{unit} to {hi:.{d}f}{unit})"
+
+    def number(x: float) -> str:
+        return f"{round(x, d) + 0.0:.{d}f}{unit}"  # + 0.0: a value that rounds to zero prints without a sign
+
+    numbers = f"(difference {number(estimate)}, {level:.0%} CI {number(lo)} to {number(hi)})"
     if diff.excludes_zero:
         return f"{a_label} > {b_label} {numbers}"
     return f"{a_label} and {b_label} are not distinguishable at this run's size {numbers}"

@@ -176,7 +176,9 @@ def test_verdict_wording_both_ways_and_undecided():
     assert (verdict("text side", "image side", Interval(0.0003, -0.0009, 0.0015))
             == "text side and image side are not distinguishable at this run's size "
                "(difference 0.0003, 95% CI -0.0009 to 0.0015)")
-    # small values keep two significant digits
+    # small values keep two significant digits; a difference that rounds to 0 has no sign
+    assert verdict("a", "b", Interval(-1e-19, -0.00023, 0.00027)) == \
+        "a and b are not distinguishable at this run's size (difference 0.00000, 95% CI -0.00023 to 0.00027)"
     assert verdict("a", "b", Interval(0.00021, 0.00008, 0.00034)) == \
         "a > b (difference 0.00021, 95% CI 0.00008 to 0.00034)"
 
