@@ -663,11 +663,23 @@ def _run_with_progress(exp, seeds: int, jobs: int, ingest: bool) -> list:
         return run_experiment(exp, jobs=jobs, on_finished=on_finished, progress=progress)
 
 
+def _digits(values, least: int) -> int:
+    """Decimals that show the largest of values to two significant digits, and at least `least`."""
+    import math
+
+    big = max((abs(v) for v in values if v is not None and math.isfinite(v) and v != 0), default=1.0)
+    return max(least, 1 - math.floor(math.log10(big)))
+
+
 def _interval_text(value: float, interval: dict | None, digits: int) -> str:
-    """"0.512 (0.498 to 0.527)": a mean with its 95% interval, or the mean alone when there is none."""
+    """"0.512 [0.498, 0.527]": a mean with its 95% interval, or the mean alone when there is none; a value that
+    rounds to zero prints without a sign."""
+    def number(x: float) -> str:
+        return f"{round(x, digits) + 0.0:.{digits}f}"
+
     if not interval or any(interval.get(k) is None or interval[k] != interval[k] for k in ("lo", "hi")):  # or NaN
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ({interval['lo']:.{digits}f} to {interval['hi']:.{digits}f})"
+        return number(value)
+    return f"{number(value)} [{number(interval['lo'])}, {number(interval['hi'])}]"
 
 
 def _print_report(run_dir: Path, as_json: bool = False) -> None:
@@ -702,8 +714,7 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
         console.print(f"{summary['skipped_items']} source items were skipped as unreadable: see {run.skipped}")
     if summary["flagged_by_truth"]:
         fdr = "the run's FDR" if summary["fdr"] is None else f"FDR {summary['fdr']:g}"
-        table = Table("truth", "pairs", "flagged", "fraction",
-                      title=f"Pairs flagged memorized at {fdr} (q-value of CLIPMem against the run's null)")
+        table = Table("truth", "pairs", "flagged", "fraction", title=f"Pairs flagged memorized (q <= {fdr})")
         for row in summary["flagged_by_truth"]:
             table.add_row(row["truth"], str(row["pairs"]), str(row["flagged"]), f"{row['fraction']:.3f}")
         console.print(table)
@@ -712,11 +723,12 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
                                                  "for p-values, q-values and memorized flags")
         console.print(f"No pairs flagged: {reason}", highlight=False, soft_wrap=True)
     table = Table("truth", "pairs", "CLIPMem", "raw", "contrastive",
-                  title="Mean score per truth tag (95% bootstrap interval over pairs)")
+                  title="Mean score per truth tag [95% bootstrap interval over pairs]")
+    raw_digits = _digits([row["clipmem_raw"] for row in summary["by_truth"]], 4)
     for row in summary["by_truth"]:
         ci = row["intervals"]
         table.add_row(row["truth"], str(row["pairs"]), _interval_text(row["clipmem"], ci["clipmem"], 3),
-                      _interval_text(row["clipmem_raw"], ci["clipmem_raw"], 4),
+                      _interval_text(row["clipmem_raw"], ci["clipmem_raw"], raw_digits),
                       _interval_text(row["clipmem_contrastive"], ci["clipmem_contrastive"], 3))
     console.print(table)
     for key, title in (("detection_faulty", "Finding faulty pairs (every tag but clean)"),
@@ -738,10 +750,12 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
         console.print(table)
     if summary["towers_by_truth"]:
         table = Table("truth", "image-side (raw)", "text-side (raw)", "swap image", "swap text", "text > image",
-                      title="Which encoder memorizes (mean, 95% bootstrap interval over pairs)")
+                      title="Which encoder memorizes: mean [95% bootstrap interval over pairs]")
+        columns = ("mem_image_raw", "mem_text_raw", "mem_swap_image", "mem_swap_text")
+        digits = _digits([row.get(c) for row in summary["towers_by_truth"] for c in columns], 4)
         for row in summary["towers_by_truth"]:
             ci = row["intervals"]
-            table.add_row(row["truth"], *(_interval_text(row[c], ci.get(c), 4) if c in row else "-"
+            table.add_row(row["truth"], *(_interval_text(row[c], ci.get(c), digits) if c in row else "-"
                                           for c in ("mem_image_raw", "mem_text_raw", "mem_swap_image",
                                                     "mem_swap_text")),
                           "yes" if row["text_exceeds_image"] else "no")
@@ -752,12 +766,13 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
                     console.print(f"{row['truth']}: {row[name]}", highlight=False, soft_wrap=True)
     if summary.get("layers"):
         table = Table("tower", "layer", "truth", "LayerMem", "ΔLayerMem",
-                      title="Memorization per layer (95% bootstrap interval over pairs where the run has them)")
+                      title="Memorization per layer [95% bootstrap interval over pairs, where the run has them]")
+        digits = _digits([row[c] for row in summary["layers"] for c in ("layer_mem", "delta_layer_mem")], 4)
         for row in summary["layers"]:
             mem = {"lo": row.get("layer_mem_lo"), "hi": row.get("layer_mem_hi")}
             delta = {"lo": row.get("delta_layer_mem_lo"), "hi": row.get("delta_layer_mem_hi")}
-            table.add_row(row["tower"], str(row["layer"]), row["truth"], _interval_text(row["layer_mem"], mem, 4),
-                          _interval_text(row["delta_layer_mem"], delta, 4))
+            table.add_row(row["tower"], str(row["layer"]), row["truth"], _interval_text(row["layer_mem"], mem, digits),
+                          _interval_text(row["delta_layer_mem"], delta, digits))
         console.print(table)
     table = Table("model", *sorted(next(iter(summary["utility"].values()), {})), title="Utility on S_E")
     for name, values in summary["utility"].items():

@@ -68,13 +68,13 @@ def test_report_prints_flagged_counts_means_with_intervals_and_verdicts(tmp_path
     scores = _scores()
     out = _run(tmp_path, scores, {"significance": {"fdr": 0.05}})
     text = _report(out)
-    assert "Pairs flagged memorized at FDR 0.05" in text
+    assert "Pairs flagged memorized (q <= FDR 0.05)" in text
     lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
              for line in text.splitlines() if line.count("│") == 5}
     assert lines["swapped"] == ["40", "30", "0.750"] and lines["clean"] == ["60", "3", "0.050"]
     assert lines["all"] == ["100", "33", "0.330"]
     # every swapped pair has CLIPMem 0.75: its mean's interval is the point itself
-    assert "0.750 (0.750 to 0.750)" in text
+    assert "0.750 [0.750, 0.750]" in text
     assert "swapped: text side > image side (difference 0.0040, 95% CI 0.0040 to 0.0040)" in text
     assert "clean: text side and image side are not distinguishable at this run's size (difference 0.00000, 95% CI -" in text
 
@@ -135,4 +135,4 @@ def test_layer_intervals_are_printed_when_the_run_has_them(tmp_path):
                            "delta_layer_mem": [0.0012], "layer_mem_lo": [0.0008], "layer_mem_hi": [0.0016],
                            "delta_layer_mem_lo": [0.0007], "delta_layer_mem_hi": [0.0017]})
     text = _report(_run(tmp_path, _scores(), {"significance": {"fdr": 0.05}}, layers))
-    assert "0.0012 (0.0008 to 0.0016)" in text and "0.0012 (0.0007 to 0.0017)" in text
+    assert "0.0012 [0.0008, 0.0016]" in text and "0.0012 [0.0007, 0.0017]" in text
