@@ -227,6 +227,19 @@ SchemeOpt = typer.Option(None, "--scheme", help="published (default): S_S/S_C/S_
                          "trains on every fold but k, and every non-S_E pair is scored (model k against the mean of "
                          "the other K-1).")
 FoldsOpt = typer.Option(None, "--folds", help="Number of folds K >= 2 of --scheme kfold (K models are trained).")
+FdrOpt = typer.Option(None, "--fdr", help="False discovery rate of the `memorized` flag: a scored pair is flagged when "
+                      "its Benjamini-Hochberg q-value against the run's null (its S_E pairs) is at most this "
+                      "(default 0.05; 0 < FDR < 1).")
+
+
+def _with_fdr(cfg, fdr: Optional[float]):
+    """cfg with the --fdr given (checked), or as it was."""
+    if fdr is None:
+        return cfg
+    if not 0 < fdr < 1:
+        raise ClipmemError(f"--fdr must lie strictly between 0 and 1, got {fdr}")
+    cfg.score = replace(cfg.score, fdr=fdr)
+    return cfg
 
 
 @app.command()
@@ -358,6 +371,7 @@ def score(
                                              "--merge when parts of several N are present)."),
     merge: bool = typer.Option(False, "--merge", help="Finish the run from the parts of every shard: scaled scores, "
                                "layer tables, embeddings, utility. Refuses, naming them, when parts are missing."),
+    fdr: Optional[float] = FdrOpt,
 ):
     """Compute CLIPMem, its contrastive variant and the CLIPScore baselines; evaluate utility on S_E.
 
@@ -386,6 +400,7 @@ def score(
             if views < 1:
                 raise ClipmemError(f"--views must be >= 1, got {views}")
             cfg.score = replace(cfg.score, views=views)
+        cfg = _with_fdr(cfg, fdr)
         result = score_step(run, cfg, checkpoint_f, checkpoint_g, shard=shard, num_shards=num_shards, merge=merge)
     except ClipmemError as exc:
         _fail(exc)
@@ -427,6 +442,7 @@ def run(
     inject: Optional[str] = InjectOpt,
     scheme: Optional[str] = SchemeOpt,
     folds: Optional[int] = FoldsOpt,
+    fdr: Optional[float] = FdrOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped, with its "
                                 "saved settings (only --device may be given)."),
@@ -451,6 +467,7 @@ def run(
             cfg = TrainOverrides.given(ctx).apply(cfg)
             if views is not None:
                 cfg.score = replace(cfg.score, views=views)
+            cfg = _with_fdr(cfg, fdr)
             run_dir.prepare_new(overwrite)
             run_dir.save_config(cfg)  # first: a run stopped at any later point (even in its split) can resume
         metrics = run_all(run_dir, cfg, resume=resume)

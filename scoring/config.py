@@ -108,6 +108,7 @@ class ScoreConfig:
     towers: bool = True              # image-side / text-side scores and the encoder-swap check
     layers: bool = True              # LayerMem curves of both towers
     layer_curves_top_k: int = 50     # per-pair layer curves kept for the most memorized pairs
+    fdr: float = 0.05                # false discovery rate of the `memorized` flag (BH over the scored pairs)
 
 
 @dataclass

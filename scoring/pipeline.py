@@ -17,7 +17,7 @@ import torch
 
 from clipmem.scoring import distributed
 from clipmem.scoring.attribution import layer_tables, tower_scores
-from clipmem.scoring.columns import join_image_ref, split_image_ref
+from clipmem.scoring.columns import MEMORIZED, join_image_ref, split_image_ref
 from clipmem.scoring.config import RunConfig
 from clipmem.scoring.data.base import PairDataset, Problems, verify_images
 from clipmem.scoring.data.inject import check_rates, inject_faults
@@ -31,7 +31,8 @@ from clipmem.scoring.models import (Vocabulary, context_length_of, create_model,
 from clipmem.scoring.rundir import RunDir, atomic_write, write_json, write_text_atomic
 from clipmem.scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
 from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, prepare_model, scale_scores,
-                                   score_run, scored_rows)
+                                   score_null, score_run, scored_rows)
+from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_by_truth, null_summary
 from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
 from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
 from clipmem.scoring.train import load_model_weights, save_model, train_models
@@ -272,8 +273,10 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
                 frame, per_pair = tower_scores(models, corpus, result, cfg.score, cfg.train,
                                                context_length_of(model_cfg), vocab, device, layers=cfg.score.layers)
             clean = result.clean
+        # the null: once per run, by the process that finishes it, whatever scored the pairs
+        null = score_null(models, corpus, cfg.score, cfg.train, device) if len(corpus.rows("extra")) else None
         score_seconds = time.perf_counter() - t0
-        metrics = _finish(run, cfg, corpus, models, frame, per_pair, clean, device)
+        metrics = _finish(run, cfg, corpus, models, frame, per_pair, clean, null, device)
         metrics["scoring"] = {"pairs": len(frame), "views": cfg.score.views, "seconds": round(score_seconds, 2),
                               "pairs_per_s": round(len(frame) / score_seconds, 1),
                               **({"shards": num_shards} if num_shards else {})}
@@ -297,18 +300,36 @@ def _score_part(models, corpus, cfg: RunConfig, vocab, model_cfg, device, part: 
 
 
 def _finish(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, per_pair: dict, clean: dict | None,
-            device) -> dict:
-    """From the per-pair scores of every scored pair: scaled scores, layer tables, embeddings and utility."""
+            null, device) -> dict:
+    """From the per-pair scores of every scored pair and the null: scaled scores with their significance, layer
+    tables, embeddings and utility."""
     for model in models.values():  # outside inference mode: moved parameters stay ordinary tensors
         prepare_model(model, device)
     with torch.inference_mode():
-        return _finish_outputs(run, cfg, corpus, models, frame, per_pair, clean, device)
+        return _finish_outputs(run, cfg, corpus, models, frame, per_pair, clean, null, device)
+
+
+def _significance(run: RunDir, cfg: RunConfig, scores, null) -> tuple[object, dict]:
+    """scores with p, q, the flag and the view intervals added (null.parquet written), and metrics' "significance".
+
+    A run without S_E pairs has no null: its scores keep no significance columns and the metrics say why."""
+    if null is None:
+        run.null.unlink(missing_ok=True)
+        return scores, {"fdr": cfg.score.fdr, "null_pairs": 0,
+                        "missing": "the run has no S_E pairs (extra = 0), so no null to test the scored pairs "
+                                   "against: no p-values, q-values or memorized flags"}
+    scores = add_significance(scores, null, cfg.score.fdr)
+    with atomic_write(run.null) as tmp:
+        null.to_parquet(tmp, index=False)
+    return scores, {"fdr": cfg.score.fdr, "null_pairs": int(null["sample_id"].nunique()),
+                    "flagged": int(scores[MEMORIZED].sum()), "flagged_by_truth": flagged_by_truth(scores),
+                    "tail": TAIL_METHOD, "null": null_summary(null)}
 
 
 def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, per_pair: dict, clean: dict | None,
-                    device) -> dict:
+                    null, device) -> dict:
     t1 = time.perf_counter()
-    scores = scale_scores(frame)
+    scores, significance = _significance(run, cfg, scale_scores(frame), null)
     layers, curves = layer_tables(scores, per_pair, cfg.score.layer_curves_top_k)
     names = tuple(models)
     literal = literal_models(names)
@@ -326,6 +347,7 @@ def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, pe
         metrics["folds"] = per_model
     if cfg.score.towers:
         metrics["attribution"] = {"layers": cfg.score.layers}
+    metrics["significance"] = significance
     metrics["finish_seconds"] = round(time.perf_counter() - t1, 2)
 
     with atomic_write(run.scores) as tmp:

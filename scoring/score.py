@@ -20,6 +20,10 @@ Every draw (views, captions, reference set) is made for the whole scored set and
 sliced, so any contiguous part of the scored pairs (`part`, a shard) gets exactly the
 values it gets in a single pass; only the min-max scaling needs the whole set
 (`scale_scores`).
+
+The null (`score_null`): the S_E pairs, which no model trained on, scored the same way (their own seeded
+views, the same reference set, the same with/without means) once per direction a scored pair can take, so
+each scored pair's A_with - A_without can be compared with what model drift alone gives (scoring.significance).
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipmem.scoring.columns import SCORED_SPLITS, SEEN_BY
+from clipmem.scoring.columns import NULL_COLUMNS, SCORED_SPLITS, SEEN_BY, TRAINING_SPLITS, null_key
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
-from clipmem.scoring.schemes import trained_on
+from clipmem.scoring.schemes import PUBLISHED_MODELS, trained_on
 from clipmem.scoring.transform import augment, normalize, sample_views
 
 
@@ -145,14 +149,18 @@ def scored_rows(corpus: TensorCorpus) -> torch.Tensor:
     return torch.cat([corpus.rows(s) for s in SCORED_SPLITS])
 
 
+# seed offset of the null pairs' views: a stream of their own, so the scored pairs' draws are those they always had
+NULL_STREAM = 15485863
+
+
 def view_draws(corpus: TensorCorpus, rows: torch.Tensor, cfg: ScoreConfig, train_cfg: TrainConfig,
-               part: slice | None = None):
+               part: slice | None = None, stream: int = 0):
     """The n paired views of each row: augmentation parameters and caption indices, seeded.
 
     Drawn for all `rows`; `part` (a slice of rows) returns that part's draws, identical to
-    the same rows' draws in the whole.
+    the same rows' draws in the whole. `stream` offsets the seed (the null's views: NULL_STREAM).
     """
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + stream)
     views = sample_views(len(rows) * cfg.views, train_cfg.augment, gen)  # row-major: (row, view)
     u = torch.rand(len(rows) * cfg.views, generator=gen)
     if part is not None:
@@ -193,9 +201,14 @@ def with_without(values: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.inference_mode()
 def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx, cfg: ScoreConfig,
-                    train_cfg: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    train_cfg: TrainConfig, device, own_captions: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-view cosine and contrastive (log-softmax vs. reference captions) scores, shape (N, n),
-    and the views' image embeddings. `text_table` maps caption-table indices to embeddings."""
+    and the views' image embeddings. `text_table` maps caption-table indices to embeddings.
+
+    `own_captions` ((N, K) caption indices, -1 padded): captions of each row that are never its negatives
+    either. The null's S_E pairs pass theirs: the reference set is drawn from S_E's captions, so it may hold
+    a null pair's other captions, which no scored pair meets."""
     max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
     image = encode_images(model, corpus.pixels[rows], cfg.batch_size, device, views=views, max_shift=max_shift,
                           repeat=cfg.views)
@@ -205,6 +218,9 @@ def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx
     ref_logits = scale * image @ text_table[ref_idx].T
     # the pair's own caption text is the positive, never a negative
     ref_logits[caption_idx[:, None] == ref_idx[None, :]] = float("-inf")
+    if own_captions is not None:
+        own = own_captions.repeat_interleave(cfg.views, dim=0)
+        ref_logits[(own[:, :, None] == ref_idx[None, None, :]).any(1)] = float("-inf")
     positive = scale * cos
     contrastive = positive - torch.logsumexp(torch.cat([positive[:, None], ref_logits], dim=1), dim=1)
     return cos.view(len(rows), cfg.views), contrastive.view(len(rows), cfg.views), image
@@ -311,6 +327,76 @@ def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: Trai
     return ScoreResult(frame=pd.DataFrame(columns), clean=emb if embed else None, embedded=embedded, scored=scored,
                        view_images=view_images, view_captions=caption_idx, seen=seen, names=names,
                        part=None if whole else part)
+
+
+def null_roles(corpus: TensorCorpus, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """{null key: (models,) bool}: for the scored pairs of each key, which of the models trained on them.
+
+    Published scheme: "candidate" (f saw it), "independent" (g saw it); k-fold: "fold{k}" (every model but k).
+    A null pair plays each role in turn: its "with" is the mean over the models marked, as for the scored pairs.
+    """
+    if corpus.fold is None:
+        if tuple(names) != PUBLISHED_MODELS:
+            raise ValueError(f"the published scheme scores models {PUBLISHED_MODELS}, not {names}")
+        return {null_key(split): torch.tensor([split in TRAINING_SPLITS[m] for m in names])
+                for split in SCORED_SPLITS}
+    return {null_key("", k): torch.arange(len(names)) != k for k in range(len(names))}
+
+
+def score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
+               device: torch.device) -> pd.DataFrame:
+    """null.parquet's rows (columns.NULL_COLUMNS): the S_E pairs scored as the scored pairs are, once per null key.
+
+    Each S_E pair gets n views drawn from the null's own stream (NULL_STREAM), is aligned under every model by
+    `view_alignments` and takes each role of `null_roles`: its clipmem_raw is A_with - A_without for the models
+    a scored pair of that key is "with". No S_E pairs: an empty frame.
+    """
+    for m in models.values():  # outside inference mode: moved parameters stay ordinary tensors
+        prepare_model(m, device)
+    with torch.inference_mode():
+        return _score_null(models, corpus, cfg, train_cfg, device)
+
+
+def _score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
+                device: torch.device) -> pd.DataFrame:
+    rows = corpus.rows("extra")
+    if len(rows) == 0:
+        return pd.DataFrame({c: [] for c in NULL_COLUMNS})
+    ref_idx = reference_set(corpus, cfg.reference_captions, cfg.seed)
+    views, caption_idx = view_draws(corpus, rows, cfg, train_cfg, stream=NULL_STREAM)
+    own = corpus.caption_index[rows]
+    needed = torch.cat([caption_idx, ref_idx, own.flatten()])
+    cos, con = [], []
+    for model in models.values():
+        table = encode_captions(model, corpus, needed, cfg.batch_size, device)
+        c, k, _ = view_alignments(model, corpus, rows, views, caption_idx, table, ref_idx, cfg, train_cfg, device,
+                                  own_captions=own)
+        cos.append(c)
+        con.append(k)
+    cos, con = torch.stack(cos), torch.stack(con)
+    ids = [corpus.ids[r] for r in rows.tolist()]
+    frames = []
+    for key, with_models in null_roles(corpus, tuple(models)).items():
+        seen = with_models.expand(len(rows), -1)
+        with_cos, without_cos = with_without(cos, seen)
+        with_con, without_con = with_without(con, seen)
+        align_f, align_g = with_cos.mean(1).numpy(), without_cos.mean(1).numpy()
+        con_f, con_g = with_con.mean(1).numpy(), without_con.mean(1).numpy()
+        frames.append(pd.DataFrame({
+            "sample_id": ids,
+            "split": [corpus.split[r] for r in rows.tolist()],
+            "truth": [corpus.truth[r] for r in rows.tolist()],
+            "null_for": key,
+            "clipmem_raw": align_f - align_g,
+            "clipmem_contrastive_raw": con_f - con_g,
+            "align_f": align_f,
+            "align_g": align_g,
+            "contrastive_f": con_f,
+            "contrastive_g": con_g,
+            "views_f": list(with_cos.numpy().astype(np.float32)),
+            "views_g": list(without_cos.numpy().astype(np.float32)),
+        }))
+    return pd.concat(frames, ignore_index=True)[list(NULL_COLUMNS)]
 
 
 def embeddings_arrays(corpus: TensorCorpus, emb: dict[str, Embeddings], rows: torch.Tensor) -> dict[str, np.ndarray]:

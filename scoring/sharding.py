@@ -53,7 +53,8 @@ def fingerprint(run, cfg, checkpoints: dict[str, Path]) -> str:
         stat = Path(path).stat()
         return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
-    score = {k: v for k, v in asdict(cfg.score).items() if k != "batch_size"}  # batching does not change values
+    # batching does not change a part's values, nor does the FDR (applied when the parts are merged)
+    score = {k: v for k, v in asdict(cfg.score).items() if k not in ("batch_size", "fdr")}
     train = {k: v for k, v in asdict(cfg.train).items() if k not in ("device", "keep_checkpoints")}
     content = {
         "score": score,

@@ -63,15 +63,20 @@ def test_step_by_step_commands(tmp_path, tiny_data):
     result = invoke("report", out)
     assert result.exit_code == 2 and "not a finished run" in result.output
     assert invoke("train", out, "--model", "clipmem-tiny", "--epochs", "1").exit_code == 0
-    result = invoke("score", out, "--views", "2")
+    result = invoke("score", out, "--views", "2", "--fdr", "1")
+    assert result.exit_code == 2 and "--fdr must lie strictly between 0 and 1, got 1.0" in result.output
+    result = invoke("score", out, "--views", "2", "--fdr", "0.5")
     assert result.exit_code == 0, result.output
-    assert len(pd.read_parquet(out / "scores.parquet")) == 240
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert len(scores) == 240 and (scores["memorized"] == (scores["clipmem_q"] <= 0.5)).all()
+    assert json.loads((out / "metrics.json").read_text())["significance"]["fdr"] == 0.5
 
 
 @pytest.mark.parametrize("args, message", [
     (["--sizes", "5000,100,100,100"], "need 5300 pairs but the dataset has 900"),
     (["--model", "ViT-Z-99"], "unknown model 'ViT-Z-99'"),
     (["--sizes", "1,2,3"], "expected four comma-separated numbers"),
+    (["--fdr", "0"], "--fdr must lie strictly between 0 and 1, got 0.0"),
 ])
 def test_bad_run_options(tmp_path, tiny_data, args, message):
     out = tmp_path / "bad"

@@ -148,6 +148,15 @@ def test_outputs_follow_the_run_contract(kfold_run):
     assert set(log[0]) >= {"loss_fold0", "loss_fold1", "loss_fold2"}
     scores = pd.read_parquet(out / "scores.parquet")
     assert {"mem_image", "mem_text"} <= set(scores.columns) and "mem_swap_text" not in scores
+    # the null of fold k's pairs: S_E pairs with the other fold models as "with" and model k as "without"
+    null = pd.read_parquet(out / "null.parquet")
+    assert sorted(null["null_for"].unique()) == ["fold0", "fold1", "fold2"] and len(null) == 3 * 60
+    per_key = {key: rows.set_index("sample_id").sort_index() for key, rows in null.groupby("null_for")}
+    alone = np.stack([per_key[f"fold{k}"]["align_g"].to_numpy() for k in range(K)])  # A of model k, (K, 60)
+    for k in range(K):
+        np.testing.assert_allclose(per_key[f"fold{k}"]["align_f"], np.delete(alone, k, 0).mean(0), atol=1e-6)
+    np.testing.assert_allclose(sum(per_key[f"fold{k}"]["clipmem_raw"] for k in range(K)), 0, atol=1e-6)
+    assert scores["clipmem_p"].notna().all() and metrics["significance"]["null_pairs"] == 60
     report = invoke("report", out, "--json")
     assert report.exit_code == 0, report.output
     by_fold = json.loads(report.output)["by_fold"]

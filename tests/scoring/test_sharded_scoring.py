@@ -27,8 +27,8 @@ def copy_of(tiny_run, tmp_path):
     run, _ = tiny_run
     out = tmp_path / "run"
     shutil.copytree(run.path, out, ignore=shutil.ignore_patterns("checkpoints", "score_parts"))
-    for name in ("scores.parquet", "embeddings.npz", "layers.parquet", "layer_curves.parquet", "metrics.json",
-                 "COMPLETE"):
+    for name in ("scores.parquet", "null.parquet", "embeddings.npz", "layers.parquet", "layer_curves.parquet",
+                 "metrics.json", "COMPLETE"):
         (out / name).unlink()
     return run.path, out
 
@@ -50,6 +50,12 @@ def assert_same_outputs(reference, out, atol=1e-5):
         np.testing.assert_allclose(x["layer_mem"], y["layer_mem"], atol=atol, rtol=0)
         if name == "layers.parquet":
             np.testing.assert_allclose(x["delta_layer_mem"], y["delta_layer_mem"], atol=atol, rtol=0)
+    # the null, scored by the process that finishes the run, and so the p- and q-values and flags compared above
+    na, nb = pd.read_parquet(reference / "null.parquet"), pd.read_parquet(out / "null.parquet")
+    assert list(na.columns) == list(nb.columns) and na[["sample_id", "null_for"]].equals(nb[["sample_id", "null_for"]])
+    for col in ("clipmem_raw", "clipmem_contrastive_raw", "align_f", "align_g"):
+        np.testing.assert_allclose(na[col], nb[col], atol=atol, rtol=0, err_msg=col)
+    assert {"clipmem_p", "clipmem_q", "memorized"} <= set(b.columns) and b["memorized"].dtype == bool
     ea, eb = np.load(reference / "embeddings.npz"), np.load(out / "embeddings.npz")
     assert sorted(ea.files) == sorted(eb.files)
     for key in ea.files:
@@ -60,6 +66,7 @@ def assert_same_outputs(reference, out, atol=1e-5):
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (reference, out))
     for model in ("f", "g"):
         assert ma[model] == pytest.approx(mb[model], abs=atol)
+    assert ma["significance"]["flagged_by_truth"] == mb["significance"]["flagged_by_truth"]
     assert (out / "COMPLETE").is_file()
 
 
