@@ -43,15 +43,16 @@ def tag_rows(scores: pd.DataFrame) -> list[dict]:
 TOWER_COLUMNS = ("mem_image_raw", "mem_text_raw", "mem_swap_image", "mem_swap_text")
 
 
-def tower_means(scores: pd.DataFrame) -> pd.DataFrame:
+def tower_means(scores: pd.DataFrame, verdicts: list[dict] | None = None) -> pd.DataFrame:
     """Per truth tag and "all": mean image-side and text-side memorization (raw) and swap drops; text_exceeds_image
-    only when the bootstrap 95% interval of mean(text - image) lies above 0 (significance.tower_verdicts)."""
+    only when the bootstrap 95% interval of mean(text - image) lies above 0 (verdicts: significance.tower_verdicts
+    of scores, computed when not given)."""
     cols = [c for c in TOWER_COLUMNS if c in scores]
     if not cols:
         return pd.DataFrame()
     out = scores.groupby("truth")[cols].mean()
     out.loc["all"] = scores[cols].mean()
-    verdicts = {row["truth"]: row for row in tower_verdicts(scores)}
+    verdicts = {row["truth"]: row for row in (tower_verdicts(scores) if verdicts is None else verdicts)}
     out["text_exceeds_image"] = [bool(verdicts[t]["sides"]["a_exceeds_b"]) if "sides" in verdicts.get(t, {})
                                  else False for t in out.index]
     return out
@@ -61,11 +62,12 @@ def tower_rows(scores: pd.DataFrame) -> list[dict]:
     """tower_means as records, each with "intervals" {column: {"estimate", "lo", "hi"}} of the tower means, and
     "verdict" (text side against image side) and "swap_verdict" (text-swap drop against image-swap drop) when the
     run has those columns: a direction only where the interval of the paired difference excludes 0."""
-    means = tower_means(scores)
+    verdict_rows = tower_verdicts(scores)
+    means = tower_means(scores, verdict_rows)
     if means.empty:
         return []
     intervals = {row["truth"]: row for row in group_means(scores, TOWER_COLUMNS)}
-    verdicts = {row["truth"]: row for row in tower_verdicts(scores)}
+    verdicts = {row["truth"]: row for row in verdict_rows}
     rows = []
     for row in means.reset_index().to_dict("records"):
         tag = row["truth"]

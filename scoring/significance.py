@@ -156,14 +156,18 @@ def view_interval(per_view: np.ndarray, level: float = LEVEL) -> tuple[np.ndarra
 
 
 def _bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, ...) means of resamples over axis 0 of values (drawn in chunks to bound memory)."""
+    """(n_boot, ...) means of resamples over axis 0 of values: each resample's draw counts per pair times the
+    values (a matrix product, so many blocks cost about what one does), drawn in chunks to bound memory."""
     n = len(values)
-    per_chunk = max(1, _BOOT_CHUNK // max(1, n * int(np.prod(values.shape[1:], dtype=int))))
+    flat = values.reshape(n, -1)
+    per_chunk = max(1, _BOOT_CHUNK // n)
     out = []
     for start in range(0, n_boot, per_chunk):
-        idx = rng.integers(0, n, size=(min(per_chunk, n_boot - start), n))
-        out.append(values[idx].mean(1))
-    return np.concatenate(out)
+        size = min(per_chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=size * n).reshape(size, n)
+        out.append(counts @ flat / n)
+    return np.concatenate(out).reshape(n_boot, *values.shape[1:])
 
 
 def bootstrap_mean(values, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
