@@ -120,7 +120,7 @@ def _derive(contents: RunContents, map_method: str, thumbnail_px: int):
     started = time.perf_counter()
     maps = {model: project(contents.embeddings[f"{model}_image"], contents.embeddings[f"{model}_text"],
                            map_method, MAP_SEED) for model in ("f", "g")}
-    summary = summarize(contents.scores, contents.score_names)
+    summary = summarize(contents.scores, contents.score_names, contents.fdr)
     samples = contents.samples
     stored = [(i, sid, ref) for i, sid, ref in zip(samples["pair_index"].tolist(), samples["sample_id"].tolist(),
                                                    samples["image_ref"].tolist()) if is_stored(ref)]

@@ -3,29 +3,49 @@
 Scores and truth tags never change after ingest, so these are stored on the run and
 served as they are. "Faulty" is every truth tag but clean; k in precision@k is the
 number of positives; the metrics are scoring.metrics', the module `clipmem report` uses too.
+The intervals, verdicts and flagged counts are scoring.significance's, the same functions
+`clipmem report` prints them with; bootstraps over many pairs take seconds, another reason
+to compute them once here rather than per request.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from clipmem.scoring.columns import DETECTOR_SCORES
+from clipmem.scoring.columns import DETECTOR_SCORES, MEMORIZED
 from clipmem.scoring.metrics import detection
+from clipmem.scoring.significance import flagged_by_truth, group_means, jsonable, tower_verdicts
+
+# the means shown per truth tag that carry a bootstrap interval (the tower scores' are in "towers")
+INTERVAL_SCORES = ("clipmem", "clipmem_raw")
 
 
-def summarize(scores: pd.DataFrame, score_names: list[str]) -> dict:
+def summarize(scores: pd.DataFrame, score_names: list[str], fdr: float | None = None) -> dict:
+    """{pairs, means, intervals, by_truth, detection, towers, significance}: `intervals` (and each by_truth row's)
+    hold {score: {estimate, lo, hi}} for INTERVAL_SCORES; `towers` is significance.tower_verdicts (empty without
+    tower scores); `significance` {fdr, flagged, by_truth} is present only when the run flags pairs."""
     grouped = scores.groupby("truth", sort=True)
+    intervals = {row["truth"]: {name: row[name] for name in INTERVAL_SCORES if name in row}
+                 for row in jsonable(group_means(scores, [n for n in INTERVAL_SCORES if n in score_names]))}
     by_truth = [
-        {"truth": str(tag), "pairs": int(len(rows)), "means": {name: float(rows[name].mean()) for name in score_names}}
+        {"truth": str(tag), "pairs": int(len(rows)), "means": {name: float(rows[name].mean()) for name in score_names},
+         "intervals": intervals[str(tag)]}
         for tag, rows in grouped
     ]
     by_truth.sort(key=lambda row: -row["means"]["clipmem"])
     detectors = [name for name in score_names if name in DETECTOR_SCORES]
     truth = scores["truth"].to_numpy()
-    return {
+    summary = {
         "pairs": int(len(scores)),
         "means": {name: float(scores[name].mean()) for name in score_names},
+        "intervals": intervals["all"],
         "by_truth": by_truth,
         "detection": detection({name: scores[name].to_numpy() for name in detectors},
                                {"faulty": truth != "clean", "swapped": truth == "swapped"}),
+        "towers": jsonable(tower_verdicts(scores)),
     }
+    if MEMORIZED in scores.columns:
+        counts = jsonable(flagged_by_truth(scores))
+        summary["significance"] = {"fdr": fdr, "flagged": next(r["flagged"] for r in counts if r["truth"] == "all"),
+                                   "by_truth": counts}
+    return summary

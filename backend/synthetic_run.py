@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clipmem.scoring.columns import SCORE_COLUMNS, SCORED_SPLITS, SEEN_BY, join_image_ref
+from clipmem.scoring.columns import MEMORIZED, NULL_COLUMNS, SCORE_COLUMNS, SCORED_SPLITS, SEEN_BY, join_image_ref
 from clipmem.scoring.rundir import RunDir
+from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_by_truth, null_summary
 
 TRUTH_RATES = {"swapped": 0.05, "vague": 0.02, "atypical": 0.02}
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -29,8 +30,13 @@ SHARED_IMAGES = 16  # images="shared": this many files, reused by every pair
 def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_shared: int, n_extra: int, *,
                         dim: int = 16, views: int = 4, seed: int = 0, images: str = "files",
                         optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}",
-                        utility: dict[str, float] | None = None, experiment: dict | None = None) -> Path:
+                        utility: dict[str, float] | None = None, experiment: dict | None = None,
+                        significance: bool = False, fdr: float = 0.05) -> Path:
     """Write a finished run into `out` (created) with its images under out/data.
+
+    significance: also a null.parquet (the S_E pairs' made-up raw scores, drawn like the clean scored pairs') and
+    the significance columns scoring adds (scoring.significance.add_significance at `fdr`, a replica spread),
+    with score.fdr in config.json and the "significance" section of metrics.json; needs n_extra >= 1.
 
     utility: model f's metrics on S_E in metrics.json (g gets each minus 0.01); default retrieval and
     zero-shot figures. experiment: written as experiment.json, as `clipmem experiment` does for its runs.
@@ -66,9 +72,18 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
     }).to_parquet(out / "samples.parquet", index=False)
 
     scored = np.flatnonzero(np.isin(split, SCORED_SPLITS))
-    _scores_frame(rng, ids[scored], split[scored], truth[scored].astype(str), n_caps[scored],
-                  [captions[i][0] for i in scored.tolist()], views, optional_scores).to_parquet(
-        out / "scores.parquet", index=False)
+    scores = _scores_frame(rng, ids[scored], split[scored], truth[scored].astype(str), n_caps[scored],
+                           [captions[i][0] for i in scored.tolist()], views, optional_scores)
+    significance_metrics = {}
+    if significance:
+        if n_extra < 1:
+            raise ValueError("significance needs S_E pairs (n_extra >= 1): they are the null")
+        extra = np.flatnonzero(split == "extra")
+        # a generator of its own, so the other files stay as they are without significance
+        scores, null, significance_metrics = _significance(np.random.default_rng([seed, 15]), scores, ids[extra],
+                                                           truth[extra].astype(str), views, fdr)
+        null.to_parquet(RunDir(out).null, index=False)
+    scores.to_parquet(out / "scores.parquet", index=False)
 
     embedded = np.concatenate([scored, np.flatnonzero(split == "extra")])
     centres = _unit(rng.standard_normal((len(COLOURS) * len(SHAPES), dim)))
@@ -84,7 +99,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
         "data": {"kind": "folder", "path": str(data_root.resolve()), "synth": {}},
         "split": {"sizes": sizes, "seed": seed},
         "train": {"model": "clipmem-tiny", "epochs": 1, "batch_size": 64, "lr": 0.002, "captions_per_image": 0},
-        "score": {"views": views, "seed": 1234},
+        "score": {"views": views, "seed": 1234, **({"fdr": fdr} if significance else {})},
         "versions": {"clipmem": "0.1.0"},
     }
     _json(out / "config.json", config)
@@ -95,7 +110,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
                           "zeroshot_colour": 0.8}
     _json(out / "metrics.json", {"f": utility, "g": {k: v - 0.01 for k, v in utility.items()},
                                  "scoring": {"pairs": int(len(scored)), "views": views}, "peak_rss_mb": 100.0,
-                                 "timings": {"score_seconds": 1.0}})
+                                 "timings": {"score_seconds": 1.0}, **significance_metrics})
     if experiment is not None:
         _json(out / "experiment.json", experiment)
     RunDir(out).mark_finished()  # with each file's checksum, as scoring finishes a run
@@ -170,6 +185,35 @@ def _scores_frame(rng, ids, split, truth, n_caps, first_captions, views: int, op
     frame["views_f"] = list((align_f[:, None] + spread).astype(np.float32))
     frame["views_g"] = list((align_g[:, None] + spread).astype(np.float32))
     return frame
+
+
+def _significance(rng, scores: pd.DataFrame, null_ids, null_truth, views: int,
+                  fdr: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(scores with the significance columns, null.parquet's frame, metrics.json's "significance" section)."""
+    n_null = len(null_ids)
+    # views of their own for each model, so a pair's per-view differences spread and its interval has a width
+    spread = rng.normal(0, 0.01, (len(scores), views)).astype(np.float32)
+    scores["views_g"] = list((scores["align_g"].to_numpy()[:, None] + spread).astype(np.float32))
+    rows = []
+    for key in SCORED_SPLITS:  # the published scheme's null keys (scoring.columns.null_key)
+        align_g = rng.uniform(0.2, 0.8, n_null)
+        raw = rng.normal(0.01, 0.02, n_null)  # as the clean scored pairs' raw scores are drawn
+        raw_con = raw * 5 + rng.normal(0, 0.05, n_null)
+        con_g = rng.normal(-2.0, 0.3, n_null)
+        spread_f, spread_g = (rng.normal(0, 0.01, (n_null, views)).astype(np.float32) for _ in range(2))
+        rows.append(pd.DataFrame({
+            "sample_id": null_ids, "split": "extra", "truth": null_truth, "null_for": key, "clipmem_raw": raw,
+            "clipmem_contrastive_raw": raw_con, "align_f": align_g + raw, "align_g": align_g,
+            "contrastive_f": con_g + raw_con, "contrastive_g": con_g,
+            "views_f": list(((align_g + raw)[:, None] + spread_f).astype(np.float32)),
+            "views_g": list((align_g[:, None] + spread_g).astype(np.float32))}))
+    null = pd.concat(rows, ignore_index=True)[list(NULL_COLUMNS)]
+    scores = add_significance(scores, null, fdr)
+    scores["clipmem_raw_sd"] = np.abs(rng.normal(0, 0.005, len(scores)))
+    metrics = {"significance": {"fdr": fdr, "null_pairs": n_null, "flagged": int(scores[MEMORIZED].sum()),
+                                "flagged_by_truth": flagged_by_truth(scores), "tail": TAIL_METHOD,
+                                "null": null_summary(null)}}
+    return scores, null, metrics
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

@@ -20,18 +20,21 @@ from clipmem.backend.api.deps import require_token
 from clipmem.backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
 from clipmem.backend.api.frames import RunCache
 from clipmem.backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
-                                         histograms, images, maps, neighbours, runs, samples, tags)
+                                         histograms, images, maps, neighbours, null, runs, samples, tags)
 from clipmem.backend.db import make_engine, migrate, session_factory
 from clipmem.backend.images import PixelBudget
 from clipmem.backend.settings import Settings
 from clipmem import __version__
 
-RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, comparisons, exports,
-                    tags, experiments)
+RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, null, comparisons,
+                    exports, tags, experiments)
 DESCRIPTION = """\
 Browse which image-caption pairs a CLIP model memorized (CLIPMem), as measured by `clipmem run` and loaded
 with `clipmem ingest`. Every resource hangs off a run: its samples (filter, sort, page), images, nearest
 neighbours under f and g, score histograms, 2-D embedding maps, detection quality, exports and user tags.
+Runs scored with significance also carry, per pair, a p-value and a Benjamini-Hochberg q-value against the run's
+measured null (the same score on S_E pairs, which neither model trained on; GET /runs/{run}/null), a `memorized`
+flag (q <= the run's FDR) and a 95% interval over the scoring views; their means carry bootstrap intervals.
 Experiments (`clipmem experiment`) group runs: their parameters, mean CLIPMem and utility over seeds.
 
 Convention: `_f` is the model trained WITH the pair, `_g` the one trained without it; `f` and `g` in

@@ -13,13 +13,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import Connection, select
 
 from clipmem.backend.models import EmbeddingBlock, Run
 from clipmem.backend.snapshots import EMBEDDING_ROWS, SCORES, read_snapshot
+from clipmem.scoring.columns import FLAG_COLUMNS
 
 
 @dataclass
@@ -33,6 +34,8 @@ class ScoreFrame:
     truth_values: tuple[str, ...]
     caption_search: object          # pyarrow string array: lower-cased captions joined by newlines
     scores: dict[str, np.ndarray]   # float64 per score column the run has
+    # bool per flag column (scoring.columns.FLAG_COLUMNS) the run has
+    flags: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -41,7 +44,7 @@ class ScoreFrame:
     @property
     def nbytes(self) -> int:
         return (self.pair_index.nbytes + self.split_code.nbytes + self.truth_code.nbytes
-                + self.caption_search.nbytes + sum(v.nbytes for v in self.scores.values()))
+                + self.caption_search.nbytes + sum(v.nbytes for v in (*self.scores.values(), *self.flags.values())))
 
     def codes(self, field: str, values: list[str]) -> np.ndarray:
         known = self.split_values if field == "split" else self.truth_values
@@ -60,7 +63,9 @@ class ScoreFrame:
                    split_code=split.indices.to_numpy(), split_values=tuple(split.dictionary.to_pylist()),
                    truth_code=truth.indices.to_numpy(), truth_values=tuple(truth.dictionary.to_pylist()),
                    caption_search=table.column("caption_search").combine_chunks(),
-                   scores={name: table.column(name).to_numpy() for name in run.score_names})
+                   scores={name: table.column(name).to_numpy() for name in run.score_names},
+                   flags={name: table.column(name).to_numpy(zero_copy_only=False)
+                          for name in FLAG_COLUMNS if name in table.column_names})
 
 
 @dataclass

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, exists
 from clipmem.backend.api.errors import bad_parameter
 from clipmem.backend.api.frames import ScoreFrame
 from clipmem.backend.models import Run, Score, Tag
-from clipmem.scoring.columns import SCORE_COLUMNS, SCORE_NAMES, SCORED_SPLITS
+from clipmem.scoring.columns import MEMORIZED, SCORE_COLUMNS, SCORE_NAMES, SCORED_SPLITS
 
 TRUTH_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
 TAG_PATTERN = r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$"
@@ -47,6 +47,9 @@ class _FilterFields(BaseModel):
     caption: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$",
                                 description="Only pairs with a caption containing this text (case-insensitive; "
                                             "any of the pair's captions).")
+    memorized: bool | None = Field(None, description="true: only pairs flagged memorized (clipmem_q <= the run's "
+                                                     "FDR, settings.score.fdr); false: only pairs not flagged. Runs "
+                                                     "scored without significance have no flags (422).")
 
     @model_validator(mode="after")
     def _ranges_ordered(self):
@@ -65,7 +68,8 @@ class _FilterFields(BaseModel):
         return out
 
     def scores_used(self) -> set[str]:
-        return {name for name, _, _ in self.ranges()}
+        """The score (and flag) columns the filter reads."""
+        return {name for name, _, _ in self.ranges()} | ({MEMORIZED} if self.memorized is not None else set())
 
 
 def _range_fields() -> dict:
@@ -86,9 +90,18 @@ class SortFields(BaseModel):
     order: Order = Field("desc", description="desc: highest first; asc: lowest first.")
 
 
+def run_flags(run: Run) -> list[str]:
+    """The flag columns (scoring.columns.FLAG_COLUMNS) the run has: ingest summarizes the flagged pairs exactly
+    when the run's scores.parquet holds `memorized`."""
+    return [MEMORIZED] if "significance" in run.summary else []
+
+
 def require_scores(run: Run, names: set[str]) -> None:
-    """422 when the request uses a score this run does not have (optional scores of newer runs)."""
-    missing = sorted(set(names) - set(run.score_names))
+    """422 when the request uses a score (or flag) this run does not have (optional scores of newer runs)."""
+    if MEMORIZED in names and MEMORIZED not in run_flags(run):
+        raise bad_parameter(("query", MEMORIZED), f"run '{run.name}' has no {MEMORIZED} flags: it was scored "
+                                                  "without significance (no null.parquet), so no pair is tested")
+    missing = sorted(set(names) - set(run.score_names) - {MEMORIZED})
     if missing:
         raise bad_parameter(("query", missing[0]), f"run '{run.name}' has no {', '.join(missing)} scores (it has: "
                                                    f"{', '.join(run.score_names)})")
@@ -105,6 +118,8 @@ def sql_conditions(run: Run, f: _FilterFields) -> list[ColumnElement[bool]]:
                                          Tag.tag.in_(f.tag)))
     if f.caption:
         conditions.append(Score.caption_search.contains(f.caption.lower(), autoescape=True))
+    if f.memorized is not None:
+        conditions.append(Score.memorized == f.memorized)
     for name, lo, hi in f.ranges():
         column = getattr(Score, name)
         if lo is not None:
@@ -126,6 +141,8 @@ def frame_mask(frame: ScoreFrame, f: _FilterFields, tagged_pairs: np.ndarray | N
         mask &= np.isin(frame.pair_index, tagged_pairs if tagged_pairs is not None else [])
     if f.caption:
         mask &= frame.caption_contains(f.caption.lower())
+    if f.memorized is not None:
+        mask &= frame.flags[MEMORIZED] == f.memorized
     for name, lo, hi in f.ranges():
         values = frame.scores[name]
         if lo is not None:

@@ -22,16 +22,40 @@ class Access(BaseModel):
     write: bool = Field(description="Whether they may change the database (delete a run, add or remove tags).")
 
 
+class Interval(BaseModel):
+    """A value with the ends of its 95% interval (scoring.significance.Interval)."""
+
+    estimate: float | None = Field(description="The value itself (a mean, or a pair's clipmem_raw); null when there "
+                                               "are no pairs to take it over.")
+    lo: float | None = Field(description="Lower end of the 95% interval.")
+    hi: float | None = Field(description="Upper end of the 95% interval.")
+
+
+MEAN_INTERVALS = ("95% percentile bootstrap intervals over the pairs (scoring.significance.bootstrap_mean, seed 0) "
+                  "of the means of clipmem and clipmem_raw")
+
+
 class TruthSummary(BaseModel):
-    truth: str
-    pairs: int
+    truth: str = Field(description="The truth tag.")
+    pairs: int = Field(description="Scored pairs with this truth tag.")
     means: dict[str, float] = Field(description="Mean of each score over the run's pairs with this truth tag.")
+    intervals: dict[str, Interval] | None = Field(None, description=f"{MEAN_INTERVALS} over these pairs; null for "
+                                                                    "runs ingested before intervals.")
 
 
 class ScoreSummary(BaseModel):
     pairs: int = Field(description="Scored pairs of the run.")
     means: dict[str, float] = Field(description="Mean of each score over all scored pairs.")
+    intervals: dict[str, Interval] | None = Field(None, description=f"{MEAN_INTERVALS} over all scored pairs; null "
+                                                                    "for runs ingested before intervals.")
     by_truth: list[TruthSummary] = Field(description="Per truth tag, highest mean CLIPMem first.")
+
+
+class FlaggedCount(BaseModel):
+    truth: str = Field(description="Truth tag, or 'all' (every scored pair; listed last).")
+    pairs: int = Field(description="Scored pairs with this truth tag.")
+    flagged: int = Field(description="Of them, the pairs flagged memorized (clipmem_q <= the run's FDR).")
+    fraction: float | None = Field(description="flagged / pairs; null when there are no pairs.")
 
 
 class RunSummary(BaseModel):
@@ -48,6 +72,13 @@ class RunSummary(BaseModel):
     experiment_params: dict | None = Field(description="The run's experiment.json: seed, captions_per_image, "
                                                        "text_noise, removal_method, removal_count; null when the "
                                                        "run has none.")
+    fdr: float | None = Field(description="The false discovery rate the run flags memorized pairs at (settings "
+                                          "score.fdr, `clipmem run --fdr`); null for runs scored without "
+                                          "significance.")
+    flagged: int | None = Field(description="Scored pairs flagged memorized (clipmem_q <= fdr); null for runs "
+                                            "scored without significance.")
+    flagged_by_truth: list[FlaggedCount] = Field(description="Flagged pairs per truth tag (sorted) and 'all' last; "
+                                                             "empty for runs scored without significance.")
 
 
 class RunDetail(RunSummary):
@@ -58,6 +89,9 @@ class RunDetail(RunSummary):
                                                  "accuracy), from metrics.json.")
     run_metrics: dict = Field(description="The rest of metrics.json: scoring throughput, timings, peak memory.")
     score_names: list[str] = Field(description="Score columns this run has.")
+    flag_names: list[str] = Field(description="Flag columns this run has: ['memorized'] when it was scored with "
+                                              "significance, else empty.")
+    has_null: bool = Field(description="Whether the run has a measured null (GET /runs/{run}/null).")
     score_summary: ScoreSummary
     n_embedded: int
     embedding_dim: int
@@ -71,7 +105,12 @@ class SampleSummary(BaseModel):
     caption: str = Field(description="The pair's first caption.")
     n_captions: int
     seen_by: str = Field(description="The literal model (f or g) that trained on the pair.")
-    scores: dict[str, float] = Field(description="Every score the run has for this pair.")
+    scores: dict[str, float] = Field(description="Every score the run has for this pair (clipmem_p and clipmem_q "
+                                                 "among them when the run was scored with significance).")
+    memorized: bool | None = Field(description="Whether the pair is flagged memorized (clipmem_q <= the run's FDR); "
+                                               "null when the run was scored without significance.")
+    interval: Interval | None = Field(description="clipmem_raw with its 95% interval over the scoring views "
+                                                  "(clipmem_raw_lo, clipmem_raw_hi); null when the run has none.")
     tags: list[str] = Field(description="User tags on the pair.")
 
 
@@ -95,12 +134,43 @@ class SampleDetail(BaseModel):
     seen_by: str | None = Field(description="The literal model that trained on the pair (f or g); null for pairs "
                                             "that are not scored (shared, extra).")
     scores: dict[str, float] | None = Field(description="Every score; null for pairs that are not scored.")
+    memorized: bool | None = Field(description="Whether the pair is flagged memorized (clipmem_q <= the run's FDR); "
+                                               "null for pairs that are not scored and runs scored without "
+                                               "significance.")
+    interval: Interval | None = Field(description="clipmem_raw with its 95% interval over the scoring views; null "
+                                                  "when the pair is not scored or the run has no intervals.")
+    null_for: str | None = Field(description="The key of the null (GET /runs/{run}/null, by_key) the pair's "
+                                             "clipmem_raw is tested against: its split (candidate, independent), or "
+                                             "fold<k> in k-fold runs; null when the run has no null.")
     align_f: float | None = Field(description="A_f: mean alignment under the model trained with the pair.")
     align_g: float | None = Field(description="A_g: mean alignment under the model trained without it.")
     views_f: list[float] | None = Field(description="Per-view alignments under the model trained with the pair.")
     views_g: list[float] | None = Field(description="Per-view alignments under the model trained without it.")
     tags: list[str]
     has_embedding: bool = Field(description="Whether neighbours and map positions exist for the pair.")
+
+
+class NullKey(BaseModel):
+    pairs: int = Field(description="S_E pairs in this null.")
+    mean: float = Field(description="Mean of their clipmem_raw.")
+    sd: float = Field(description="Standard deviation of their clipmem_raw (ddof 1; 0 for one pair).")
+    values: list[float] = Field(description="Every null pair's clipmem_raw (A_with - A_without), in null.parquet's "
+                                            "order.")
+
+
+class NullDistribution(BaseModel):
+    run: str
+    fdr: float | None = Field(description="The false discovery rate the run flags memorized pairs at; null when it "
+                                          "records none.")
+    null_pairs: int = Field(description="S_E pairs scored for the null (the largest count over the keys; each key "
+                                        "scores the same pairs).")
+    tail_method: str | None = Field(description="How p-values beyond the null's empirical range were computed "
+                                                "(metrics.json significance.tail); null when not recorded.")
+    by_key: dict[str, NullKey] = Field(description="Per null key (candidate and independent; fold<k> in k-fold "
+                                                   "runs): the clipmem_raw of S_E pairs, which neither model "
+                                                   "trained on, in that key's direction: what f/g drift alone "
+                                                   "produces. A scored pair is tested against the key in its "
+                                                   "null_for.")
 
 
 class Neighbour(BaseModel):

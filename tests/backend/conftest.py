@@ -68,6 +68,8 @@ def fake_runs(tmp_path_factory) -> dict[str, Path]:
         # optional score columns, and sample ids with '/' and spaces, as folder datasets have
         "mem": write_synthetic_run(root / "mem", 40, 40, 40, 10, seed=4, optional_scores=True,
                                    id_format="mem/set a/{:04d}.png"),
+        # significance (issue 15): null.parquet, p- and q-values, memorized flags, intervals
+        "sig": write_synthetic_run(root / "sig", 120, 100, 40, 80, seed=7, optional_scores=True, significance=True),
     }
 
 

@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 import clipmem.backend.ingest
-from clipmem.backend.db import head_revision, schema_revision
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from clipmem.backend.db import head_revision, include_object, schema_revision
 from clipmem.backend.ingest import ingest
 from clipmem.backend.models import Base, Run
 from clipmem.backend.store import delete_run
@@ -41,11 +44,6 @@ def all_rows(db) -> dict[str, int]:
 
 
 def test_migrations_match_models(db):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from clipmem.backend.db import include_object
-
     assert schema_revision(db.engine) == head_revision()
     with db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"include_object": include_object})
@@ -430,6 +428,49 @@ def test_migrations_down_and_up_with_runs_ingested(fresh_engine, tmp_path):
     check_partial_indexes(fresh_engine)
     with fresh_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM scores WHERE mem_text IS NOT NULL")).scalar_one() == 20
+
+
+def test_migration_0005_upgrades_a_database_at_0004_holding_runs(fresh_engine, tmp_path):
+    """A database at 0004 with a run (made by ingesting, then downgrading: the 0004 schema itself) upgrades to
+    0005: the run keeps every row and serves with the significance fields null; a run with significance then
+    ingests beside it, and the schema equals the models'."""
+    from alembic import command
+    from fastapi.testclient import TestClient
+    from sqlalchemy import inspect
+
+    from clipmem.backend.api.app import create_app
+    from clipmem.backend.db import _alembic_config, migrate
+    from clipmem.backend.settings import Settings
+
+    migrate(fresh_engine)
+    old = ingest(fresh_engine, write_synthetic_run(tmp_path / "old", 10, 10, 10, 3, seed=63, optional_scores=True))
+    with fresh_engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0004")
+    assert schema_revision(fresh_engine) == "0004"
+    assert not {"clipmem_q", "memorized", "null_for"} & {c["name"] for c in inspect(fresh_engine).get_columns("scores")}
+    assert "null_scores" not in {c["name"] for c in inspect(fresh_engine).get_columns("runs")}
+
+    migrate(fresh_engine)
+    assert schema_revision(fresh_engine) == head_revision() == "0005"
+    assert table_counts(fresh_engine, old.run_id)["scores"] == 20
+    with fresh_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM scores WHERE memorized IS NOT NULL OR clipmem_q IS NOT NULL "
+                                 "OR null_for IS NOT NULL")).scalar_one() == 0
+    new = ingest(fresh_engine, write_synthetic_run(tmp_path / "new", 10, 10, 10, 12, seed=64, optional_scores=True,
+                                                   significance=True))
+    with fresh_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM scores WHERE run_id = :r AND memorized IS NOT NULL"),
+                            {"r": new.run_id}).scalar_one() == 20
+        context = MigrationContext.configure(conn, opts={"include_object": include_object})
+        assert compare_metadata(context, Base.metadata) == []
+    check_partial_indexes(fresh_engine)
+    with TestClient(create_app(Settings(database_url=fresh_engine.url.render_as_string(hide_password=False),
+                                        api_token=None))) as client:
+        item = client.get("/runs/old/samples", params={"limit": 1}).json()["items"][0]
+        assert item["memorized"] is None and item["interval"] is None
+        assert client.get("/runs/old").json()["flagged_by_truth"] == []
+        assert client.get("/runs/old/null").status_code == 404
+        assert client.get("/runs/new/samples", params={"memorized": "true"}).status_code == 200
 
 
 def test_sqlite_bulk_ingest_journal_and_a_running_server(tmp_path):

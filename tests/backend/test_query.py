@@ -15,7 +15,7 @@ from clipmem.backend.ingest import ingest
 from clipmem.backend.models import Run, Score, Tag
 from clipmem.backend.synthetic_run import write_synthetic_run
 
-SCORES = ["clipmem", "clipscore_g", "align_f", "mem_text"]
+SCORES = ["clipmem", "clipscore_g", "align_f", "mem_text", "clipmem_q"]
 bounds = st.one_of(st.none(), st.floats(-0.2, 1.2, allow_nan=False))
 
 filters = st.fixed_dictionaries({}, optional={
@@ -23,6 +23,7 @@ filters = st.fixed_dictionaries({}, optional={
     "truth": st.lists(st.sampled_from(["clean", "swapped", "vague", "atypical", "missing-tag"]), max_size=3),
     "tag": st.lists(st.sampled_from(["q-a", "q-b", "q-none"]), max_size=2),
     "caption": st.sampled_from(["red", "RED", "is", "circle", "the star", "%", "_", "zz"]),
+    "memorized": st.booleans(),
     **{f"{name}_{side}": bounds for name in SCORES for side in ("min", "max")},
 })
 
@@ -30,8 +31,8 @@ filters = st.fixed_dictionaries({}, optional={
 @pytest.fixture(scope="module")
 def tagged_run(db, client, tmp_path_factory):
     """A run of this module's own, with user tags q-a and q-b on overlapping pairs."""
-    path = write_synthetic_run(tmp_path_factory.mktemp("query") / "query-props", 60, 60, 20, 5, seed=31,
-                               optional_scores=True)
+    path = write_synthetic_run(tmp_path_factory.mktemp("query") / "query-props", 60, 60, 20, 40, seed=31,
+                               optional_scores=True, significance=True)
     ingest(db.engine, path)
     ids = [item["sample_id"] for item in client.get("/runs/query-props/samples", params={"limit": 30}).json()["items"]]
     for tag, chosen in (("q-a", ids[:20]), ("q-b", ids[10:30])):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from clipmem.backend.api.deps import RunDep, SampleIdPath, SessionDep, score_frame
 from clipmem.backend.api.errors import NOT_FOUND
+from clipmem.backend.api.frames import ScoreFrame
+from clipmem.backend.api.schemas import Interval
+from clipmem.backend.models import Run
+from clipmem.scoring.significance import TOWER_COMPARISONS, jsonable, tower_verdicts
 
 router = APIRouter(prefix="/runs/{run}/encoders", tags=["encoders"])
 
@@ -19,7 +24,21 @@ class TowerMeans(BaseModel):
     pairs: int
     means: dict[str, float] = Field(description="Mean of mem_image_raw, mem_text_raw, mem_swap_image and "
                                                 "mem_swap_text over these pairs.")
-    text_exceeds_image: bool = Field(description="Whether mean text-side memorization exceeds image-side.")
+    intervals: dict[str, Interval] = Field(description="Each mean with its 95% percentile bootstrap interval over "
+                                                       "these pairs (scoring.significance.bootstrap_mean, seed 0).")
+    text_minus_image: Interval | None = Field(description="mean(mem_text_raw - mem_image_raw) over these pairs with "
+                                                          "its paired bootstrap interval.")
+    verdict: str | None = Field(description="scoring.significance.verdict of text side against image side: which "
+                                            "is larger when the interval of the difference excludes 0, else 'not "
+                                            "distinguishable at this run's size', with the numbers.")
+    text_exceeds_image: bool = Field(description="Whether text-side memorization exceeds image-side beyond doubt: "
+                                                 "the interval of text_minus_image lies above 0.")
+    image_exceeds_text: bool = Field(description="Whether image-side exceeds text-side: the interval lies below 0.")
+    swap_text_minus_image: Interval | None = Field(description="mean(mem_swap_text - mem_swap_image) with its "
+                                                               "paired bootstrap interval; null when the run has no "
+                                                               "swap scores.")
+    swap_verdict: str | None = Field(description="The verdict of the text-swap drop against the image-swap drop; "
+                                                 "null when the run has no swap scores.")
 
 
 class LayerPoint(BaseModel):
@@ -29,6 +48,13 @@ class LayerPoint(BaseModel):
     pairs: int
     layer_mem: float = Field(description="Mean memorization on this block's mean-pooled output (raw).")
     delta_layer_mem: float = Field(description="Increase over the previous block (ΔLayerMem).")
+    layer_mem_lo: float | None = Field(None, description="Lower end of layer_mem's 95% bootstrap interval over the "
+                                                         "pairs; null for runs whose layers.parquet has no intervals.")
+    layer_mem_hi: float | None = Field(None, description="Upper end of layer_mem's 95% bootstrap interval.")
+    delta_layer_mem_lo: float | None = Field(None, description="Lower end of delta_layer_mem's 95% bootstrap "
+                                                               "interval.")
+    delta_layer_mem_hi: float | None = Field(None, description="Upper end of delta_layer_mem's 95% bootstrap "
+                                                               "interval.")
 
 
 class EncoderSummary(BaseModel):
@@ -63,10 +89,21 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _tower_verdicts(run: Run, frame: ScoreFrame) -> dict[str, dict]:
+    """significance.tower_verdicts by truth tag: stored at ingest; computed here for runs ingested before."""
+    rows = run.summary.get("towers")
+    if rows is None:
+        columns = {c: frame.scores[c] for c in TOWER_SCORES if c in frame.scores}
+        truth = np.asarray(frame.truth_values, dtype=object)[frame.truth_code]
+        rows = jsonable(tower_verdicts(pd.DataFrame({"truth": truth, **columns})))
+    return {row["truth"]: row for row in rows}
+
+
 @router.get("", response_model=EncoderSummary, responses=NOT_FOUND)
 def encoder_summary(run: RunDep, session: SessionDep, request: Request) -> EncoderSummary:
-    """Image-side against text-side memorization: their correlation, means per truth tag (with the
-    encoder-swap drops), and the per-layer curves of both towers per truth tag."""
+    """Image-side against text-side memorization: their correlation, means per truth tag with bootstrap
+    intervals (and the encoder-swap drops), the verdict of text side against image side, and the per-layer curves
+    of both towers per truth tag (with intervals when the run has them)."""
     names = set(run.score_names)
     has = {"mem_image_raw", "mem_text_raw"} <= names
     by_truth, pearson, spearman = [], None, None
@@ -76,14 +113,23 @@ def encoder_summary(run: RunDep, session: SessionDep, request: Request) -> Encod
         image, text = frame.scores["mem_image_raw"], frame.scores["mem_text_raw"]
         pearson = _corr(image, text)
         spearman = _corr(_rank(image), _rank(text))
+        verdicts = _tower_verdicts(run, frame)
         groups = [("all", np.ones(frame.size, bool))]
         groups += [(tag, frame.truth_code == i) for i, tag in enumerate(frame.truth_values)]
         for tag, mask in groups:
             if not mask.any():
                 continue
             means = {c: float(frame.scores[c][mask].mean()) for c in present}
-            by_truth.append(TowerMeans(truth=tag, pairs=int(mask.sum()), means=means,
-                                       text_exceeds_image=means["mem_text_raw"] > means["mem_image_raw"]))
+            row = verdicts[tag]
+            compared = {key: (a_col, b_col) for a_col, b_col, _, _, key in TOWER_COMPARISONS if key in row}
+            intervals = {col: row[key][side] for key, cols in compared.items() for col, side in zip(cols, "ab")}
+            sides, swaps = row.get("sides"), row.get("swaps")
+            by_truth.append(TowerMeans(
+                truth=tag, pairs=int(mask.sum()), means=means, intervals=intervals,
+                text_minus_image=sides["difference"], verdict=sides["verdict"],
+                text_exceeds_image=sides["a_exceeds_b"], image_exceeds_text=sides["b_exceeds_a"],
+                swap_text_minus_image=swaps["difference"] if swaps else None,
+                swap_verdict=swaps["verdict"] if swaps else None))
     return EncoderSummary(run=run.name, has_tower_scores=has, pearson=pearson, spearman=spearman, by_truth=by_truth,
                           layers=[LayerPoint(**row) for row in run.layers or []],
                           curve_sample_ids=sorted(run.layer_curves or {}))

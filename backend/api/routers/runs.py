@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from clipmem.backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
 from clipmem.backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN
+from clipmem.backend.api.query import run_flags
 from clipmem.backend.api.schemas import RunDetail, RunSummary, ScoreSummary
 from clipmem.backend.models import Run
 from clipmem.backend.rundir import EXPERIMENT_NAME
@@ -20,10 +21,12 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 
 def _summary(run: Run) -> dict:
     created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)  # SQLite
+    significance = run.summary.get("significance") or {}
     return dict(name=run.name, dataset_kind=run.dataset_kind, model=run.model, created_at=created,
                 split_sizes=run.split_sizes, n_samples=run.n_samples, n_scored=run.n_scored,
                 mean_clipmem=run.summary["means"]["clipmem"], experiment=run.experiment,
-                experiment_params=run.experiment_params)
+                experiment_params=run.experiment_params, fdr=significance.get("fdr"),
+                flagged=significance.get("flagged"), flagged_by_truth=significance.get("by_truth", []))
 
 
 ExperimentFilter = Annotated[str | None, Query(description="Only the runs of this experiment (its name, as in "
@@ -42,12 +45,14 @@ def list_runs(session: SessionDep, experiment: ExperimentFilter = None) -> list[
 
 @router.get("/{run}", response_model=RunDetail, responses=NOT_FOUND)
 def run_detail(run: RunDep) -> RunDetail:
-    """A run's settings, split sizes, utility of f and g, and score summary per truth tag."""
+    """A run's settings, split sizes, utility of f and g, score summary per truth tag (means with bootstrap
+    intervals), and its flagged pairs per truth tag."""
     summary = run.summary
     return RunDetail(**_summary(run), source_dir=run.source_dir, data_root=run.data_root, settings=run.settings,
                      utility=run.utility, run_metrics=run.run_metrics, score_names=run.score_names,
+                     flag_names=run_flags(run), has_null=run.null_scores is not None,
                      score_summary=ScoreSummary(pairs=summary["pairs"], means=summary["means"],
-                                                by_truth=summary["by_truth"]),
+                                                intervals=summary.get("intervals"), by_truth=summary["by_truth"]),
                      n_embedded=run.n_embedded, embedding_dim=run.embedding_dim, map_method=run.map_method)
 
 

@@ -15,7 +15,7 @@ from clipmem.backend.api.errors import NOT_FOUND
 from clipmem.backend.api.limits import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
 from clipmem.backend.api.query import (SampleFilter, SortFields, decode_cursor, encode_cursor, frame_mask, frame_page,
                                        require_scores)
-from clipmem.backend.api.schemas import SampleDetail, SamplePage, SampleSummary
+from clipmem.backend.api.schemas import Interval, SampleDetail, SamplePage, SampleSummary
 from clipmem.backend.models import EmbeddingPoint, Run, Sample, Score, Tag
 
 router = APIRouter(prefix="/runs/{run}/samples", tags=["samples"])
@@ -43,10 +43,18 @@ def tags_of(session: Session, run: Run, pair_indexes: list[int]) -> dict[int, li
     return out
 
 
+def raw_interval(run: Run, row) -> Interval | None:
+    """clipmem_raw with its interval over the scoring views, when the run has one."""
+    if not {"clipmem_raw_lo", "clipmem_raw_hi"} <= set(run.score_names):
+        return None
+    return Interval(estimate=row.clipmem_raw, lo=row.clipmem_raw_lo, hi=row.clipmem_raw_hi)
+
+
 @router.get("", response_model=SamplePage, responses=NOT_FOUND)
 def list_samples(run: RunDep, query: Annotated[SamplePageQuery, Query()], session: SessionDep,
                  request: Request) -> SamplePage:
-    """Scored pairs of the run matching the filter, sorted by a score, one page at a time.
+    """Scored pairs of the run matching the filter, sorted by a score, one page at a time; each with its
+    `memorized` flag and the interval of its clipmem_raw when the run was scored with significance.
 
     Pages are keyset-paginated (by sort value, then the pair's position in the run): pass each response's
     `next_cursor` to get the next page. `total` counts every matching pair.
@@ -57,7 +65,7 @@ def list_samples(run: RunDep, query: Annotated[SamplePageQuery, Query()], sessio
     mask = frame_mask(frame, query, tagged_pairs(session, run, query.tag) if query.tag else None)
     total = int(mask.sum())
     names = run.score_names
-    statement = (select(Score.pair_index, Score.split, Score.truth, Score.n_captions, Score.seen_by,
+    statement = (select(Score.pair_index, Score.split, Score.truth, Score.n_captions, Score.seen_by, Score.memorized,
                         *(getattr(Score, n) for n in names), Sample.sample_id, Sample.captions)
                  .join(Sample, (Sample.run_id == Score.run_id) & (Sample.pair_index == Score.pair_index)))
     # the page is chosen from the cached columns; its rows are then fetched by primary key
@@ -70,7 +78,8 @@ def list_samples(run: RunDep, query: Annotated[SamplePageQuery, Query()], sessio
     tags = tags_of(session, run, [row.pair_index for row in rows])
     items = [SampleSummary(sample_id=row.sample_id, split=row.split, truth=row.truth, caption=row.captions[0],
                            n_captions=row.n_captions, seen_by=row.seen_by,
-                           scores={n: getattr(row, n) for n in run.score_names}, tags=tags.get(row.pair_index, []))
+                           scores={n: getattr(row, n) for n in run.score_names}, memorized=row.memorized,
+                           interval=raw_interval(run, row), tags=tags.get(row.pair_index, []))
              for row in rows]
     next_cursor = None
     if has_more:
@@ -82,7 +91,8 @@ def list_samples(run: RunDep, query: Annotated[SamplePageQuery, Query()], sessio
 
 @router.get("/{sample_id:path}", response_model=SampleDetail, responses=NOT_FOUND)
 def sample_detail(run: RunDep, sample_id: SampleIdPath, session: SessionDep) -> SampleDetail:
-    """One pair: captions, split and truth tag, every score, A_f and A_g, and the per-view alignments."""
+    """One pair: captions, split and truth tag, every score, A_f and A_g, the per-view alignments, and (runs scored
+    with significance) its `memorized` flag, the interval of its clipmem_raw and the null it is tested against."""
     sample = load_sample(session, run, sample_id)
     score = session.get(Score, (run.id, sample.pair_index))
     has_embedding = session.get(EmbeddingPoint, (run.id, sample.pair_index)) is not None
@@ -93,6 +103,8 @@ def sample_detail(run: RunDep, sample_id: SampleIdPath, session: SessionDep) -> 
         attributes=sample.attributes, image_ref=sample.image_ref,
         seen_by=score.seen_by if score else None,
         scores={n: getattr(score, n) for n in run.score_names} if score else None,
+        memorized=score.memorized if score else None, interval=raw_interval(run, score) if score else None,
+        null_for=score.null_for if score else None,
         align_f=score.align_f if score else None, align_g=score.align_g if score else None,
         views_f=views(score.views_f) if score else None, views_g=views(score.views_g) if score else None,
         tags=tags, has_embedding=has_embedding)
