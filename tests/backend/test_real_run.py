@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from clipmem.backend.ingest import ingest
+from clipmem.scoring.columns import LAYER_INTERVAL_COLUMNS
 from clipmem.scoring.report import summarize
 
 
@@ -54,6 +55,34 @@ def test_real_run_end_to_end(db, client, tiny_run):
         client.delete("/runs/tiny-real")
 
 
+def test_real_run_significance(db, client, tiny_run):
+    """What scoring writes for significance (null.parquet, p, q, memorized, view intervals) ingests and serves as
+    the files hold it."""
+    run, cfg = tiny_run
+    ingest(db.engine, run.path, name="tiny-significance")
+    try:
+        scores, null = pd.read_parquet(run.scores), pd.read_parquet(run.null)
+        flagged = set(scores.loc[scores["clipmem_q"] <= cfg.score.fdr, "sample_id"])
+        page = client.get("/runs/tiny-significance/samples", params={"memorized": "true", "limit": 500}).json()
+        assert {item["sample_id"] for item in page["items"]} == flagged and page["total"] == len(flagged)
+        detail = client.get("/runs/tiny-significance").json()
+        assert detail["fdr"] == cfg.score.fdr and detail["flagged"] == len(flagged) and detail["has_null"]
+        served = client.get("/runs/tiny-significance/null").json()["by_key"]
+        assert set(served) == set(null["null_for"])
+        for key, rows in null.groupby("null_for"):
+            assert served[key]["values"] == pytest.approx(rows["clipmem_raw"].tolist())
+        top = client.get("/runs/tiny-significance/samples", params={"sort": "clipmem_q", "order": "asc",
+                                                                    "limit": 1}).json()["items"][0]
+        row = scores.set_index("sample_id").loc[top["sample_id"]]
+        assert row["clipmem_q"] == scores["clipmem_q"].min()
+        assert top["interval"] == pytest.approx({"estimate": row["clipmem_raw"], "lo": row["clipmem_raw_lo"],
+                                                 "hi": row["clipmem_raw_hi"]})
+        sample = client.get(f"/runs/tiny-significance/samples/{top['sample_id']}").json()
+        assert sample["null_for"] == row["split"] and sample["null_for"] in served
+    finally:
+        client.delete("/runs/tiny-significance")
+
+
 def test_encoder_summary_and_layer_curves(db, client, tiny_run):
     run, cfg = tiny_run
     ingest(db.engine, run.path, name="tiny-encoders")
@@ -69,6 +98,12 @@ def test_encoder_summary_and_layer_curves(db, client, tiny_run):
             assert served[row["truth"]]["means"]["mem_text_raw"] == pytest.approx(row["mem_text_raw"])
             assert served[row["truth"]]["text_exceeds_image"] == bool(row["text_exceeds_image"])
         assert len(summary["layers"]) == len(layers)
+        points = {(p["tower"], p["layer"], p["truth"]): p for p in summary["layers"]}
+        for row in layers.itertuples():  # the intervals scoring wrote, when it wrote them
+            for name in LAYER_INTERVAL_COLUMNS:
+                expected = getattr(row, name, None)
+                assert points[(row.tower, row.layer, row.truth)][name] == (None if expected is None
+                                                                            else pytest.approx(expected))
         assert {(p["tower"], p["layer"]) for p in summary["layers"]} == set(zip(layers["tower"], layers["layer"]))
         top = scores.nlargest(1, "clipmem")["sample_id"].iloc[0]
         assert top in summary["curve_sample_ids"]
