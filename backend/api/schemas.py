@@ -59,14 +59,15 @@ class FlaggedCount(BaseModel):
 
 
 class RunSummary(BaseModel):
-    name: str
-    dataset_kind: str
-    model: str
+    name: str = Field(description="The run's name.")
+    dataset_kind: str = Field(description="Kind of data the run was made from (data_root.json: folder, webdataset, "
+                                          "synthetic, ...).")
+    model: str = Field(description="The CLIP model configuration trained (config train.model).")
     created_at: datetime = Field(description="When the run was ingested.")
     split_sizes: dict[str, int] = Field(description="Pairs per split: shared, candidate, independent, extra.")
-    n_samples: int
-    n_scored: int
-    mean_clipmem: float
+    n_samples: int = Field(description="Pairs of the run in all four splits.")
+    n_scored: int = Field(description="Scored pairs (candidate and independent).")
+    mean_clipmem: float = Field(description="Mean CLIPMem (min-max scaled) over the scored pairs.")
     experiment: str | None = Field(description="The experiment the run belongs to (runs made by `clipmem "
                                                "experiment`, or ingested with --experiment); null for others.")
     experiment_params: dict | None = Field(description="The run's experiment.json: seed, captions_per_image, "
@@ -92,18 +93,18 @@ class RunDetail(RunSummary):
     flag_names: list[str] = Field(description="Flag columns this run has: ['memorized'] when it was scored with "
                                               "significance, else empty.")
     has_null: bool = Field(description="Whether the run has a measured null (GET /runs/{run}/null).")
-    score_summary: ScoreSummary
-    n_embedded: int
-    embedding_dim: int
-    map_method: str
+    score_summary: ScoreSummary = Field(description="Means of every score, overall and per truth tag, with intervals.")
+    n_embedded: int = Field(description="Pairs with embeddings (scored and S_E pairs).")
+    embedding_dim: int = Field(description="Dimension of the joint embedding space.")
+    map_method: str = Field(description="How the 2-D maps were made at ingest: pca or umap.")
 
 
 class SampleSummary(BaseModel):
-    sample_id: str
-    split: str
-    truth: str
+    sample_id: str = Field(description="The pair's id in the run.")
+    split: str = Field(description="candidate or independent.")
+    truth: str = Field(description="The pair's truth tag (clean, swapped, vague, atypical, ...).")
     caption: str = Field(description="The pair's first caption.")
-    n_captions: int
+    n_captions: int = Field(description="Captions the pair has.")
     seen_by: str = Field(description="The literal model (f or g) that trained on the pair.")
     scores: dict[str, float] = Field(description="Every score the run has for this pair (clipmem_p and clipmem_q "
                                                  "among them when the run was scored with significance).")
@@ -115,20 +116,20 @@ class SampleSummary(BaseModel):
 
 
 class SamplePage(BaseModel):
-    run: str
+    run: str = Field(description="The run's name.")
     total: int = Field(description="Pairs matching the filter, over all pages.")
-    sort: str
-    order: str
-    items: list[SampleSummary]
+    sort: str = Field(description="The score the page is sorted by.")
+    order: str = Field(description="desc or asc.")
+    items: list[SampleSummary] = Field(description="The pairs of this page, in sort order.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class SampleDetail(BaseModel):
-    run: str
-    sample_id: str
-    split: str
-    truth: str
-    captions: list[str]
+    run: str = Field(description="The run's name.")
+    sample_id: str = Field(description="The pair's id in the run.")
+    split: str = Field(description="shared, candidate, independent or extra.")
+    truth: str = Field(description="The pair's truth tag.")
+    captions: list[str] = Field(description="Every caption of the pair.")
     attributes: dict = Field(description="Labels recorded with the pair (e.g. the synthetic shape and colour).")
     image_ref: str = Field(description="Where the image was found, relative to the run's data root.")
     seen_by: str | None = Field(description="The literal model that trained on the pair (f or g); null for pairs "
@@ -146,7 +147,7 @@ class SampleDetail(BaseModel):
     align_g: float | None = Field(description="A_g: mean alignment under the model trained without it.")
     views_f: list[float] | None = Field(description="Per-view alignments under the model trained with the pair.")
     views_g: list[float] | None = Field(description="Per-view alignments under the model trained without it.")
-    tags: list[str]
+    tags: list[str] = Field(description="User tags on the pair.")
     has_embedding: bool = Field(description="Whether neighbours and map positions exist for the pair.")
 
 
@@ -159,7 +160,7 @@ class NullKey(BaseModel):
 
 
 class NullDistribution(BaseModel):
-    run: str
+    run: str = Field(description="The run's name.")
     fdr: float | None = Field(description="The false discovery rate the run flags memorized pairs at; null when it "
                                           "records none.")
     null_pairs: int = Field(description="S_E pairs scored for the null (the largest count over the keys; each key "
@@ -174,10 +175,10 @@ class NullDistribution(BaseModel):
 
 
 class Neighbour(BaseModel):
-    sample_id: str
+    sample_id: str = Field(description="The neighbour's id in the run.")
     caption: str = Field(description="The neighbour's first caption.")
-    split: str
-    truth: str
+    split: str = Field(description="The neighbour's split.")
+    truth: str = Field(description="The neighbour's truth tag.")
     similarity: float = Field(description="Cosine similarity in the model's joint space.")
     same_pair: bool = Field(description="True when the neighbour is the queried pair itself.")
 
@@ -188,17 +189,17 @@ class NeighbourLists(BaseModel):
 
 
 class Neighbours(BaseModel):
-    run: str
-    sample_id: str
-    k: int
+    run: str = Field(description="The run's name.")
+    sample_id: str = Field(description="The queried pair.")
+    k: int = Field(description="Neighbours listed per direction.")
     seen_by: str | None = Field(description="The literal model that trained on the pair; null if neither did.")
     f: NeighbourLists = Field(description="Under the literal model f (trained on shared + candidate pairs).")
     g: NeighbourLists = Field(description="Under the literal model g (trained on shared + independent pairs).")
 
 
 class Histogram(BaseModel):
-    run: str
-    score: str
+    run: str = Field(description="The run's name.")
+    score: str = Field(description="The score binned.")
     lo: float = Field(description="Left edge of the first bin.")
     hi: float = Field(description="Right edge of the last bin (included).")
     edges: list[float] = Field(description="bins + 1 bin edges.")
@@ -211,63 +212,63 @@ class Histogram(BaseModel):
 class MapPoints(BaseModel):
     """Columnar: the i-th entry of every list describes the same pair."""
 
-    run: str
+    run: str = Field(description="The run's name.")
     method: str = Field(description="How the map was made at ingest: pca or umap.")
-    modality: str
-    score: str
+    modality: str = Field(description="image or text: whose embeddings the map places.")
+    score: str = Field(description="The score in score_value.")
     total_points: int = Field(description="Embedded pairs of the run (scored and S_E).")
-    sample_id: list[str]
-    split: list[str]
-    truth: list[str]
+    sample_id: list[str] = Field(description="Each point's pair.")
+    split: list[str] = Field(description="Each point's split.")
+    truth: list[str] = Field(description="Each point's truth tag.")
     score_value: list[float | None] = Field(description="The chosen score; null for S_E pairs, which are not "
                                                         "scored.")
-    f_x: list[float]
-    f_y: list[float]
-    g_x: list[float]
-    g_y: list[float]
+    f_x: list[float] = Field(description="x on model f's map.")
+    f_y: list[float] = Field(description="y on model f's map.")
+    g_x: list[float] = Field(description="x on model g's map.")
+    g_y: list[float] = Field(description="y on model g's map.")
 
 
 class DetectionRow(BaseModel):
-    score: str
-    auroc: float
-    average_precision: float
+    score: str = Field(description="The score evaluated as a detector (higher = more likely positive).")
+    auroc: float = Field(description="Area under the ROC curve.")
+    average_precision: float = Field(description="Average precision.")
     precision_at_k: float = Field(description="Fraction of the k highest-scored pairs that are positives.")
     k: int = Field(description="Number of positives.")
-    pairs: int
+    pairs: int = Field(description="Scored pairs evaluated.")
 
 
 class Detection(BaseModel):
-    run: str
+    run: str = Field(description="The run's name.")
     faulty: list[DetectionRow] = Field(description="Finding faulty pairs (every truth tag but clean); empty when "
                                                    "the run has no faulty or no clean pairs.")
     swapped: list[DetectionRow] = Field(description="Finding swapped pairs among all scored pairs.")
 
 
 class ComparedTag(BaseModel):
-    truth: str
+    truth: str = Field(description="The truth tag.")
     pairs: int = Field(description="Shared pairs with this truth tag (tag as recorded in run_a).")
-    mean_a: float
-    mean_b: float
+    mean_a: float = Field(description="Mean of the score over these pairs in run_a.")
+    mean_b: float = Field(description="Mean of the score over these pairs in run_b.")
 
 
 class Comparison(BaseModel):
-    run_a: str
-    run_b: str
-    score: str
+    run_a: str = Field(description="The first run's name.")
+    run_b: str = Field(description="The second run's name.")
+    score: str = Field(description="The score compared.")
     shared_pairs: int = Field(description="Scored pairs present in both runs (same sample id).")
     mean_a: float | None = Field(description="Mean of the score over the shared pairs in run_a.")
-    mean_b: float | None
+    mean_b: float | None = Field(description="Mean of the score over the shared pairs in run_b.")
     spearman: float | None = Field(description="Spearman rank correlation of the score over the shared pairs.")
     k: int = Field(description="Top-k size used (the requested k, at most the shared pairs).")
     top_k_overlap: int = Field(description="Pairs in both runs' top k (by the score, among shared pairs).")
     top_k_fraction: float | None = Field(description="top_k_overlap / k.")
-    by_truth: list[ComparedTag]
+    by_truth: list[ComparedTag] = Field(description="Means in both runs per truth tag (of run_a).")
     utility: dict[str, dict[str, dict]] = Field(description="Each run's utility of f and g, by run name.")
 
 
 class TagCount(BaseModel):
-    tag: str
-    pairs: int
+    tag: str = Field(description="The user tag.")
+    pairs: int = Field(description="Pairs of the run carrying it.")
 
 
 class TagChange(BaseModel):
@@ -276,7 +277,7 @@ class TagChange(BaseModel):
 
 
 class TagResult(BaseModel):
-    tag: UserTag
+    tag: UserTag = Field(description="The user tag.")
     changed: int = Field(description="Pairs that gained (or lost) the tag with this request.")
     pairs: int = Field(description="Pairs carrying the tag afterwards.")
 
@@ -299,8 +300,8 @@ class ExperimentRunRow(BaseModel):
 
     run: str = Field(description="The run's name.")
     run_id: int = Field(description="The run's database id.")
-    experiment: str
-    seed: int
+    experiment: str = Field(description="The experiment's name.")
+    seed: int = Field(description="The seed the run was trained with.")
     captions_per_image: int = Field(description="Captions per image in training (0 when not recorded).")
     text_noise: float = Field(description="σ of the Gaussian noise added to text embeddings in training.")
     removal_method: str | None = Field(description="How removed pairs were chosen: top-clipmem, lowest-similarity, "
@@ -321,9 +322,9 @@ class ExperimentSummaryRow(BaseModel):
 
 
 class ExperimentDetail(BaseModel):
-    name: str
-    seeds: list[int]
-    grids: list[str]
+    name: str = Field(description="The experiment's name.")
+    seeds: list[int] = Field(description="The seeds its runs were trained with, ascending.")
+    grids: list[str] = Field(description="Grids with at least one run: captions, text-noise, removal.")
     runs: list[ExperimentRunRow] = Field(description="Every run, by parameters then seed.")
     summary: list[ExperimentSummaryRow] = Field(description="clipmem.scoring.experiment_report.summarize of the runs: one "
                                                             "row per grid, method, knob value and metric.")

@@ -21,7 +21,7 @@ TOWER_SCORES = ("mem_image_raw", "mem_text_raw", "mem_swap_image", "mem_swap_tex
 
 class TowerMeans(BaseModel):
     truth: str = Field(description="Truth tag, or 'all'.")
-    pairs: int
+    pairs: int = Field(description="Scored pairs with this truth tag (all of them for 'all').")
     means: dict[str, float] = Field(description="Mean of mem_image_raw, mem_text_raw, mem_swap_image and "
                                                 "mem_swap_text over these pairs.")
     intervals: dict[str, Interval] = Field(description="Each mean with its 95% percentile bootstrap interval over "
@@ -45,7 +45,7 @@ class LayerPoint(BaseModel):
     tower: str = Field(description="image or text.")
     layer: int = Field(description="Block number, from 1 at the input.")
     truth: str = Field(description="Truth tag the mean is over, or 'all'.")
-    pairs: int
+    pairs: int = Field(description="Pairs the mean is over.")
     layer_mem: float = Field(description="Mean memorization on this block's mean-pooled output (raw).")
     delta_layer_mem: float = Field(description="Increase over the previous block (ΔLayerMem).")
     layer_mem_lo: float | None = Field(None, description="Lower end of layer_mem's 95% bootstrap interval over the "
@@ -58,20 +58,20 @@ class LayerPoint(BaseModel):
 
 
 class EncoderSummary(BaseModel):
-    run: str
+    run: str = Field(description="The run's name.")
     has_tower_scores: bool = Field(description="False when the run was scored without tower scores; the other "
                                                "fields are then empty.")
     pearson: float | None = Field(description="Correlation of mem_image_raw and mem_text_raw over the run's pairs.")
     spearman: float | None = Field(description="Rank correlation of mem_image_raw and mem_text_raw.")
-    by_truth: list[TowerMeans]
+    by_truth: list[TowerMeans] = Field(description="Tower means per truth tag, 'all' first.")
     layers: list[LayerPoint] = Field(description="LayerMem per tower, block and truth tag; empty when the run "
                                                  "has no layer curves.")
     curve_sample_ids: list[str] = Field(description="Pairs (the most memorized) whose own layer curve is stored.")
 
 
 class PairCurve(BaseModel):
-    run: str
-    sample_id: str
+    run: str = Field(description="The run's name.")
+    sample_id: str = Field(description="The pair.")
     curves: dict[str, list[float]] = Field(description="Per tower, the pair's memorization on each block, "
                                                        "input side first.")
 
