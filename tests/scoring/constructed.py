@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
-from clipmem.scoring.models import Vocabulary, create_model
+from clipmem.scoring.models import Vocabulary, apply_vocabulary, build_vocabulary, create_model, tokenize
 from clipmem.scoring.transform import AugmentConfig, normalize
 
 CFG = {"embed_dim": 8,
@@ -135,3 +135,32 @@ def rotated(model, q: torch.Tensor):
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=-1)
+
+
+WORDS = ("red", "blue", "green", "cat", "dog", "bird", "sits", "runs", "sleeps")
+WORD_CONTEXT = CONTEXT  # the constructed models read these captions too
+
+
+def word_corpus(counts: list[int], single_texts: dict[int, str] | None = None) -> tuple[TensorCorpus, Vocabulary]:
+    """Pairs of real-word captions, tokenised by open_clip into a compacted vocabulary: row r has counts[r]
+    distinct three-word captions (no text repeats), or, for a single-caption row listed in `single_texts`,
+    that text. Pixels are random; the splits cycle through candidate, independent, shared."""
+    single_texts = single_texts or {}
+    texts, index = [], torch.full((len(counts), max(counts)), -1, dtype=torch.long)
+    for r, count in enumerate(counts):
+        for k in range(count):
+            j = len(texts)
+            index[r, k] = j
+            texts.append(single_texts[r] if r in single_texts else
+                         f"{WORDS[j % 3]} {WORDS[3 + (j // 3) % 3]} {WORDS[6 + (j // 9) % 3]} {j}")
+    tokenized = tokenize(texts, WORD_CONTEXT)
+    vocab = build_vocabulary([i for e in tokenized.encodings for i in e] + tokenized.tokens.flatten().tolist())
+    split = [("candidate", "independent", "shared")[r % 3] for r in range(len(counts))]
+    corpus = TensorCorpus(
+        ids=[f"w{r}" for r in range(len(counts))], split=split, truth=["clean"] * len(counts),
+        captions=[[texts[int(j)] for j in row if j >= 0] for row in index], attributes=[{} for _ in counts],
+        pixels=torch.randint(0, 256, (len(counts), 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                             dtype=torch.uint8),
+        caption_texts=texts, tokens=apply_vocabulary(tokenized.tokens, vocab), caption_index=index,
+        caption_count=torch.tensor(counts), truncated=0)
+    return corpus, vocab

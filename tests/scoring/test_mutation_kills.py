@@ -1,16 +1,31 @@
-"""Known-answer tests for what mutation testing (make mutation, docs/testing.md) found unpinned in the metrics
-and the split plan: each case is worked out by hand in its comment."""
+"""Known-answer tests for what mutation testing (make mutation, docs/testing.md) found unpinned in the metrics,
+the split plan and the scoring plumbing: each case is worked out by hand in its comment, or computed here by a
+second route (the model called directly, numpy's generator following the documented procedure)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+from constructed import (AUGMENT, NO_AUGMENT, SCORE, WORD_CONTEXT, base_model, clean_image, make_corpus, rows_of, text,
+                         word_corpus)
 
+from clipmem.scoring.attribution import _pool, capture_blocks, draw_tower_views, image_blocks, text_blocks
+from clipmem.scoring.config import DataConfig, RunConfig, ScoreConfig, SourceOptions
+from clipmem.scoring.data.synthetic import COLOURS, SHAPES
 from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.evaluate import evaluate_model, probe_rows, retrieval, utility, zero_shot
 from clipmem.scoring.metrics import Ranking, detection, precision_at_k, single_auroc
-from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_kfold
+from clipmem.scoring.models import apply_vocabulary, tokenize
+from clipmem.scoring.score import (Embeddings, encode_captions, encode_images, encode_texts, minmax, reference_set,
+                                   scale_scores, view_draws, with_without)
+from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_kfold, plan_splits
+from clipmem.scoring.transform import augment, sample_views
+
+CPU = torch.device("cpu")
 
 # ---------------------------------------------------------------- metrics
 
@@ -115,3 +130,428 @@ def test_a_kfold_plan_reads_back_with_its_folds(tmp_path):
 def test_a_missing_plan_file_is_named(tmp_path):
     with pytest.raises(ClipmemError, match="split plan .*nowhere.json does not exist"):
         SplitPlan.load(tmp_path / "nowhere.json")
+
+# ---------------------------------------------------------------- seeded placement of the pairs
+# The split plan's documented procedure, carried out here step by step with numpy's generator: the faulty pairs
+# (in row order) and the clean pairs are each shuffled by one permutation of default_rng(seed), in that order;
+# then every non-empty split is put in a fresh random order, split by split.
+
+
+def _reorder(rng, members):
+    return [members[j] for j in rng.permutation(len(members))] if members else []
+
+
+def test_a_published_plan_places_each_pair_where_the_seeded_shuffle_puts_it():
+    ids = [f"s{i}" for i in range(20)]
+    truth = ["clean"] * 20
+    for i in (2, 5, 11, 12, 17):
+        truth[i] = "swapped"
+    plan = plan_splits(ids, truth, SplitSizes(8, 4, 4, 3), seed=3)
+    rng = np.random.default_rng(3)
+    faulty = [int(i) for i in rng.permutation([2, 5, 11, 12, 17])]
+    clean = [int(i) for i in rng.permutation([i for i in range(20) if truth[i] == "clean"])]
+    # five faulty pairs alternate: three to S_C, two to S_I; clean pairs fill S_C, S_I, S_S and S_E in turn
+    expected = {"shared": clean[3:11], "candidate": faulty[0::2] + clean[:1], "independent": faulty[1::2] + clean[1:3],
+                "extra": clean[11:14]}
+    for name in ("shared", "candidate", "independent", "extra"):
+        assert plan.ids[name] == [ids[i] for i in _reorder(rng, expected[name])], name
+    assert set(ids) - {sid for members in plan.ids.values() for sid in members} == {ids[i] for i in clean[14:]}
+
+
+def test_faulty_pairs_beyond_a_small_candidate_split_overflow_to_the_independent_one():
+    ids = [f"s{i}" for i in range(12)]
+    truth = ["swapped" if i < 5 else "clean" for i in range(12)]
+    plan = plan_splits(ids, truth, SplitSizes(3, 2, 4, 0), seed=8)
+    rng = np.random.default_rng(8)
+    faulty = [int(i) for i in rng.permutation(5)]
+    clean = [int(i) for i in rng.permutation(np.arange(5, 12))]
+    # alternating gives S_C faulty[0, 2, 4]: one too many, and the last one dealt moves to S_I
+    expected = {"shared": clean[1:4], "candidate": faulty[0:3:2], "independent": [faulty[1], faulty[3], faulty[4],
+                                                                               clean[0]], "extra": []}
+    for name in ("shared", "candidate", "independent", "extra"):
+        assert plan.ids[name] == [ids[i] for i in _reorder(rng, expected[name])], name
+
+
+def test_faulty_pairs_beyond_a_small_independent_split_overflow_to_the_candidate_one():
+    ids = [f"s{i}" for i in range(12)]
+    truth = ["clean"] * 6 + ["mislabeled"] * 6
+    plan = plan_splits(ids, truth, SplitSizes(2, 4, 2, 1), seed=1)
+    rng = np.random.default_rng(1)
+    faulty = [int(i) for i in rng.permutation(np.arange(6, 12))]
+    clean = [int(i) for i in rng.permutation(6)]
+    # S_C gets faulty[0, 2, 4], S_I faulty[1, 3, 5]: one too many, and its last moves to S_C
+    expected = {"shared": clean[0:2], "candidate": [faulty[0], faulty[2], faulty[4], faulty[5]],
+                "independent": [faulty[1], faulty[3]], "extra": clean[2:3]}
+    for name in ("shared", "candidate", "independent", "extra"):
+        assert plan.ids[name] == [ids[i] for i in _reorder(rng, expected[name])], name
+
+
+def test_a_kfold_plan_deals_the_shuffled_pool_round_robin():
+    ids = [f"s{i}" for i in range(16)]
+    truth = ["clean"] * 16
+    truth[4] = truth[9] = truth[13] = "swapped"
+    plan = plan_kfold(ids, truth, SplitSizes(6, 3, 3, 2), folds=3, seed=5)
+    rng = np.random.default_rng(5)
+    faulty = [int(i) for i in rng.permutation([4, 9, 13])]
+    clean = [int(i) for i in rng.permutation([i for i in range(16) if truth[i] == "clean"])]
+    pool = faulty + clean[:9]  # S_S + S_C + S_I = 12 pairs, the faulty ones first
+    folds = [[ids[i] for i in _reorder(rng, pool[k::3])] for k in range(3)]
+    extra = [ids[i] for i in _reorder(rng, clean[9:11])]
+    assert plan.folds == folds
+    assert plan.ids == {"shared": [], "candidate": folds[1] + folds[2], "independent": folds[0], "extra": extra}
+    # every fault tag dealt to a different fold (three faulty pairs, three folds)
+    assert sorted(k for k, members in enumerate(plan.folds) for sid in members if sid in {"s4", "s9", "s13"}) == \
+        [0, 1, 2]
+
+
+def test_a_kfold_plan_of_clean_pairs_and_no_extra_split():
+    ids = [f"s{i}" for i in range(9)]
+    plan = plan_kfold(ids, ["clean"] * 9, SplitSizes(3, 2, 2, 0), folds=2, seed=0)
+    rng = np.random.default_rng(0)
+    clean = [int(i) for i in rng.permutation(9)]
+    folds = [[ids[i] for i in _reorder(rng, clean[:7][k::2])] for k in range(2)]
+    assert plan.folds == folds and plan.ids["extra"] == [] and plan.ids["independent"] == folds[0]
+
+# ---------------------------------------------------------------- scoring plumbing (score.py), constructed inputs
+
+
+def test_with_and_without_are_the_means_over_the_models_that_did_and_did_not_see_each_pair():
+    # three models (a k-fold run): pair 0 seen by models 0 and 2, pair 1 by model 2 only
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # (models, N)
+    seen = torch.tensor([[True, False, True], [False, False, True]])  # (N, models)
+    with_, without = with_without(values, seen)
+    assert with_.tolist() == [3.0, 6.0] and without.tolist() == [3.0, 3.0]
+    # with per-view values (models, N, views): the same weights on every view
+    views = torch.stack([values, 10 * values], dim=-1)
+    with_, without = with_without(views, seen)
+    assert with_.tolist() == [[3.0, 30.0], [6.0, 60.0]] and without.tolist() == [[3.0, 30.0], [3.0, 30.0]]
+
+
+def test_minmax_maps_the_smallest_to_0_and_the_largest_to_1():
+    np.testing.assert_allclose(minmax(np.array([-1.0, 3.0, 1.0, 2.0])), [0.0, 1.0, 0.5, 0.75])
+    assert minmax(np.array([5.0])).tolist() == [0.0]
+
+
+def test_scale_scores_rescales_every_shown_score_from_its_raw_column_over_the_given_pairs():
+    raw = {"clipmem_raw": [0.0, 2.0, 1.0], "clipmem_contrastive_raw": [-4.0, 0.0, -2.0],
+           "mem_image_raw": [3.0, 1.0, 2.0], "mem_text_raw": [1.0, 1.0, 1.0]}
+    frame = pd.DataFrame({**raw, "clipmem": [9.0, 9.0, 9.0]})
+    out = scale_scores(frame)
+    assert out["clipmem"].tolist() == [0.0, 1.0, 0.5]
+    assert out["clipmem_contrastive"].tolist() == [0.0, 1.0, 0.5]
+    assert out["mem_image"].tolist() == [1.0, 0.0, 0.5]
+    assert out["mem_text"].tolist() == [0.0, 0.0, 0.0]
+    assert frame["clipmem"].tolist() == [9.0, 9.0, 9.0]  # the caller's frame is left as it was
+    # a part of the pairs is scaled over that part; a raw column that is absent adds no scaled column
+    part = scale_scores(pd.DataFrame({"clipmem_raw": [2.0, 1.0]}))
+    assert part.columns.tolist() == ["clipmem_raw", "clipmem"] and part["clipmem"].tolist() == [1.0, 0.0]
+
+
+def test_the_reference_set_is_the_distinct_extra_captions_or_a_seeded_sample_of_them():
+    corpus = make_corpus()
+    extra = corpus.caption_index[corpus.rows("extra")].flatten()  # 12 distinct captions
+    corpus.caption_index[corpus.rows("extra")[0], 1] = -1  # a padded slot is no caption
+    pool = torch.unique(corpus.caption_index[corpus.rows("extra")])[1:]
+    assert len(pool) == 11
+    assert reference_set(corpus, 11, seed=0).tolist() == pool.tolist()
+    assert reference_set(corpus, 100, seed=0).tolist() == pool.tolist()
+    # fewer than the pool: the first `size` of the seeded permutation of the pool, sorted
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(4))
+    assert reference_set(corpus, 5, seed=4).tolist() == sorted(pool[order[:5]].tolist())
+    assert set(extra.tolist()) >= set(reference_set(corpus, 5, seed=4).tolist())
+    # no S_E: the shared pairs' captions
+    corpus.split = ["shared" if s == "extra" else s for s in corpus.split]
+    shared = torch.unique(corpus.caption_index[corpus.rows("shared")])
+    assert reference_set(corpus, 100, seed=0).tolist() == shared[shared >= 0].tolist()
+
+
+def test_caption_table_holds_exactly_the_needed_captions_each_encoded_by_the_model():
+    corpus, model = make_corpus(), base_model()
+    table = encode_captions(model, corpus, torch.tensor([7, -1, 3, 7, 40]), batch_size=2, device=CPU)
+    assert table.rows.tolist() == [-1] * 3 + [0] + [-1] * 3 + [1] + [-1] * 32 + [2] + [-1] * 11
+    torch.testing.assert_close(table[torch.tensor([40, 3, 7])], text(model, corpus, torch.tensor([40, 3, 7])))
+    everything = encode_captions(model, corpus, None, batch_size=5, device=CPU)
+    assert everything.rows.tolist() == list(range(52))
+    torch.testing.assert_close(everything.emb, text(model, corpus, torch.arange(52)))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_batched_encoding_equals_one_pass_of_the_model(batch_size):
+    """Image embeddings of 5 images in batches, clean and through 3 drawn views each (repeat=3, batches that cut
+    an image's views apart), and text embeddings in batches: each equals the model applied to all inputs at once."""
+    corpus, model = make_corpus(), base_model()
+    rows = torch.tensor([0, 3, 4, 9, 20])
+    pixels = corpus.pixels[rows]
+    torch.testing.assert_close(encode_images(model, pixels, batch_size, CPU), clean_image(model, corpus, rows))
+    views = sample_views(15, AUGMENT.augment, torch.Generator().manual_seed(2))
+    shift = AUGMENT.augment.max_shift
+    expected = model.encode_image(augment(pixels.repeat_interleave(3, dim=0), views, shift), normalize=True)
+    torch.testing.assert_close(encode_images(model, pixels, batch_size, CPU, views=views, max_shift=shift, repeat=3),
+                               expected.detach())
+    torch.testing.assert_close(encode_texts(model, corpus.tokens[:7], batch_size, CPU),
+                               text(model, corpus, torch.arange(7)))
+    assert encode_images(model, pixels[:0], batch_size, CPU).numel() == 0
+    assert encode_texts(model, corpus.tokens[:0], batch_size, CPU).numel() == 0
+
+
+def test_view_draws_pick_each_views_caption_uniformly_from_the_pairs_captions():
+    """Pairs with 1, 2 and 3 captions; each view's caption is slot floor(u * count) of its pair, u the uniform
+    drawn right after the augmentation parameters from the generator seeded with the score seed."""
+    corpus = make_corpus()
+    counts = torch.tensor([1, 2, 3] * 10)
+    corpus.caption_count = counts
+    corpus.caption_index = torch.stack([torch.arange(30) * 3 + k for k in range(3)], dim=1)
+    corpus.caption_index[counts < 3, 2] = -1
+    corpus.caption_index[counts < 2, 1] = -1
+    rows = torch.arange(30)
+    cfg = ScoreConfig(views=4, seed=11)
+    views, captions = view_draws(corpus, rows, cfg, AUGMENT)
+    gen = torch.Generator().manual_seed(11)
+    expected_views = sample_views(120, AUGMENT.augment, gen)
+    slot = (torch.rand(120, generator=gen) * counts.repeat_interleave(4)).long()
+    assert torch.equal(views.shift, expected_views.shift) and torch.equal(views.jitter, expected_views.jitter)
+    assert captions.tolist() == (rows.repeat_interleave(4) * 3 + slot).tolist()
+    assert set(slot.view(30, 4)[counts == 3].flatten().tolist()) == {0, 1, 2}
+    # a part of the rows: the same draws, sliced
+    part_views, part_captions = view_draws(corpus, rows, cfg, AUGMENT, part=slice(5, 12))
+    assert torch.equal(part_captions, captions[20:48]) and torch.equal(part_views.shift, views.shift[20:48])
+    assert torch.equal(part_views.jitter, views.jitter[20:48])
+
+
+# ---------------------------------------------------------------- tower views (attribution.py)
+
+# three words to str.split, two once open_clip's cleaning has made the entity a space
+ODD = {0: ("cat", "dog"), 9: ("bird", "red"), 18: ("blue", "sits")}
+TOWER_ROWS = [1, 3, 2] * 12
+TOWER_TEXTS = {3: "cat", 6: "red dog", **{r: f"{a} &nbsp; {b}" for r, (a, b) in ODD.items()}}
+
+
+def _caption_of(corpus, tokens):
+    """The caption-table index whose tokens these are (every text differs)."""
+    (match,) = torch.nonzero((corpus.tokens == tokens).all(1)).flatten().tolist()
+    return match
+
+
+def test_tower_text_views_are_two_different_captions_or_the_caption_less_one_word():
+    """Two captions drawn uniformly without replacement where the pair has several; for a single caption, the
+    caption and the caption with one of its words removed (the same text re-tokenised without that word), every
+    word as likely; a one-word caption is its own second view."""
+    corpus, vocab = word_corpus(TOWER_ROWS, TOWER_TEXTS)
+    cfg = ScoreConfig(views=6, seed=2)
+    views = draw_tower_views(corpus, torch.arange(36), cfg, AUGMENT, WORD_CONTEXT, vocab)
+    first, second = views.text_tokens
+    assert first.shape == second.shape == (216, WORD_CONTEXT)
+
+    def tokens_of(text):
+        return apply_vocabulary(tokenize([text], WORD_CONTEXT).tokens, vocab)[0].tolist()
+
+    ordered, dropped = {2: set(), 3: set()}, set()
+    for j in range(216):
+        r = j // 6
+        captions = corpus.caption_index[r, : TOWER_ROWS[r]].tolist()
+        a = _caption_of(corpus, first[j])
+        assert a in captions, (r, a)
+        if TOWER_ROWS[r] > 1:
+            b = _caption_of(corpus, second[j])
+            assert b in captions and b != a, (r, a, b)
+            ordered[TOWER_ROWS[r]].add((captions.index(a), captions.index(b)))
+            continue
+        words = corpus.caption_texts[a].split()
+        if len(words) == 1:
+            assert second[j].tolist() == first[j].tolist()
+        elif r in ODD:
+            assert second[j].tolist() in [tokens_of(word) for word in ODD[r]]
+        else:
+            less_one = [tokens_of(" ".join(words[:k] + words[k + 1:])) for k in range(len(words))]
+            assert second[j].tolist() in less_one, (r, corpus.caption_texts[a])
+            if len(words) == 4:
+                dropped.add(less_one.index(second[j].tolist()))
+    assert ordered[2] == {(0, 1), (1, 0)}
+    assert ordered[3] == {(a, b) for a in range(3) for b in range(3) if a != b}
+    assert dropped == {0, 1, 2, 3}
+
+
+def test_tower_image_views_are_two_independent_draws_of_the_training_augmentation():
+    corpus, vocab = word_corpus(TOWER_ROWS, TOWER_TEXTS)
+    cfg = ScoreConfig(views=6, seed=2)
+    views = draw_tower_views(corpus, torch.arange(36), cfg, AUGMENT, WORD_CONTEXT, vocab)
+    aug = AUGMENT.augment
+    assert views.max_shift == aug.max_shift == 3
+    a, b = views.image_params
+    for p in (a, b):
+        assert p.shift.shape == (216, 2) and p.jitter.shape == (216, 2)
+        assert set(p.shift.flatten().tolist()) == set(range(2 * aug.max_shift + 1))
+        assert (p.jitter - 1).abs().max() <= aug.brightness and len(set(p.jitter.flatten().tolist())) == 432
+    assert (a.shift != b.shift).any(1).float().mean() > 0.8 and not torch.isin(a.jitter, b.jitter).any()
+    # augmentation off: clean views (no shift, no jitter) and max_shift 0
+    plain = draw_tower_views(corpus, torch.arange(36), cfg, NO_AUGMENT, WORD_CONTEXT, vocab)
+    assert plain.max_shift == 0
+    for p in plain.image_params:
+        assert (p.shift == 0).all() and (p.jitter == 1).all()
+    # seeded by the score seed: the same seed draws the same views, another seed other views
+    again = draw_tower_views(corpus, torch.arange(36), cfg, AUGMENT, WORD_CONTEXT, vocab)
+    other = draw_tower_views(corpus, torch.arange(36), ScoreConfig(views=6, seed=3), AUGMENT, WORD_CONTEXT, vocab)
+    for v in range(2):
+        assert torch.equal(again.image_params[v].jitter, views.image_params[v].jitter)
+        assert torch.equal(again.text_tokens[v], views.text_tokens[v])
+        assert not torch.equal(other.image_params[v].jitter, views.image_params[v].jitter)
+    assert not torch.equal(other.text_tokens[1], views.text_tokens[1])
+
+
+def test_a_part_of_the_rows_gets_the_tower_views_the_whole_gives_them():
+    """Parts that start at a single-caption row (whose second view draws a word) and at a three-caption row."""
+    corpus, vocab = word_corpus(TOWER_ROWS, TOWER_TEXTS)
+    cfg = ScoreConfig(views=6, seed=2)
+    whole = draw_tower_views(corpus, torch.arange(36), cfg, AUGMENT, WORD_CONTEXT, vocab)
+    for start, stop in ((0, 3), (3, 7), (7, 36), (9, 10)):
+        part = draw_tower_views(corpus, torch.arange(36), cfg, AUGMENT, WORD_CONTEXT, vocab, slice(start, stop))
+        flat = slice(6 * start, 6 * stop)
+        assert part.max_shift == whole.max_shift
+        for v in range(2):
+            assert torch.equal(part.text_tokens[v], whole.text_tokens[v][flat]), (start, v)
+            assert torch.equal(part.image_params[v].shift, whole.image_params[v].shift[flat])
+            assert torch.equal(part.image_params[v].jitter, whole.image_params[v].jitter[flat])
+
+
+class _Holder(torch.nn.Module):
+    """A module with the given child modules (the attribute layouts the block finders know)."""
+
+    def __init__(self, **children):
+        super().__init__()
+        for name, child in children.items():
+            setattr(self, name, child)
+
+
+def _blocks(k):
+    return torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(k))
+
+
+def test_the_block_finders_return_each_towers_blocks_in_order():
+    vit = base_model()
+    assert image_blocks(vit) == list(vit.visual.transformer.resblocks) and len(image_blocks(vit)) == 2
+    assert text_blocks(vit) == list(vit.transformer.resblocks) and len(text_blocks(vit)) == 2
+    stages = [_blocks(1) for _ in range(4)]
+    resnet = _Holder(visual=_Holder(**{f"layer{i + 1}": s for i, s in enumerate(stages)}, layer5=_blocks(1)))
+    assert image_blocks(resnet) == stages
+    for missing in (1, 4):  # three stages are not a ResNet
+        three = _Holder(visual=_Holder(**{f"layer{i}": _blocks(1) for i in range(1, 5) if i != missing}))
+        with pytest.raises(ValueError, match="cannot find the blocks of image tower _Holder"):
+            image_blocks(three)
+    # timm towers: their stages, else blocks, else layers
+    for names in (("stages", "blocks", "layers"), ("blocks", "layers"), ("layers",)):
+        parts = {name: _blocks(k + 2) for k, name in enumerate(names)}
+        model = _Holder(visual=_Holder(trunk=_Holder(**parts)))
+        assert image_blocks(model) == list(parts[names[0]]), names
+    with pytest.raises(ValueError, match="image tower _Holder"):
+        image_blocks(_Holder(visual=_Holder(trunk=_Holder(head=_blocks(1)))))
+    # a text tower of its own (open_clip's CustomTextCLIP: model.text)
+    own = _blocks(3)
+    assert text_blocks(_Holder(text=_Holder(transformer=_Holder(resblocks=own)))) == list(own)
+    for model in (_Holder(text=_Holder(head=_blocks(1))), _Holder(transformer=_Holder(head=_blocks(1)))):
+        with pytest.raises(ValueError, match="cannot find the blocks of the text tower of _Holder"):
+            text_blocks(model)
+
+
+def test_block_outputs_are_averaged_over_positions_real_tokens_or_pixels():
+    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [50.0, 60.0]],
+                           [[2.0, 0.0], [4.0, 2.0], [6.0, 4.0]]], dtype=torch.bfloat16)  # (B=2, L=3, D=2)
+    plain = _pool(tokens, None)
+    assert plain.dtype == torch.float32 and plain.tolist() == [[18.0, 22.0], [4.0, 2.0]]
+    assert _pool((tokens, "attention weights"), None).tolist() == plain.tolist()  # a block returning a tuple
+    # real tokens only; the mask may be longer than the block's output (it is cut to the output's length)
+    mask = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    assert _pool(tokens, mask).tolist() == [[2.0, 3.0], [2.0, 0.0]]
+    assert _pool(tokens, torch.zeros(2, 3, dtype=torch.bool)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    # a conv stage (B, C, H, W): the mean over the pixels, per channel
+    conv = torch.arange(16.0).view(1, 2, 2, 4)
+    assert _pool(conv, mask).tolist() == [[3.5, 11.5]]
+
+
+def test_captured_blocks_hold_each_blocks_pooled_output_per_call_and_let_go_after():
+    first, second = torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        second.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    x = torch.tensor([[[1.0, 1.0], [3.0, 5.0]]])  # (B=1, L=2, D=2)
+    mask_ref = {}
+    with torch.no_grad(), capture_blocks([first, second], mask_ref) as store:
+        second(first(x))  # outputs [[1, 2], [3, 10]] then [[2, 1], [10, 3]]
+        mask_ref["mask"] = torch.tensor([[True, False]])
+        second(first(x))
+    assert [[t.tolist() for t in block] for block in store] == [[[[2.0, 6.0]], [[1.0, 2.0]]],
+                                                                 [[[6.0, 2.0]], [[2.0, 1.0]]]]
+    second(first(x))  # the hooks are gone
+    assert [len(block) for block in store] == [2, 2]
+
+# ---------------------------------------------------------------- utility on S_E (evaluate.py)
+
+
+def test_zero_shot_accuracy_of_a_hand_made_prompt_grid():
+    """Prompt (colour c, shape s) embeds as e_c + e_(8+s), so the colour class (mean over shapes) scores an image
+    e_c' + e_(8+s') highest at c = c', and the shape class likewise: each image is classified as its embedding
+    says. Of the four single-object images the embeddings get 3 colours and 2 shapes right."""
+    colours = list(COLOURS)
+    grid = torch.zeros(len(colours), len(SHAPES), 13)
+    for c in range(len(colours)):
+        for s in range(len(SHAPES)):
+            grid[c, s, c] = grid[c, s, 8 + s] = 1.0
+
+    def image(colour, shape):
+        return grid[colours.index(colour), SHAPES.index(shape)]
+
+    def obj(colour, shape):
+        return {"colour": colour, "shape": shape}
+
+    images = torch.stack([image("red", "circle"), image("green", "square"), image("blue", "triangle"),
+                          image("red", "cross"), image("pink", "circle"), image("white", "cross")])
+    attributes = [{"objects": [obj("red", "circle")]}, {"objects": [obj("blue", "square")]},
+                  {"objects": [obj("blue", "diamond")]}, {"objects": [obj("red", "cross"), obj("red", "cross")]},
+                  {"objects": [obj("pink", "cross")]}, {}]
+    out = zero_shot(images, grid.view(-1, 13), attributes)
+    assert out == {"zeroshot_colour": 0.75, "zeroshot_shape": 0.5}
+    assert zero_shot(images[3:4], grid.view(-1, 13), attributes[3:4]) == {}
+
+
+def _kfold_corpus():
+    corpus = make_corpus()
+    corpus.fold = torch.tensor([-1] * 12 + [0, 1, 2, 1] + [0, 0, 2, 1] + [-1] * 6)
+    return corpus
+
+
+def test_the_probe_is_fitted_on_the_shared_pairs_or_on_a_fold_models_training_folds():
+    corpus = _kfold_corpus()
+    assert probe_rows(corpus, "g", ("f", "g")).tolist() == list(range(12))
+    names = ("fold0", "fold1", "fold2")
+    assert probe_rows(corpus, "fold0", names).tolist() == [13, 14, 15, 18, 19]
+    assert probe_rows(corpus, "fold1", names).tolist() == [12, 14, 16, 17, 18]
+    assert probe_rows(corpus, "fold2", names).tolist() == [12, 13, 15, 16, 17, 19]
+
+
+def _labelled(corpus, labels: dict[int, str], dark: set[int]):
+    """Label rows 'kind' and make their images all white, or all black for the rows in `dark`."""
+    for r, label in labels.items():
+        corpus.attributes[r] = {"kind": label}
+        corpus.pixels[r] = 0 if r in dark else 255
+
+
+def test_utility_reads_the_extra_pairs_and_probes_a_label_with_a_known_accuracy():
+    """S_S rows labelled a (white image) and b (black image): a probe on the model's embeddings separates them.
+    The six S_E pairs are labelled a, b, a, b, a, b, and the fifth has a black image: accuracy 5/6. Retrieval
+    runs on the S_E pairs' images and caption sets only; the caption texts hold no zero-shot prompts."""
+    corpus, model = make_corpus(), base_model()
+    extra = corpus.rows("extra").tolist()
+    _labelled(corpus, {r: "ab"[r % 2] for r in range(12)}, dark={r for r in range(12) if r % 2})
+    _labelled(corpus, {r: "ab"[k % 2] for k, r in enumerate(extra)}, dark={extra[1], extra[3], extra[4], extra[5]})
+    cfg = RunConfig(data=DataConfig(options=SourceOptions(label_key="kind")), score=SCORE)
+    embedded = rows_of(corpus, "candidate", "independent", "extra")
+    emb = Embeddings(image=clean_image(model, corpus, embedded), text=torch.empty(0),
+                     caption_table=text(model, corpus, torch.arange(52)))
+    out = evaluate_model(model, corpus, emb, embedded, cfg, CPU)
+    expected = retrieval(emb.image[8:], emb.caption_table, [{2 * r, 2 * r + 1} for r in extra])
+    assert out == {**expected, "probe_kind": pytest.approx(5 / 6)}
+    # fitted elsewhere: on rows of one label only there is no probe
+    assert evaluate_model(model, corpus, emb, embedded, cfg, CPU, probe_rows=torch.tensor([0, 2, 4])) == expected
+    # the published scheme probes on S_S, the same for both models; no S_E pair embedded: no utility
+    both = utility({"f": model, "g": model}, corpus, {"f": emb, "g": emb}, embedded, cfg, CPU)
+    assert both == {"f": out, "g": out}
+    assert evaluate_model(model, corpus, emb, embedded[:8], cfg, CPU) == {}

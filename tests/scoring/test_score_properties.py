@@ -34,10 +34,12 @@ from constructed import (
     rotated,
     rows_of,
     text,
+    word_corpus,
 )
 
-from clipmem.scoring.attribution import attribute, layer_tables, tower_scores
+from clipmem.scoring.attribution import attribute, draw_tower_views, layer_tables, tower_scores
 from clipmem.scoring.score import reference_set, score_run, scored_rows, view_draws
+from clipmem.scoring.transform import augment
 
 CPU = torch.device("cpu")
 
@@ -179,10 +181,17 @@ def test_cutting_one_tower_of_g_moves_that_towers_score_only(tower):
     cand = frame["split"] == "candidate"
     assert (frame.loc[cand, f"mem_{tower}_raw"] > 0.1).all()
     assert (frame.loc[~cand, f"mem_{tower}_raw"] < -0.1).all()
+    rows = scored_rows(corpus)
     if tower == "text":  # f's cosine of the pair's two captions, computed here
-        rows = scored_rows(corpus)
         cosines = np.array([float(cos(*text(f, corpus, corpus.caption_index[int(r)]))) for r in rows])
-        np.testing.assert_allclose(frame[f"mem_{tower}_raw"], np.where(cand, cosines, -cosines), atol=1e-5)
+    else:  # f's cosine of the two drawn augmentations of each image, averaged over the views, computed here
+        views = draw_tower_views(corpus, rows, SCORE, AUGMENT, CONTEXT, VOCAB)
+        pixels = corpus.pixels[rows].repeat_interleave(SCORE.views, dim=0)
+        with torch.no_grad():
+            a, b = (f.encode_image(augment(pixels, p, views.max_shift), normalize=True) for p in views.image_params)
+        cosines = cos(a, b).view(len(rows), SCORE.views).mean(1).numpy()
+        assert (cosines < 0.999).all()  # the two views differ
+    np.testing.assert_allclose(frame[f"mem_{tower}_raw"], np.where(cand, cosines, -cosines), atol=1e-5)
 
 
 def test_a_rotation_of_f_has_no_memorization_anywhere():
@@ -281,3 +290,130 @@ def test_a_part_of_the_scored_pairs_gets_the_whole_runs_layer_values(first_text_
     for col in ("layer_mem", "delta_layer_mem"):
         np.testing.assert_allclose(merged_layers[col], layers[col], atol=1e-6, err_msg=col)
     assert (np.abs(layers.loc[layers["tower"] == "text", "delta_layer_mem"]) > 1e-4).all()
+
+
+@torch.no_grad()
+def pooled_block_outputs(blocks, forward, mask=None) -> list[torch.Tensor]:
+    """Each block's output (read with this test's own hooks), averaged over the tokens (the real ones where a
+    token mask is given)."""
+    outputs = [[] for _ in blocks]
+    handles = [block.register_forward_hook(lambda _m, _i, out, k=k: outputs[k].append(out))
+               for k, block in enumerate(blocks)]
+    try:
+        forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if mask is None:
+        return [out.mean(1) for (out,) in outputs]
+    weights = mask[:, :, None].float()
+    return [(out * weights).sum(1) / weights.sum(1) for (out,) in outputs]
+
+
+def test_layer_mem_per_pair_is_the_block_outputs_view_cosine_seen_minus_unseen():
+    """g = f with the first image and the first text block changed. Each pair's LayerMem at block b is the
+    cosine between the two views' token-averaged block-b outputs (padding left out for text) under the model
+    that saw the pair minus under the one that did not, averaged over the views: computed here from the blocks'
+    outputs, for every scored pair (the curves hold them all) and as the means per block."""
+    corpus = make_corpus()
+    f = base_model()
+    g = copy.deepcopy(f)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in (g.transformer.resblocks[0], g.visual.transformer.resblocks[0]):
+            fc = block.mlp.c_fc.weight
+            fc.add_(torch.randn(fc.shape, generator=gen) * fc.std() * 2)
+    result = score_run({"f": f, "g": g}, corpus, SCORE, AUGMENT, CPU)
+    _, layers, curves = attribute({"f": f, "g": g}, corpus, result, SCORE, AUGMENT, CONTEXT, VOCAB, CPU)
+    rows = scored_rows(corpus)
+    n = SCORE.views
+    views = draw_tower_views(corpus, rows, SCORE, AUGMENT, CONTEXT, VOCAB)
+    pixels = corpus.pixels[rows].repeat_interleave(n, dim=0)
+
+    def view_cosines(model, tower):  # (blocks, pairs): mean over the views of the two views' cosine
+        if tower == "image":
+            pooled = [pooled_block_outputs(model.visual.transformer.resblocks,
+                                           lambda p=p: model.encode_image(augment(pixels, p, views.max_shift)))
+                      for p in views.image_params]
+            per_view = [cos(a, b).view(len(rows), n) for a, b in zip(*pooled)]
+        else:  # a pair's two text views are its two captions (the cosine does not depend on their order)
+            tokens = corpus.tokens[corpus.caption_index[rows]]
+            pooled = [pooled_block_outputs(model.transformer.resblocks, lambda t=t: model.encode_text(t), t != 0)
+                      for t in (tokens[:, 0], tokens[:, 1])]
+            per_view = [cos(a, b)[:, None].expand(len(rows), n) for a, b in zip(*pooled)]
+        return torch.stack(per_view).mean(-1).numpy()
+
+    candidate = np.array([corpus.split[int(r)] == "candidate" for r in rows])
+    for tower in ("image", "text"):
+        of_f, of_g = view_cosines(f, tower), view_cosines(g, tower)
+        expected = np.where(candidate, of_f - of_g, of_g - of_f)  # (blocks, pairs)
+        assert np.abs(expected).max() > 1e-3
+        got = (curves[curves["tower"] == tower].pivot(index="layer", columns="sample_id", values="layer_mem")
+               [[corpus.ids[int(r)] for r in rows]].to_numpy())
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=tower)
+        overall = layers[(layers["tower"] == tower) & (layers["truth"] == "all")].sort_values("layer")
+        np.testing.assert_allclose(overall["layer_mem"], expected.mean(1), atol=1e-5, err_msg=tower)
+    # the image views differ (augmentation on), and a block's change reaches the later block
+    assert np.abs(view_cosines(f, "image") - 1).max() > 1e-3
+
+
+def test_clipscore_labels_and_clean_embeddings_of_the_memorized_pairs(memorized):
+    """The CLIPScore baseline is 1 - the mean cosine of the clean image with the pair's captions: 0 under the
+    model that aligned the pair exactly, computed here under the other. The clean embeddings stored for the map
+    are each model's clean image and first-caption embeddings of the scored and S_E pairs."""
+    corpus, f, g, _, _ = memorized
+    result = score_run({"f": f, "g": g}, corpus, SCORE, NO_AUGMENT, CPU)
+    frame, rows = result.frame, scored_rows(corpus)
+    unseen_cos = [float(cos(clean_image(unseen, corpus, rows[i:i + 1]), text(unseen, corpus,
+                                                                         corpus.caption_index[int(rows[i])])).mean())
+                  for i, (_, unseen) in enumerate(seen_unseen(corpus, f, g))]
+    np.testing.assert_allclose(frame["clipscore_f"], 0, atol=1e-5)
+    np.testing.assert_allclose(frame["clipscore_g"], 1 - np.array(unseen_cos), atol=1e-5)
+    assert (frame["clipscore_g"] > 0.05).all()
+    assert frame["sample_id"].tolist() == [corpus.ids[int(r)] for r in rows]
+    assert frame["split"].tolist() == ["candidate"] * 4 + ["independent"] * 4
+    assert frame["seen_by"].tolist() == ["f"] * 4 + ["g"] * 4
+    assert frame["caption"].tolist() == [corpus.captions[int(r)][0] for r in rows]
+    assert frame["n_captions"].tolist() == [2] * 8 and frame["truth"].tolist() == ["clean"] * 8
+    np.testing.assert_allclose(np.stack(frame["views_f"]).mean(1), frame["align_f"], atol=1e-6)
+    np.testing.assert_allclose(np.stack(frame["views_g"]).mean(1), frame["align_g"], atol=1e-6)
+    embedded = rows_of(corpus, "candidate", "independent", "extra")
+    assert result.embedded.tolist() == embedded.tolist()
+    for name, model in (("f", f), ("g", g)):
+        torch.testing.assert_close(result.clean[name].image, clean_image(model, corpus, embedded))
+        torch.testing.assert_close(result.clean[name].text, text(model, corpus, corpus.caption_index[embedded, 0]))
+
+
+def test_single_caption_pairs_text_score_compares_the_caption_with_itself_less_a_word():
+    """Pairs with one caption (of one, two or three words), two and three captions; g = f with its text tower cut.
+    The text score of a pair is f's cosine between its two text views, seen minus unseen: computed here from the
+    drawn views' tokens (for a single caption: the caption and the caption less one word) encoded by f."""
+    counts = [1, 1, 2, 1, 3, 1, 1, 2, 1]
+    corpus, vocab = word_corpus(counts, {0: "cat", 3: "red dog", 5: "bird &nbsp; sits"})
+    f = base_model()
+    g = copy.deepcopy(f)
+    with torch.no_grad():
+        g.text_projection.zero_()
+    models = {"f": f, "g": g}
+    result = score_run(models, corpus, SCORE, NO_AUGMENT, CPU)
+    frame, layers, curves = attribute(models, corpus, result, SCORE, NO_AUGMENT, CONTEXT, vocab, CPU, top_k_curves=3)
+    rows = scored_rows(corpus)
+    views = draw_tower_views(corpus, rows, SCORE, NO_AUGMENT, CONTEXT, vocab)
+    first, second = views.text_tokens
+    single = torch.tensor(counts)[rows].repeat_interleave(SCORE.views) == 1
+    assert (first[single] != second[single]).any(1).sum() > 6  # most single captions lose a word
+    with torch.no_grad():
+        cosines = cos(f.encode_text(first, normalize=True), f.encode_text(second, normalize=True))
+    cosines = cosines.view(len(rows), SCORE.views).mean(1).numpy()
+    cand = frame["split"] == "candidate"
+    np.testing.assert_allclose(frame["mem_text_raw"], np.where(cand, cosines, -cosines), atol=1e-5)
+    np.testing.assert_array_equal(frame["mem_image_raw"], 0)
+    # the curves of the three most memorized pairs (scaled CLIPMem), two blocks per tower
+    top = frame.sort_values("clipmem", ascending=False, kind="stable")["sample_id"].iloc[:3].tolist()
+    assert curves["sample_id"].drop_duplicates().tolist() == top and len(curves) == 3 * 2 * 2
+    assert len(layers[layers["truth"] == "all"]) == 4
+    # without layers: the tower scores alone, no LayerMem table and no curves
+    frame_only, no_layers, no_curves = attribute(models, corpus, result, SCORE, NO_AUGMENT, CONTEXT, vocab, CPU,
+                                                 layers=False)
+    assert no_layers.empty and no_curves.empty
+    np.testing.assert_array_equal(frame_only["mem_text_raw"], frame["mem_text_raw"])
