@@ -124,6 +124,7 @@ class TrainOverrides:
     text_noise: Optional[float] = None
     image_views: Optional[int] = None
     remove_ids: Optional[Path] = None
+    replicas: Optional[int] = None
 
     @classmethod
     def given(cls, ctx: typer.Context) -> "TrainOverrides":
@@ -135,7 +136,7 @@ class TrainOverrides:
         from clipmem.scoring.config import AugmentConfig
 
         same_names = ("model", "epochs", "batch_size", "lr", "captions_per_image", "device", "text_noise",
-                      "image_views")
+                      "image_views", "replicas")
         t = replace(cfg.train, **{k: getattr(self, k) for k in same_names if getattr(self, k) is not None})
         if self.seed is not None:
             t = replace(t, init_seed=self.seed, data_seed=self.seed)
@@ -147,6 +148,8 @@ class TrainOverrides:
             t = replace(t, remove_ids=read_id_list(self.remove_ids))
         if t.epochs < 1 or t.batch_size < 2:
             raise ClipmemError(f"--epochs must be >= 1 and --batch-size >= 2 (got {t.epochs}, {t.batch_size})")
+        if t.replicas < 1:
+            raise ClipmemError(f"--replicas must be >= 1, got {t.replicas}")
         if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
             raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
                                f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
@@ -227,6 +230,10 @@ SchemeOpt = typer.Option(None, "--scheme", help="published (default): S_S/S_C/S_
                          "trains on every fold but k, and every non-S_E pair is scored (model k against the mean of "
                          "the other K-1).")
 FoldsOpt = typer.Option(None, "--folds", help="Number of folds K >= 2 of --scheme kfold (K models are trained).")
+ReplicasOpt = typer.Option(None, "--replicas", help="Train R independently seeded sets of the models (f and g, or "
+                           "the fold models) on the same split and score each pair by the mean over them; the "
+                           "per-pair spread across replicas goes to clipmem_raw_sd (default 1; R sets take R times "
+                           "the training and scoring time). Replica 0 is the run's own f.pt and g.pt.")
 FdrOpt = typer.Option(None, "--fdr", help="False discovery rate of the `memorized` flag: a scored pair is flagged when "
                       "its Benjamini-Hochberg q-value against the run's null (its S_E pairs) is at most this "
                       "(default 0.05; 0 < FDR < 1).")
@@ -319,6 +326,7 @@ def train(
     text_noise: Optional[float] = TextNoiseOpt,
     image_views: Optional[int] = ImageViewsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
+    replicas: Optional[int] = ReplicasOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint, with the saved "
                                 "settings (only --device and --only may be given)."),
     only: Optional[str] = typer.Option(None, "--only", help="Train only these models (comma-separated, e.g. f, "
@@ -349,8 +357,9 @@ def train(
     if summary.get("world_size", 1) > 1 and "weights_sha256" not in summary:
         return  # ranks other than 0: rank 0 reports
     names = summary["models"]
-    console.print(f"trained {' and '.join(names) if len(names) == 2 else ', '.join(names)}: {summary['steps']} "
-                  f"steps each, {summary['samples_per_s']} samples/s"
+    console.print(f"trained {' and '.join(names) if len(names) == 2 else ', '.join(names)}"
+                  + (f" ({summary['replicas']} replicas)" if summary.get("replicas", 1) > 1 else "")
+                  + f": {summary['steps']} steps each, {summary['samples_per_s']} samples/s"
                   + (f" on {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else ""))
 
 
@@ -432,6 +441,7 @@ def run(
     text_noise: Optional[float] = TextNoiseOpt,
     image_views: Optional[int] = ImageViewsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
+    replicas: Optional[int] = ReplicasOpt,
     label_key: Optional[str] = LabelKeyOpt,
     csv_img_key: Optional[str] = CsvImgOpt,
     csv_caption_key: Optional[str] = CsvCapOpt,

@@ -97,6 +97,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device: str = "auto"             # auto | cpu | cuda
     keep_checkpoints: int = 2        # per-epoch checkpoints kept for --resume
+    replicas: int = 1                # independently seeded sets of the models on the same split; scores: their mean
 
 
 @dataclass

@@ -30,12 +30,12 @@ from clipmem.scoring.models import (Vocabulary, context_length_of, create_model,
                                     with_vocabulary)
 from clipmem.scoring.rundir import RunDir, atomic_write, write_json, write_text_atomic
 from clipmem.scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
-from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, prepare_model, scale_scores,
-                                   score_null, score_run, scored_rows)
+from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, mean_over_replicas, prepare_model,
+                                   scale_scores, score_null, score_run, scored_rows)
 from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_by_truth, null_summary
 from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
 from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
-from clipmem.scoring.train import load_model_weights, save_model, train_models
+from clipmem.scoring.train import load_model_weights, replica_config, save_model, train_models
 
 
 def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:
@@ -140,7 +140,10 @@ def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress:
     Only rank 0 writes. At the end every rank's weights digest is gathered: the summary records
     them, and training fails if ranks disagree. `only` trains a subset as a job of its own (e.g. f
     and g at once on two machines): it steps through the same slots and draws, so the models equal
-    those of one job training all; its checkpoints, log and summary carry the models' names.
+    those of one job training all; its checkpoints, log and summary carry the models' names. With
+    cfg.train.replicas = R > 1 (--replicas) it trains R sets of the models one after the other
+    (train.replica_config); replica r > 0 keeps its files apart (f.r{r}.pt, checkpoints/replica{r}/,
+    train_log.r{r}.jsonl, train_summary.r{r}.json).
     """
     ctx = distributed.from_environment()
     device = distributed.device_for(ctx, cfg.train.device)
@@ -168,7 +171,30 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
         if corpus.truncated:
             print(f"note: {corpus.truncated} distinct captions exceed the context length and were truncated")
     names = model_names(corpus)
-    checkpoints, log, summary_file = run.checkpoints, run.train_log, run.path / "train_summary.json"
+    replicas = cfg.train.replicas
+    if only and replicas > 1:
+        raise ClipmemError(f"--only trains some models of one set; {run.path} trains {replicas} replicas "
+                           "(--replicas): train it in one job")
+    prepared = {"prepare_seconds": round(time.perf_counter() - t0, 2)}
+    summaries = [_train_replica(run, cfg, corpus, model_cfg, names, r, resume, show_progress, ctx, device, only,
+                                prepared if r == 0 else {}) for r in range(replicas)]
+    summary = summaries[0]
+    if replicas > 1:  # the run's summary: replica 0's, with the others' (each also in train_summary.r{r}.json)
+        summary.update(replicas=replicas, replica_summaries=summaries[1:])
+        if ctx.is_main:
+            write_json(run.path / "train_summary.json", summary)
+    return summary
+
+
+def _train_replica(run: RunDir, cfg: RunConfig, corpus, model_cfg, names, replica: int, resume: bool,
+                   show_progress: bool, ctx, device, only: list[str] | None, extra: dict) -> dict:
+    """Train one set of the run's models (replica 0: the run's own f and g; r > 0: --replicas) and save them."""
+    train_cfg = replica_config(cfg.train, replica)
+    suffix = "" if replica == 0 else f".r{replica}"
+    checkpoints, log = run.checkpoints, run.path / f"train_log{suffix}.jsonl"
+    summary_file = run.path / f"train_summary{suffix}.json"
+    if replica:
+        checkpoints = run.checkpoints / f"replica{replica}"
     if only:
         unknown = [name for name in only if name not in names]
         if unknown:
@@ -177,15 +203,14 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
         part = "+".join(names)
         checkpoints = run.checkpoints / part
         log, summary_file = run.path / f"train_log.{part}.jsonl", run.path / f"train_summary.{part}.json"
-    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in names}
-    prep_seconds = time.perf_counter() - t0
-    summary = train_models(models, corpus, cfg.train, checkpoints, log, resume=resume,
+    models = {name: create_model(model_cfg, train_cfg.init_seed) for name in names}
+    summary = train_models(models, corpus, train_cfg, checkpoints, log, resume=resume,
                            show_progress=show_progress, ctx=ctx, device=device)
     digests = distributed.gather_objects(ctx, {name: distributed.weights_digest(m) for name, m in models.items()})
+    summary.update(extra, **({"replica": replica} if replica else {}))
     if ctx.is_main:
         for name in names:
-            save_model(run.model_checkpoint(name), models[name], cfg.train.epochs, cfg.train.model)
-        summary["prepare_seconds"] = round(prep_seconds, 2)
+            save_model(run.model_checkpoint(name, replica), models[name], train_cfg.epochs, train_cfg.model)
         summary["weights_sha256"] = digests[0]
         if ctx.active:
             summary["rank_weights_sha256"] = digests
@@ -197,8 +222,8 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
     return summary
 
 
-def _load_models(run: RunDir, cfg: RunConfig, corpus, model_cfg, checkpoint_f, checkpoint_g):
-    """The scheme's models with their weights, and the file each came from."""
+def _load_models(run: RunDir, cfg: RunConfig, corpus, model_cfg, checkpoint_f, checkpoint_g, replica: int = 0):
+    """The scheme's models with their weights (those of `replica`), and the file each came from."""
     names = model_names(corpus)
     if checkpoint_f is not None:
         if names != PUBLISHED_MODELS:
@@ -206,7 +231,7 @@ def _load_models(run: RunDir, cfg: RunConfig, corpus, model_cfg, checkpoint_f, c
                                f"uses the {cfg.split.scheme} scheme ({len(names)} models)")
         paths = {"f": Path(checkpoint_f), "g": Path(checkpoint_g)}
     else:
-        paths = {name: run.model_checkpoint(name) for name in names}
+        paths = {name: run.model_checkpoint(name, replica) for name in names}
         missing = [p.name for p in paths.values() if not p.is_file()]
         if missing:
             raise ClipmemError(f"{run.path} has no trained models ({', '.join(missing)}): run `clipmem train` first")
@@ -235,6 +260,10 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
         raise ClipmemError("under torchrun every rank scores the shard of its rank and rank 0 merges: "
                            "drop --shard, --num-shards and --merge")
     launched = ctx.active
+    replicas = cfg.train.replicas
+    if replicas > 1 and (launched or merge or shard is not None or checkpoint_f is not None):
+        raise ClipmemError(f"{run.path} has {replicas} replicas (--replicas): score it in one process, without "
+                           "--shard, --merge, torchrun or imported checkpoints (each scores one set of models)")
     if launched:
         shard, num_shards = ctx.rank, ctx.world_size
     t0 = time.perf_counter()
@@ -246,7 +275,7 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
     try:
         run.mark_unfinished()
         scored = scored_rows(corpus)
-        clean = None
+        clean = null = None
         if shard is not None:
             if num_shards > len(scored):
                 raise ClipmemError(f"--num-shards {num_shards} exceeds the {len(scored)} scored pairs of {run.path}")
@@ -267,19 +296,16 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
             num_shards = resolve_count(run, num_shards)
             frame, per_pair = read_parts(run, num_shards, fingerprint(run, cfg, paths))
         else:
-            result = score_run(models, corpus, cfg.score, cfg.train, device)
-            frame, per_pair = result.frame, {}
-            if cfg.score.towers:
-                frame, per_pair = tower_scores(models, corpus, result, cfg.score, cfg.train,
-                                               context_length_of(model_cfg), vocab, device, layers=cfg.score.layers)
-            clean = result.clean
-        # the null: once per run, by the process that finishes it, whatever scored the pairs
-        null = score_null(models, corpus, cfg.score, cfg.train, device) if len(corpus.rows("extra")) else None
+            frame, per_pair, clean, null = _score_replicas(run, cfg, corpus, models, vocab, model_cfg, device)
+        if null is None and len(corpus.rows("extra")):
+            # the null: once per run, by the process that finishes it, whatever scored the pairs
+            null = score_null(models, corpus, cfg.score, cfg.train, device)
         score_seconds = time.perf_counter() - t0
         metrics = _finish(run, cfg, corpus, models, frame, per_pair, clean, null, device)
         metrics["scoring"] = {"pairs": len(frame), "views": cfg.score.views, "seconds": round(score_seconds, 2),
                               "pairs_per_s": round(len(frame) / score_seconds, 1),
-                              **({"shards": num_shards} if num_shards else {})}
+                              **({"shards": num_shards} if num_shards else {}),
+                              **({"replicas": replicas} if replicas > 1 else {})}
         metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         write_json(run.metrics, metrics)
         run.save_config(cfg)
@@ -288,6 +314,32 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
     finally:
         if owned:
             distributed.shutdown(ctx)
+
+
+def _score_replicas(run: RunDir, cfg: RunConfig, corpus, models: dict, vocab, model_cfg, device):
+    """Every scored pair and the null in one process: (frame, per-pair layers, clean embeddings, null or None).
+
+    With --replicas R > 1 each replica's models score the same views; the scores are the mean over replicas
+    (score.mean_over_replicas) and the clean embeddings those of replica 0, whose models (`models`) the run's
+    embeddings and utility use."""
+    frames, layer_sets, nulls, clean = [], [], [], None
+    for replica in range(cfg.train.replicas):
+        these = models if replica == 0 else _load_models(run, cfg, corpus, model_cfg, None, None, replica)[0]
+        result = score_run(these, corpus, cfg.score, cfg.train, device, embed=replica == 0)
+        frame, per_pair = result.frame, {}
+        if cfg.score.towers:
+            frame, per_pair = tower_scores(these, corpus, result, cfg.score, cfg.train, context_length_of(model_cfg),
+                                           vocab, device, layers=cfg.score.layers)
+        if replica == 0:
+            clean = result.clean
+        frames.append(frame)
+        layer_sets.append(per_pair)
+        if len(corpus.rows("extra")):
+            nulls.append(score_null(these, corpus, cfg.score, cfg.train, device))
+    frame = mean_over_replicas(frames, spread=True)
+    per_pair = {tower: np.mean([layers[tower] for layers in layer_sets], axis=0) if len(layer_sets) > 1
+                else layer_sets[0][tower] for tower in layer_sets[0]}
+    return frame, per_pair, clean, mean_over_replicas(nulls) if nulls else None
 
 
 def _score_part(models, corpus, cfg: RunConfig, vocab, model_cfg, device, part: slice):
@@ -373,7 +425,7 @@ def run_all(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bo
     timings["split_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     names = configured_names(cfg.split.scheme, cfg.split.folds)
-    done = resume and all(run.model_checkpoint(name).is_file() for name in names)
+    done = resume and all(run.model_checkpoint(name, r).is_file() for name in names for r in range(cfg.train.replicas))
     if not done:
         train_step(run, cfg, resume=resume, show_progress=show_progress)
     timings["train_seconds"] = round(time.perf_counter() - t, 2)

@@ -54,8 +54,9 @@ class RunDir:
     marker = property(lambda self: self.path / COMPLETE)
     data = property(lambda self: self.path / "data")
 
-    def model_checkpoint(self, which: str) -> Path:
-        return self.path / f"{which}.pt"
+    def model_checkpoint(self, which: str, replica: int = 0) -> Path:
+        """The final weights of model `which`: f.pt; those of replica r > 0 (--replicas) f.r{r}.pt."""
+        return self.path / (f"{which}.pt" if replica == 0 else f"{which}.r{replica}.pt")
 
     def is_finished(self) -> bool:
         return self.marker.is_file()

@@ -399,6 +399,28 @@ def _score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg:
     return pd.concat(frames, ignore_index=True)[list(NULL_COLUMNS)]
 
 
+def mean_over_replicas(frames: list[pd.DataFrame], spread: bool = False) -> pd.DataFrame:
+    """One frame of the same pairs from the frames of R replicas: every float column (and the per-view lists) the
+    mean over replicas, every other column replica 0's; with `spread`, clipmem_raw_sd: the sample standard
+    deviation of clipmem_raw across replicas. One frame comes back as it is."""
+    if len(frames) == 1:
+        return frames[0]
+    first = frames[0]
+    for other in frames[1:]:
+        if not other["sample_id"].equals(first["sample_id"]) or list(other.columns) != list(first.columns):
+            raise ValueError("replica frames must hold the same pairs and columns in the same order")
+    out = first.copy()
+    for column in first.columns:
+        if column.startswith("views_"):
+            views = np.mean([np.stack(f[column].to_numpy()) for f in frames], axis=0)
+            out[column] = list(views.astype(np.float32))
+        elif first[column].dtype.kind == "f":
+            out[column] = np.mean([f[column].to_numpy() for f in frames], axis=0)
+    if spread:
+        out["clipmem_raw_sd"] = np.std([f["clipmem_raw"].to_numpy() for f in frames], axis=0, ddof=1)
+    return out
+
+
 def embeddings_arrays(corpus: TensorCorpus, emb: dict[str, Embeddings], rows: torch.Tensor) -> dict[str, np.ndarray]:
     """embeddings.npz: ids, splits and `{model}_image` / `{model}_text` per key of `emb` (the literal f and g)."""
     out = {

@@ -55,7 +55,8 @@ def fingerprint(run, cfg, checkpoints: dict[str, Path]) -> str:
 
     # batching does not change a part's values, nor does the FDR (applied when the parts are merged)
     score = {k: v for k, v in asdict(cfg.score).items() if k not in ("batch_size", "fdr")}
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("device", "keep_checkpoints")}
+    # replicas: sharded scoring scores one set of models (score_step refuses --replicas R > 1 with shards)
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("device", "keep_checkpoints", "replicas")}
     content = {
         "score": score,
         "train": train,

@@ -10,7 +10,8 @@ The k-fold scheme uses the same loop over K models: each pair has one slot, left
 empty by the model that holds its fold out (scoring.schemes.slot_table).
 
 `clipmem train RUN_DIR` (alone, or under torchrun as `torchrun ... -m clipmem train RUN_DIR`) trains a run's models;
-see scoring.distributed.
+see scoring.distributed. With `--replicas R` it trains R sets of them on the same split, one after the other, each
+with its own initial weights and draws (`replica_config`); scoring averages their scores.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +37,17 @@ from clipmem.scoring.schemes import PUBLISHED_MODELS, model_names, slot_batch_si
 from clipmem.scoring.transform import ViewParams, augment, sample_views
 
 NOISE_STREAM, VIEW_STREAM = 7919, 104729  # seed offsets: text noise and fixed image views draw from streams of their own
+# seed offset of replica r (--replicas): r * REPLICA_STREAM, far from the seeds users pick (--seed 0, 1, 2, ...), so the
+# replicas of one run are not the models of a run with another seed
+REPLICA_STREAM = 1_000_033
+
+
+def replica_config(cfg: TrainConfig, replica: int) -> TrainConfig:
+    """The recipe of replica `replica`: initial weights and data draws seeded apart; replica 0 is the run's own."""
+    if replica == 0:
+        return cfg
+    offset = replica * REPLICA_STREAM
+    return replace(cfg, init_seed=cfg.init_seed + offset, data_seed=cfg.data_seed + offset)
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:

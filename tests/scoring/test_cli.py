@@ -77,6 +77,7 @@ def test_step_by_step_commands(tmp_path, tiny_data):
     (["--model", "ViT-Z-99"], "unknown model 'ViT-Z-99'"),
     (["--sizes", "1,2,3"], "expected four comma-separated numbers"),
     (["--fdr", "0"], "--fdr must lie strictly between 0 and 1, got 0.0"),
+    (["--replicas", "0"], "--replicas must be >= 1, got 0"),
 ])
 def test_bad_run_options(tmp_path, tiny_data, args, message):
     out = tmp_path / "bad"

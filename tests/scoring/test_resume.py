@@ -94,7 +94,8 @@ def test_run_resume_refuses_options_that_change_the_settings(tmp_path, monkeypat
     result = invoke("run", "--out", out, "--resume", "--epochs", "50", "--model", "clipmem-demo")
     assert result.exit_code == 2
     assert "--resume continues with the run's saved settings; drop --model, --epochs" in result.output
-    for extra in (["--dataset", "synthetic"], ["--no-augment"], ["--views", "2"], ["--sizes", "0.7,0.1,0.1,0.1"]):
+    for extra in (["--dataset", "synthetic"], ["--no-augment"], ["--views", "2"], ["--sizes", "0.7,0.1,0.1,0.1"],
+                  ["--replicas", "2"], ["--fdr", "0.1"]):
         result = invoke("run", "--out", out, "--resume", *extra)
         assert result.exit_code == 2 and f"drop {extra[0]} " in result.output, extra
     result = invoke("run", "--out", out, "--resume", "--overwrite")
@@ -110,7 +111,7 @@ def test_train_resume_refuses_every_option_that_changes_the_recipe(tmp_path, tin
     out = tmp_path / "run"
     assert invoke("split", "--out", out, "--dataset", "folder", "--data", tiny_data,
                   "--sizes", "600,120,120,60").exit_code == 0
-    for extra in (["--no-augment"], ["--full-vocab"], ["--epochs", "5"]):
+    for extra in (["--no-augment"], ["--full-vocab"], ["--epochs", "5"], ["--replicas", "3"]):
         result = invoke("train", out, "--resume", *extra)
         assert result.exit_code == 2 and f"saved settings; drop {extra[0]} " in result.output, extra
     assert not steps
