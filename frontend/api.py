@@ -115,6 +115,12 @@ def filter_query(flt: ViewFilter) -> dict[str, Any]:
         params[f"{flt.score}_min"] = flt.lo
     if flt.hi is not None:
         params[f"{flt.score}_max"] = flt.hi
+    if flt.memorized:
+        params["memorized"] = "true"
+    if flt.clipmem_q_max is not None:
+        # the score range may bound clipmem_q too: both apply
+        bound = params.get("clipmem_q_max")
+        params["clipmem_q_max"] = flt.clipmem_q_max if bound is None else min(bound, flt.clipmem_q_max)
     return params
 
 
@@ -135,6 +141,14 @@ def run(name: str) -> dict:
 def delete_run(name: str) -> None:
     client().delete(_run_path(name))
     st.cache_data.clear()  # also the experiments the run was part of
+
+
+@per_credential(ttl=RUN)
+def null(name: str) -> dict:
+    """The run's null: the raw scores of its S_E pairs, which neither model trained on, per direction they are
+    the null of ("by_key": {null_for: {"values", "mean", "sd"}}), with the run's fdr and null_pairs. Runs
+    scored before significance testing have none (NotFound)."""
+    return client().get_json(f"{_run_path(name)}/null")
 
 
 @per_credential(ttl=RUN)

@@ -121,19 +121,34 @@ def encoder_scatter(frame: pd.DataFrame, x: str, y: str) -> go.Figure:
 TOWER_COLOURS = {"image": "#2a9d8f", "text": "#e76f51"}
 
 
+def error_bars(estimates: Sequence[float], lo: Sequence[float | None], hi: Sequence[float | None],
+               axis: str = "y") -> dict:
+    """Plotly error bars (`error_y` or `error_x`) that reach from each estimate to [lo, hi]; an estimate
+    without an interval gets none. Plotly wants distances from the estimate, not the interval's ends."""
+    up = [None if h is None or e is None else max(float(h) - float(e), 0.0) for e, h in zip(estimates, hi)]
+    down = [None if low is None or e is None else max(float(e) - float(low), 0.0) for e, low in zip(estimates, lo)]
+    if all(u is None for u in up) and all(d is None for d in down):
+        return {}
+    return {f"error_{axis}": dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.5, width=4)}
+
+
 def layer_curves(layers: Sequence[Mapping], value: str, title: str,
                  reference: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
     """Memorization per transformer block, one line per tower (blocks numbered from the input).
 
-    `layers`: rows with tower, layer and `value`; `reference`: per tower, a dashed curve to compare with."""
+    `layers`: rows with tower, layer and `value`, and the 95% interval of the mean as `{value}_lo` and
+    `{value}_hi` where the run has one (drawn as error bars); `reference`: per tower, a dashed curve to compare
+    with."""
     fig = go.Figure()
     for tower in ("image", "text"):
         rows = sorted((r for r in layers if r["tower"] == tower), key=lambda r: r["layer"])
         if not rows:
             continue
-        fig.add_trace(go.Scatter(x=[r["layer"] for r in rows], y=[r[value] for r in rows], mode="lines+markers",
+        y = [r[value] for r in rows]
+        bars = error_bars(y, [r.get(f"{value}_lo") for r in rows], [r.get(f"{value}_hi") for r in rows])
+        fig.add_trace(go.Scatter(x=[r["layer"] for r in rows], y=y, mode="lines+markers",
                                  name=f"{tower} tower", line=dict(color=TOWER_COLOURS[tower], width=3),
-                                 hovertemplate=f"{tower} block %{{x}}: %{{y:.5f}}<extra></extra>"))
+                                 hovertemplate=f"{tower} block %{{x}}: %{{y:.5f}}<extra></extra>", **bars))
     for tower, values in (reference or {}).items():
         fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers",
                                  name=f"{tower} tower, run mean", line=dict(color=TOWER_COLOURS.get(tower),
@@ -237,4 +252,67 @@ def compare_by_truth(rows: Sequence[Mapping], run_a: str, run_b: str, score: str
     ])
     fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis_title=f"mean {score}",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+NULL_COLOUR = "#c9ced6"
+PAIR_COLOUR = "#d62728"
+
+
+def null_histogram(null: Sequence[float], value: float, lo: float | None, hi: float | None, score: str,
+                   bins: int = 30, height: int = 300) -> go.Figure:
+    """Where a pair's score falls against its null: the same score of pairs neither model trained on.
+
+    Grey bars: the null's histogram (`bins` equal bins over the null's range). The pair: a red line at `value`
+    and a point above the bars whose horizontal error bar is its 95% interval [lo, hi] over the scoring views.
+    The x axis spans the null, the value and the interval, so a pair far in the tail stays in view."""
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    fig = go.Figure()
+    top = 1
+    if len(null):
+        counts, edges = np.histogram(null, bins=bins)
+        top = int(counts.max())
+        fig.add_trace(go.Bar(x=_centres(edges), y=counts, width=np.diff(edges), name="null", marker_color=NULL_COLOUR,
+                             hovertemplate="%{y} null pairs at %{x:.4f}<extra></extra>"))
+    ends = [float(v) for v in ((null.min(), null.max()) if len(null) else ()) + (value, lo, hi) if v is not None]
+    span = max(ends) - min(ends) or 1e-3
+    fig.add_vline(x=value, line_color=PAIR_COLOUR, line_width=2)
+    fig.add_trace(go.Scatter(x=[value], y=[top * 1.08], mode="markers", name="this pair",
+                             marker=dict(color=PAIR_COLOUR, size=10), **error_bars([value], [lo], [hi], axis="x"),
+                             hovertemplate="this pair %{x:.4f}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), bargap=0.02, showlegend=False,
+                      xaxis=dict(title=score, range=[min(ends) - 0.05 * span, max(ends) + 0.05 * span]),
+                      yaxis=dict(title="null pairs", range=[0, top * 1.2]))
+    return fig
+
+
+def interval_bars(categories: Sequence[str], series: Mapping[str, Sequence[tuple[float, float | None, float | None]]],
+                  yaxis_title: str, colours: Mapping[str, str] | None = None, height: int = 320) -> go.Figure:
+    """Grouped bars, one group per category and one bar per series, each with its 95% interval as an error
+    bar. `series`: name -> one (estimate, lo, hi) per category; lo/hi None draws no error bar."""
+    fig = go.Figure()
+    spare = iter(OTHER_COLOURS * (1 + len(series) // len(OTHER_COLOURS)))
+    for name, values in series.items():
+        estimates = [v[0] for v in values]
+        fig.add_trace(go.Bar(x=list(categories), y=estimates, name=name,
+                             marker_color=(colours or {}).get(name) or next(spare),
+                             **error_bars(estimates, [v[1] for v in values], [v[2] for v in values]),
+                             hovertemplate=f"{name}, %{{x}}: %{{y:.5f}}<extra></extra>"))
+    fig.add_hline(y=0, line_color="#999", line_width=1)
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10), yaxis_title=yaxis_title,
+                      yaxis=dict(exponentformat="e"), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+def flagged_bars(rows: Sequence[Mapping]) -> go.Figure:
+    """The fraction of each truth tag's pairs flagged memorized (rows: truth, pairs, flagged, fraction)."""
+    tags = [r["truth"] for r in rows]
+    colours = truth_colour_map(tags)
+    fig = go.Figure(go.Bar(
+        x=tags, y=[r["fraction"] for r in rows], marker_color=[colours[t] for t in tags],
+        text=[f"{r['flagged']:,} of {r['pairs']:,}" for r in rows], textposition="outside",
+        hovertemplate="%{x}: %{y:.1%} flagged (%{text})<extra></extra>"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
+                      yaxis=dict(title="flagged memorized", tickformat=".0%", range=[0, 1.1]))
     return fig

@@ -11,6 +11,8 @@ Query parameters:
     truth          a ground-truth tag (clean, swapped, ...)
     tag            a user tag
     q              caption substring (case-insensitive)
+    memorized      true: only pairs flagged memorized (clipmem_q <= the run's FDR)
+    clipmem_q_max  only pairs whose q-value is at most this (an FDR level of the user's choosing)
     sort, order    sort by a score, desc or asc
     size           pairs per page
     cursor, back   keyset position of the page shown, and the cursors of the pages before it
@@ -30,7 +32,11 @@ ORDERS = ("desc", "asc")
 PAGE_SIZES = (24, 48, 96)
 
 # the keys of ViewFilter, and the paging keys that belong to one filter
-FILTER_KEYS = ("run", "score", "lo", "hi", "split", "truth", "tag", "q", "sort", "order", "size")
+FILTER_KEYS = ("run", "score", "lo", "hi", "split", "truth", "tag", "q", "memorized", "clipmem_q_max", "sort", "order",
+               "size")
+# the score the significance filters read; runs scored before significance testing lack it
+Q_SCORE = "clipmem_q"
+TRUE_WORDS = ("true", "1", "yes", "on")
 PAGING_KEYS = ("cursor", "back")
 
 
@@ -79,6 +85,14 @@ def format_score(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def format_probability(value: float | None) -> str:
+    """A p- or q-value: three decimals, or two significant digits in scientific notation below 0.001 (a fitted
+    tail gives p-values far below the null's 1/(m + 1), and "0.000" would read as impossible)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
 @dataclass(frozen=True)
 class ViewFilter:
     run: str | None = None
@@ -89,6 +103,8 @@ class ViewFilter:
     truth: str | None = None
     tag: str | None = None
     q: str | None = None
+    memorized: bool = False
+    clipmem_q_max: float | None = None
     sort: str = DEFAULT_SCORE
     order: str = "desc"
     size: int = PAGE_SIZES[0]
@@ -102,6 +118,7 @@ class ViewFilter:
         split = _text(get("split"))
         order = _text(get("order"))
         size = _int(get("size"))
+        q_max = _float(get("clipmem_q_max"))
         return cls(
             run=_text(get("run")),
             score=_text(get("score")) or DEFAULT_SCORE,
@@ -111,6 +128,8 @@ class ViewFilter:
             truth=_text(get("truth")),
             tag=_text(get("tag")),
             q=_text(get("q")),
+            memorized=(_text(get("memorized")) or "").lower() in TRUE_WORDS,
+            clipmem_q_max=q_max if q_max is not None and 0.0 <= q_max <= 1.0 else None,
             sort=_text(get("sort")) or DEFAULT_SCORE,
             order=order if order in ORDERS else "desc",
             size=size if size in PAGE_SIZES else PAGE_SIZES[0],
@@ -124,7 +143,10 @@ class ViewFilter:
             value = getattr(self, f.name)
             if value is None or value == getattr(default, f.name):
                 continue
-            out[f.name] = repr(float(value)) if f.name in ("lo", "hi") else str(value)
+            if f.name == "memorized":
+                out[f.name] = "true"
+            else:
+                out[f.name] = repr(float(value)) if f.name in ("lo", "hi", "clipmem_q_max") else str(value)
         return out
 
     def with_scores(self, available: tuple[str, ...] | list[str]) -> "ViewFilter":
@@ -134,6 +156,8 @@ class ViewFilter:
             changes.update(score=DEFAULT_SCORE, lo=None, hi=None)
         if self.sort not in available:
             changes["sort"] = DEFAULT_SCORE
+        if Q_SCORE not in available and (self.memorized or self.clipmem_q_max is not None):
+            changes.update(memorized=False, clipmem_q_max=None)
         return replace(self, **changes) if changes else self
 
     def has_range(self) -> bool:
@@ -154,6 +178,10 @@ class ViewFilter:
             parts.append(f"user tag {self.tag}")
         if self.q:
             parts.append(f"caption contains “{self.q}”")
+        if self.memorized:
+            parts.append("flagged memorized")
+        if self.clipmem_q_max is not None:
+            parts.append(f"q ≤ {format_probability(self.clipmem_q_max)}")
         return ", ".join(parts) if parts else "all scored pairs"
 
 

@@ -12,7 +12,8 @@ import streamlit as st
 
 from clipmem.frontend import api, charts
 from clipmem.frontend.client import BackendError, BackendUnreachable, NotFound, Unauthorized, api_url
-from clipmem.frontend.state import FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, Paging, ViewFilter, format_score
+from clipmem.frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, Q_SCORE, Paging, ViewFilter,
+                                    format_probability, format_score)
 from clipmem.scoring.columns import SCORED_SPLITS
 
 T = TypeVar("T")
@@ -240,6 +241,12 @@ def _keys() -> dict[str, str]:
     return {name: _prefix() + name for name in FILTER_WIDGETS}
 
 
+def _significance_keys() -> dict[str, str]:
+    """The keys of the memorized filters, kept apart from `_keys`: a run scored before significance testing
+    never draws these widgets, so their state is not there to tell whether the sidebar was dropped."""
+    return {name: _prefix() + name for name in ("memorized", "clipmem_q_max")}
+
+
 def _range_key(score: str) -> str:
     return f"{_prefix()}range_{score}"
 
@@ -261,6 +268,9 @@ def _set_widgets(flt: ViewFilter) -> None:
     state[KEYS["sort"]] = flt.sort
     state[KEYS["order"]] = flt.order
     state[KEYS["size"]] = flt.size
+    SIGNIFICANCE = _significance_keys()
+    state[SIGNIFICANCE["memorized"]] = flt.memorized
+    state[SIGNIFICANCE["clipmem_q_max"]] = flt.clipmem_q_max
     for key in [k for k in state if str(k).startswith(_prefix() + "range_")]:
         del state[key]
     state[_prefix() + "synced"] = flt.to_params()  # the filter the widgets were set from
@@ -278,8 +288,12 @@ def _filter_from_widgets(run: dict) -> ViewFilter:
         lo = None if chosen[0] <= lo_end else float(chosen[0])
         hi = None if chosen[1] >= hi_end else float(chosen[1])
     pick = lambda key: None if state[KEYS[key]] == ALL else state[KEYS[key]]  # noqa: E731
+    SIGNIFICANCE = _significance_keys()
+    q_max = state.get(SIGNIFICANCE["clipmem_q_max"])
     return ViewFilter(run=run["name"], score=score, lo=lo, hi=hi, split=pick("split"), truth=pick("truth"),
-                      tag=pick("tag"), q=(state[KEYS["q"]] or "").strip() or None, sort=state[KEYS["sort"]],
+                      tag=pick("tag"), q=(state[KEYS["q"]] or "").strip() or None,
+                      memorized=bool(state.get(SIGNIFICANCE["memorized"])),
+                      clipmem_q_max=None if q_max is None else float(q_max), sort=state[KEYS["sort"]],
                       order=state[KEYS["order"]], size=state[KEYS["size"]])
 
 
@@ -323,6 +337,8 @@ def filter_sidebar(run: dict, flt: ViewFilter, page_size: bool = True) -> None:
     side.slider(f"{score} between", min_value=lo_end, max_value=hi_end, step=(hi_end - lo_end) / 200,
                 key=range_key, on_change=_on_change, format="%.3f")
 
+    significance_filters(run, _on_change)
+
     side.selectbox("Split", [ALL, *SCORED_SPLITS], key=KEYS["split"], on_change=_on_change,
                    format_func=lambda s: {"candidate": "candidate · S_C, trained into f",
                                           "independent": "independent · S_I, trained into g"}.get(s, s),
@@ -355,6 +371,31 @@ def filter_sidebar(run: dict, flt: ViewFilter, page_size: bool = True) -> None:
                                 config={"displayModeBar": False, "staticPlot": True}, key=f"range_hist_{score}")
 
 
+def flagged_rows(run: dict) -> list[dict] | None:
+    """The run's pairs flagged memorized per truth tag, "all" last: [{truth, pairs, flagged, fraction}]; None for
+    a run scored before significance testing."""
+    return run.get("flagged_by_truth") or None
+
+
+def significance_filters(run: dict, on_change: Callable[[], None]) -> None:
+    """The sidebar's memorized filters: the run's own flag (q ≤ its FDR) and a q threshold of the user's
+    choosing; for a run scored before significance testing, a note saying why there are none."""
+    side = st.sidebar
+    if Q_SCORE not in run["score_names"]:
+        side.caption(":material/info: This run was scored before significance testing: its pairs have no p- or "
+                     "q-values, so they cannot be filtered by them.")
+        return
+    SIGNIFICANCE = _significance_keys()
+    side.checkbox("Only memorized pairs", key=SIGNIFICANCE["memorized"], on_change=on_change,
+                  help=f"Pairs the run flagged memorized at FDR {run['fdr']:g}: their A_f − A_g is higher than the "
+                       "run's null (the same score of pairs neither model trained on) allows, after "
+                       f"Benjamini–Hochberg correction over the run's scored pairs (q ≤ {run['fdr']:g}).")
+    side.number_input("q at most", key=SIGNIFICANCE["clipmem_q_max"], on_change=on_change, value=None,
+                      min_value=0.0, max_value=1.0, step=0.01, format="%.3f", placeholder="any q",
+                      help="Keep pairs whose Benjamini–Hochberg q-value is at most this: the expected share of "
+                           "false discoveries among the pairs kept. Empty: no bound.")
+
+
 # ---------------------------------------------------------------- small pieces
 
 TRUTH_BADGE_COLOURS = {"clean": "green", "swapped": "red", "wrong_attribute": "orange", "vague": "yellow",
@@ -380,3 +421,13 @@ def escape_md(text: str) -> str:
 
 def score_text(value: float | None, digits: int = 3) -> str:
     return format_score(value, digits)
+
+
+def memorized_badge(memorized: bool | None, q: float | None) -> str:
+    """Markdown for a pair's flag: a red "memorized" badge and its q when flagged, its q in grey when not; empty
+    for a pair of a run scored before significance testing (no q). The q stays outside the badge, which would cut
+    it off on a narrow tile."""
+    if q is None:
+        return ""
+    q_text = f"q\u00a0=\u00a0{format_probability(q)}"  # no line break inside
+    return f":red-badge[:material/flag: memorized] {q_text}" if memorized else f":gray[{q_text}]"

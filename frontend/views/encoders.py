@@ -43,19 +43,49 @@ def tower_scores(run: dict, summary: dict) -> None:
     with means_col:
         overall = next((t for t in summary["by_truth"] if t["truth"] == "all"), None)
         if overall is not None:
-            leader = "text" if overall["text_exceeds_image"] else "image"
-            st.markdown(f"Over the run's {overall['pairs']:,} scored pairs the **{leader} tower** carries more of "
-                        "the memorization (the published finding on COCO: the text tower).")
+            st.markdown(tower_finding(overall))
+            if overall.get("verdict"):
+                st.caption(f"Over all scored pairs: {overall['verdict']}.")
         left, right = st.columns(2)
         left.metric("Pearson r, image vs text", ui.score_text(summary["pearson"]))
         right.metric("Spearman ρ", ui.score_text(summary["spearman"]))
-        table = pd.DataFrame([{"truth": t["truth"], "pairs": t["pairs"],
-                               **{TOWER_COLUMNS[k]: v for k, v in t["means"].items() if k in TOWER_COLUMNS}}
-                              for t in summary["by_truth"]])
-        st.dataframe(table, hide_index=True, width="stretch", key="tower_means",
-                     column_config={c: st.column_config.NumberColumn(format="%.5f") for c in TOWER_COLUMNS.values()})
-        st.caption("Raw means per truth tag. The swap drops are how much memorization falls when that tower of "
-                   "the model trained with the pair is replaced by the other model's.")
+    tower_means(summary["by_truth"])
+
+
+def tower_finding(overall: dict) -> str:
+    """Which tower carries more of the memorization, said only when the interval of the difference excludes 0."""
+    pairs = f"Over the run's {overall['pairs']:,} scored pairs"
+    if overall["text_exceeds_image"] or overall.get("image_exceeds_text"):
+        leader = "text" if overall["text_exceeds_image"] else "image"
+        return (f"{pairs} the **{leader} tower** carries more of the memorization (the published finding on COCO: "
+                "the text tower).")
+    return (f"{pairs} **neither tower** carries clearly more of the memorization: text side and image side are not "
+            "distinguishable at this run's size.")
+
+
+def tower_means(by_truth: list[dict]) -> None:
+    """Image-side and text-side means per truth tag with their 95% intervals, and the verdict of each tag."""
+    tags = [t["truth"] for t in by_truth]
+    series = {}
+    for column, label in (("mem_image_raw", "image side"), ("mem_text_raw", "text side")):
+        series[label] = [(t["means"][column], (t.get("intervals") or {}).get(column, {}).get("lo"),
+                          (t.get("intervals") or {}).get(column, {}).get("hi")) for t in by_truth]
+    st.plotly_chart(charts.interval_bars(tags, series, "mean memorization (raw)",
+                                         colours={"image side": charts.TOWER_COLOURS["image"],
+                                                  "text side": charts.TOWER_COLOURS["text"]}),
+                    key="tower_means_chart")
+    st.caption("Mean image-side and text-side memorization per truth tag; error bars are 95% bootstrap intervals "
+               "over the tag's pairs. A tower carries more only where the interval of the difference excludes 0.")
+    table = pd.DataFrame([{"truth": t["truth"], "pairs": t["pairs"],
+                           **{TOWER_COLUMNS[k]: v for k, v in t["means"].items() if k in TOWER_COLUMNS},
+                           "text against image": t.get("verdict"), "swap drops": t.get("swap_verdict")}
+                          for t in by_truth]).dropna(axis="columns", how="all")
+    st.dataframe(table, hide_index=True, width="stretch", key="tower_means",
+                 column_config={**{c: st.column_config.NumberColumn(format="%.5f") for c in TOWER_COLUMNS.values()},
+                                "text against image": st.column_config.TextColumn(width="large"),
+                                "swap drops": st.column_config.TextColumn(width="large")})
+    st.caption("Raw means per truth tag. The swap drops are how much memorization falls when that tower of "
+               "the model trained with the pair is replaced by the other model's.")
 
 
 def layer_section(run: dict, summary: dict) -> None:
@@ -75,7 +105,10 @@ def layer_section(run: dict, summary: dict) -> None:
     right.plotly_chart(charts.layer_curves(chosen, "delta_layer_mem", "ΔLayerMem: increase over the previous block"),
                        key="layer_delta_chart")
     pairs = chosen[0]["pairs"] if chosen else 0
-    st.caption(f"Means over {pairs:,} pairs. Blocks are numbered from the input; the last block feeds the "
+    bars = ("Error bars: 95% bootstrap intervals over the pairs." if any(r.get("layer_mem_lo") is not None
+                                                                       for r in chosen)
+            else "This run's layer means have no intervals (scored before they were measured).")
+    st.caption(f"Means over {pairs:,} pairs. {bars} Blocks are numbered from the input; the last block feeds the "
                "projection into the joint space.")
     curve_ids = summary["curve_sample_ids"]
     if curve_ids:

@@ -41,6 +41,9 @@ def tile(run: dict, flt: ViewFilter, item: dict, image: bytes | str | None) -> N
         st.markdown(ui.escape_md(short(item["caption"])), help=item["caption"] if len(item["caption"]) >
                     CAPTION_CHARS else None)
         line = f"CLIPMem **{ui.score_text(item['scores']['clipmem'])}** {ui.truth_badge(item['truth'])}"
+        flag = ui.memorized_badge(item.get("memorized"), item["scores"].get("clipmem_q"))
+        if flag:
+            line += f"  \n{flag}"
         if flt.sort != "clipmem":
             line += f"  \n`{flt.sort}` {ui.score_text(item['scores'].get(flt.sort))}"
         if item.get("tags"):

@@ -18,6 +18,13 @@ SUMMARY_COLUMNS = ["grid", "method", "value", "metric", "mean", "std", "n"]
 EXPERIMENT_INT_COLUMNS = ("seed", "captions_per_image", "removal_count")
 KINDS = {"faulty": "faulty pairs (every truth tag but clean)", "swapped": "swapped captions"}
 
+
+def interval_columns(intervals: dict | None) -> dict[str, str]:
+    """The 95% interval of each mean that has one, as text beside it."""
+    return {f"{name} 95% interval": f"{i['lo']:.4f} to {i['hi']:.4f}" for name, i in (intervals or {}).items()
+            if i.get("lo") is not None and i.get("hi") is not None}
+
+
 run = ui.pick_run("runs")
 run_name = run["name"]
 summaries = ui.fetch(api.runs)
@@ -33,6 +40,8 @@ for s in summaries:
     means = (detail.get("score_summary") or {}).get("means", {})
     row = {"run": s["name"], "dataset": s["dataset_kind"], "model": s["model"], "scored pairs": s["n_scored"],
            "mean CLIPMem": s["mean_clipmem"], "mean contrastive": means.get("clipmem_contrastive")}
+    flagged = next((r for r in ui.flagged_rows(detail) or [] if r["truth"] == "all"), None)
+    row["flagged memorized"] = None if flagged is None else flagged["flagged"]
     for metric, value in ((detail.get("utility") or {}).get("f") or {}).items():
         row[metric] = value
     if any(r.get("experiment") for r in summaries):
@@ -109,6 +118,25 @@ if experiments:
         st.dataframe(per_run, hide_index=True, width="stretch", key="experiment_runs_table",
                      column_config={c: st.column_config.NumberColumn(format="%.4f") for c in numbers})
 
+# ---------------------------------------------------------------- pairs flagged memorized in the chosen run
+st.header(f"Pairs flagged memorized · {run_name}", anchor=False)
+flagged_rows = ui.flagged_rows(run)
+if flagged_rows is None:
+    st.info("This run was scored before significance testing: its pairs have no p- or q-values, so none is "
+            "flagged. Scoring it again with this version of clipmem tests every pair against the run's null.",
+            icon=":material/info:")
+else:
+    table_col, chart_col = st.columns([2, 3], gap="large")
+    with table_col:
+        st.dataframe(pd.DataFrame(flagged_rows, columns=["truth", "pairs", "flagged", "fraction"]), hide_index=True,
+                     width="stretch", key="flagged_table",
+                     column_config={"fraction": st.column_config.NumberColumn(format="percent")})
+        st.caption("A pair is flagged when its q-value (Benjamini–Hochberg over the run's scored pairs) is at most "
+                   f"the run's FDR of {run['fdr']:g}: its A_f − A_g is beyond what training two models gives pairs "
+                   "neither trained on.")
+    with chart_col:
+        st.plotly_chart(charts.flagged_bars([r for r in flagged_rows if r["truth"] != "all"]), key="flagged_chart")
+
 # ---------------------------------------------------------------- detection quality of the chosen run
 st.header(f"Detection quality · {run_name}", anchor=False)
 detection = ui.fetch_part(api.detection, run_name, what="detection quality")
@@ -154,9 +182,12 @@ if detection is not None:
 
 by_truth = run["score_summary"]["by_truth"]
 with st.expander(f"Mean of every score by truth tag · {run_name}"):
-    st.dataframe(pd.DataFrame([{"truth": b["truth"], "pairs": b["pairs"], **b["means"]} for b in by_truth]),
-                 hide_index=True, width="stretch",
+    st.dataframe(pd.DataFrame([{"truth": b["truth"], "pairs": b["pairs"], **b["means"],
+                                **interval_columns(b.get("intervals"))} for b in by_truth]),
+                 hide_index=True, width="stretch", key="means_by_truth",
                  column_config={name: st.column_config.NumberColumn(format="%.4f") for name in run["score_names"]})
+    if not any(b.get("intervals") for b in by_truth):
+        st.caption("This run was ingested before means carried intervals.")
 
 # ---------------------------------------------------------------- comparison
 st.header("Compare two runs", anchor=False)

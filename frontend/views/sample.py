@@ -9,7 +9,7 @@ import streamlit as st
 
 from clipmem.frontend import api, charts, ui
 from clipmem.frontend.client import BackendError
-from clipmem.frontend.state import ViewFilter
+from clipmem.frontend.state import Q_SCORE, ViewFilter, format_probability
 
 # the API's rule for user tags (it checks it too; this explains a refusal before asking)
 TAG_RULE = re.compile(r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$")
@@ -18,6 +18,46 @@ NEIGHBOUR_PX = 96
 NEIGHBOURS = 8
 SPLIT_WORDS = {"candidate": "S_C · trained into f only", "independent": "S_I · trained into g only",
                "shared": "S_S · trained into both models", "extra": "S_E · held out from both models"}
+
+
+def against_the_null(run: dict, item: dict, scores: dict) -> None:
+    """The pair's A_f − A_g with its interval over the scoring views, drawn over the run's null (the same
+    score of S_E pairs, which neither model trained on, in this pair's direction), with its p- and q-value."""
+    st.subheader("Memorized beyond the noise of training two models?", anchor=False)
+    if Q_SCORE not in scores:
+        st.info("This run was scored before significance testing: it has no null distribution, so this pair has no "
+                "p- or q-value and no interval. Scoring the run again with this version of clipmem adds them.",
+                icon=":material/info:")
+        return
+    null = ui.fetch_part(api.null, run["name"], what="the run's null distribution")
+    if null is None:
+        return
+    key = item["null_for"]
+    values = (null["by_key"].get(key) or {}).get("values") or []
+    raw = scores["clipmem_raw"]
+    interval = item.get("interval") or {}
+    lo, hi = interval.get("lo"), interval.get("hi")
+    numbers_col, chart_col = st.columns([1, 2], gap="large")
+    with numbers_col:
+        st.metric(f"At FDR {run['fdr']:g}", "memorized" if item["memorized"] else "not flagged")
+        cells = st.columns(2)
+        cells[0].metric("p-value", format_probability(scores.get("clipmem_p")),
+                        help="One-sided: the chance that a pair neither model trained on scores at least this "
+                             "high. Beyond the null's range a fitted tail gives values below 1/(null pairs + 1).")
+        cells[1].metric("q-value", format_probability(scores.get(Q_SCORE)),
+                        help="Benjamini–Hochberg over the run's scored pairs: flagged when q ≤ the run's FDR.")
+        if lo is not None and hi is not None:
+            st.markdown(f"A_f − A_g = **{raw:.4f}**, 95% interval over the scoring views "
+                        f"**{lo:.4f} to {hi:.4f}**")
+    with chart_col:
+        if values:
+            st.plotly_chart(charts.null_histogram(values, raw, lo, hi, "A_f − A_g"), key="null_chart")
+            st.caption(f"Grey: A_f − A_g of the run's {len(values):,} held-out S_E pairs, which neither model "
+                       f"trained on, scored the same way in this pair's direction (null “{key}”). Red: this pair, "
+                       "with its 95% interval.")
+        else:
+            st.caption(f"The run's null has no values for this pair's direction (“{key}”).")
+
 
 run = ui.pick_run("sample")
 run_name = run["name"]
@@ -51,7 +91,11 @@ header = [ui.truth_badge(item["truth"]), f"split **{item['split']}** ({SPLIT_WOR
           f"run **{ui.escape_md(run_name)}**"]
 if scores:
     header.append(f"CLIPMem **{ui.score_text(scores['clipmem'])}**")
+    flag = ui.memorized_badge(item.get("memorized"), scores.get(Q_SCORE))
+    if flag:
+        header.append(flag)
 st.markdown(" · ".join(header))
+
 
 # ---------------------------------------------------------------- image, captions, tags
 image_col, text_col = st.columns([2, 3], gap="large")
@@ -116,6 +160,7 @@ else:
     metrics[1].metric("A_g · trained without it", ui.score_text(item["align_g"], 4))
     metrics[2].metric("A_f − A_g", ui.score_text(scores["clipmem_raw"], 4))
     metrics[3].metric("CLIPMem", ui.score_text(scores["clipmem"]))
+    against_the_null(run, item, scores)
 
     views_col, dist_col = st.columns(2, gap="large")
     with views_col:

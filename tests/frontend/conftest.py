@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -40,6 +41,28 @@ def database_url(stack_dir, tiny_run) -> str:
                                       seed=seed)
         ingest(made_up, url, name, stack_dir / "ingest.log")
     return url
+
+
+def probability(value: float) -> str:
+    """A p- or q-value as the pages print it: 3 decimals, 2 significant digits below 0.001."""
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    scores: pd.DataFrame
+    null: pd.DataFrame
+    layers: pd.DataFrame
+    fdr: float  # the FDR the run was scored at
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tiny_run) -> RunFiles:
+    """The tiny run's own files read with pandas, and the FDR it was run at. What the pages show of
+    significance is checked against these, not against the backend that serves them."""
+    run, cfg = tiny_run
+    return RunFiles(pd.read_parquet(run.scores), pd.read_parquet(run.null), pd.read_parquet(run.layers),
+                    cfg.score.fdr)
 
 
 @pytest.fixture(scope="session")

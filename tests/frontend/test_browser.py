@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from tests.frontend.conftest import TINY
+from tests.frontend.conftest import TINY, probability
 from tests.frontend.stack import ARTIFACTS, CHROMIUM, GRID_IMAGE, chromium, dashboard, error_messages, wait_for_app
 from tests.prerequisites import skip_or_fail
 
@@ -64,7 +64,7 @@ def match_count(page) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def test_explore_filter_and_open_a_sample(page, ui_url, api):
+def test_explore_filter_and_open_a_sample(page, ui_url, api, tiny_files):
     page.goto(f"{ui_url}/?run={TINY}")
     page.wait_for_selector(GRID_IMAGE, state="visible", timeout=60_000)
     settle(page)
@@ -104,6 +104,14 @@ def test_explore_filter_and_open_a_sample(page, ui_url, api):
     detail = api.get(f"/runs/{TINY}/samples/{unquote(sample_id)}").json()
     assert detail["captions"] and all(caption in main for caption in detail["captions"])
     assert f"{detail['align_f']:.4f}" in main
+    # the pair against the run's null: the chart drawn, and its p- and q-value as scores.parquet has them
+    pair = tiny_files.scores.set_index("sample_id").loc[unquote(sample_id)]
+    null_chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="null pairs")
+    null_chart.scroll_into_view_if_needed()
+    assert null_chart.count() == 1 and null_chart.locator(".barlayer .point").count() > 0
+    numbers = page.locator('[data-testid="stMetric"]').all_inner_texts()
+    assert any(t.startswith("p-value") and probability(pair["clipmem_p"]) in t for t in numbers), numbers
+    assert any(t.startswith("q-value") and probability(pair["clipmem_q"]) in t for t in numbers), numbers
     shot(page, "sample")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.frontend.conftest import PLAIN, PLAIN_B, TINY
+from tests.frontend.conftest import PLAIN, PLAIN_B, TINY, probability
 
 GRID = 24
 
@@ -40,6 +40,12 @@ def widget(elements, label):
     matches = [e for e in elements if e.label == label]
     assert matches, f"no widget labelled {label!r}"
     return matches[0]
+
+
+def chart_data(at, key: str) -> list[dict]:
+    """The traces of the Plotly chart drawn with `key`, as the browser receives them."""
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id and key in c.proto.id)
+    return json.loads(chart.proto.spec)["data"]
 
 
 # ---------------------------------------------------------------- Explore
@@ -80,6 +86,48 @@ def test_score_slider_filters_by_range(open_page, api):
     assert float(at.query_params["lo"]) == pytest.approx(0.6)
     assert "hi" not in at.query_params  # the top of the range is the run's maximum: no bound
     assert min(tile_scores(at)) >= 0.6
+
+
+def test_only_memorized_pairs_are_those_whose_q_is_within_the_fdr(open_page, tiny_files):
+    scores, fdr = tiny_files.scores, tiny_files.fdr
+    by_clipmem = scores.sort_values("clipmem", ascending=False, kind="stable")
+    flagged = by_clipmem[by_clipmem["clipmem_q"] <= fdr]
+    at = open_page("explore", run=TINY)
+    # every tile carries its q; the flagged ones say so
+    shown = [md.value for md in at.markdown if md.value.startswith("CLIPMem")]
+    top = by_clipmem.head(GRID)
+    assert [re.search(r"q\s=\s([-\d.e]+\d)", line).group(1) for line in shown] == [
+        probability(q) for q in top["clipmem_q"]]
+    assert ["memorized]" in line for line in shown] == list(top["clipmem_q"] <= fdr)
+
+    at.checkbox(key="flt_explore_memorized").check().run()
+    assert not at.exception
+    assert at.query_params["memorized"] == "true"
+    assert count_shown(at) == len(flagged)
+    badges = re.findall(r"memorized\] q\s=\s([-\d.e]+\d)", " ".join(md.value for md in at.markdown))
+    assert badges == [probability(q) for q in flagged["clipmem_q"].head(GRID)]
+
+    # a q threshold of the user's choosing: halfway between two of the run's q-values, so rounding cannot matter
+    at.checkbox(key="flt_explore_memorized").uncheck().run()
+    distinct = np.unique(scores["clipmem_q"])
+    assert len(distinct) > 2, "the tiny run's q-values are all alike: no threshold to test"
+    middle = len(distinct) // 2
+    threshold = round(float(distinct[middle - 1] + distinct[middle]) / 2, 6)
+    at.number_input(key="flt_explore_clipmem_q_max").set_value(threshold).run()
+    assert not at.exception
+    assert float(at.query_params["clipmem_q_max"]) == pytest.approx(threshold)
+    assert count_shown(at) == int((scores["clipmem_q"] <= threshold).sum())
+    assert "memorized" not in at.query_params
+
+
+def test_a_run_scored_before_significance_has_no_memorized_filter(open_page, api):
+    """PLAIN_B is made up without null.parquet or p/q columns, as runs scored before significance testing: a link
+    asking for its memorized pairs shows all its pairs, and the sidebar says why there is no such filter."""
+    at = open_page("explore", run=PLAIN_B, memorized="true", clipmem_q_max="0.01")
+    assert count_shown(at) == backend_total(api, PLAIN_B) == 120
+    assert not at.checkbox and not at.number_input
+    assert any("scored before significance testing" in c.value for c in at.sidebar.caption)
+    assert not any(re.search(r"q\s=\s", md.value) for md in at.markdown)
 
 
 def test_caption_search_sort_order_and_other_score(open_page, api):
@@ -166,13 +214,48 @@ def test_sample_page_shows_the_pair_in_full(open_page, api):
     assert metrics["CLIPMem"] == "1.000"
     has_curve = pair["sample_id"] in api.get(f"/runs/{TINY}/encoders").json()["curve_sample_ids"]
     charts = {c.proto.id for c in at.get("plotly_chart")}
-    assert len(charts) == 2 + has_curve  # per-view alignments, place in the distribution, its layer curve
+    # the pair against the null, per-view alignments, place in the distribution, its layer curve
+    assert len(charts) == 3 + has_curve
     headers = [s.value for s in at.subheader]
     seen_by = detail["seen_by"]
     assert f"Model {seen_by} · trained with this pair" in headers
     assert any(h.endswith("trained without it") for h in headers)
     assert len(at.get("image")) == 1 + 2 * 8  # the pair, and 8 nearest images under each model
     assert len(at.dataframe) >= 2
+
+
+def test_sample_page_draws_the_pair_against_its_null(open_page, tiny_files):
+    scores, null, fdr = tiny_files.scores, tiny_files.null, tiny_files.fdr
+    for pair in (scores.loc[scores["clipmem_q"].idxmin()], scores.loc[scores["clipmem_q"].idxmax()]):
+        at = open_page("sample", run=TINY, sample=pair["sample_id"])
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["p-value"] == probability(pair["clipmem_p"])
+        assert metrics["q-value"] == probability(pair["clipmem_q"])
+        assert metrics[f"At FDR {fdr:g}"] == ("memorized" if pair["clipmem_q"] <= fdr else "not flagged")
+        bars, point = chart_data(at, "null_chart")
+        # the null of the pair's direction: the S_E pairs' raw scores with its split as null_for (published scheme)
+        own = null.loc[null["null_for"] == pair["split"], "clipmem_raw"].to_numpy()
+        assert len(own) == (null["null_for"] == pair["split"]).sum() > 0
+        counts = plotly_array(bars["y"])
+        assert sum(counts) == len(own)
+        centres, widths = np.asarray(plotly_array(bars["x"])), np.asarray(plotly_array(bars["width"]))
+        assert centres[0] - widths[0] / 2 == pytest.approx(own.min()) and \
+            centres[-1] + widths[-1] / 2 == pytest.approx(own.max())
+        # the pair: its raw score, and its interval over the views as the error bar
+        assert plotly_array(point["x"]) == pytest.approx([pair["clipmem_raw"]])
+        assert plotly_array(point["error_x"]["array"]) == pytest.approx([pair["clipmem_raw_hi"] - pair["clipmem_raw"]])
+        assert plotly_array(point["error_x"]["arrayminus"]) == pytest.approx(
+            [pair["clipmem_raw"] - pair["clipmem_raw_lo"]])
+        text = " ".join(md.value for md in at.markdown)
+        assert f"{pair['clipmem_raw_lo']:.4f} to {pair['clipmem_raw_hi']:.4f}" in text
+
+
+def test_sample_page_of_a_run_scored_before_significance_says_so(open_page, api):
+    pair = top_pair(api, PLAIN_B)
+    at = open_page("sample", run=PLAIN_B, sample=pair["sample_id"])
+    assert any("scored before significance testing" in i.value for i in at.info)
+    assert not [c for c in at.get("plotly_chart") if c.proto.id and "null_chart" in c.proto.id]
+    assert {m.label for m in at.metric} == {"A_f · trained with it", "A_g · trained without it", "A_f − A_g", "CLIPMem"}
 
 
 def test_tags_are_added_filtered_and_removed(open_page, api):
@@ -235,19 +318,73 @@ def test_encoders_page_says_what_a_run_without_attribution_lacks(open_page):
     assert not at.exception and len(at.get("plotly_chart")) == 2
 
 
-def test_encoders_page_compares_the_towers_and_their_layers(open_page, api):
+def normal_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """(mean, lo, hi): the normal-approximation 95% interval of a mean, a second method beside the bootstrap."""
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
+
+
+def test_encoders_page_compares_the_towers_and_their_layers(open_page, api, tiny_files):
     summary = api.get(f"/runs/{TINY}/encoders").json()
     assert summary["has_tower_scores"] and summary["layers"] and summary["curve_sample_ids"]
     at = open_page("encoders", run=TINY)
     assert not at.info
-    # the per-pair scatter, LayerMem and ΔLayerMem, one pair's layer curve, the two maps
-    assert len(at.get("plotly_chart")) == 6
+    # the per-pair scatter, means per truth tag, LayerMem and ΔLayerMem, one pair's layer curve, the two maps
+    assert len(at.get("plotly_chart")) == 7
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Pearson r, image vs text"] == f"{summary['pearson']:.3f}"
     means = next(d.value for d in at.dataframe if "image side" in d.value.columns)
     assert list(means["truth"]) == [t["truth"] for t in summary["by_truth"]]
-    leader = "text" if summary["by_truth"][0]["text_exceeds_image"] else "image"
-    assert any(f"the **{leader} tower** carries more" in md.value for md in at.markdown)
+
+    # the bars: each side's mean per truth tag from scores.parquet; the error bars of the large groups agree with
+    # a normal-approximation interval (the bootstrap's percentile ends differ from it by sampling only)
+    scores = tiny_files.scores
+    groups = {"all": scores, **dict(iter(scores.groupby("truth")))}
+    image_bars, text_bars = chart_data(at, "tower_means_chart")
+    tags = plotly_array(image_bars["x"])
+    assert tags == list(means["truth"])
+    for bars, column in ((image_bars, "mem_image_raw"), (text_bars, "mem_text_raw")):
+        heights = dict(zip(tags, plotly_array(bars["y"])))
+        up = dict(zip(tags, plotly_array(bars["error_y"]["array"])))
+        down = dict(zip(tags, plotly_array(bars["error_y"]["arrayminus"])))
+        for tag in tags:
+            values = groups[tag][column].to_numpy()
+            assert heights[tag] == pytest.approx(values.mean(), abs=1e-9)
+            if len(values) >= 100:
+                mean, lo, hi = normal_interval(values)
+                assert heights[tag] + up[tag] == pytest.approx(hi, abs=0.2 * (hi - mean))
+                assert heights[tag] - down[tag] == pytest.approx(lo, abs=0.2 * (hi - mean))
+
+    # the verdict over all pairs: the paired difference text - image per pair, and its direction when a normal
+    # interval leaves no doubt about it
+    difference = (scores["mem_text_raw"] - scores["mem_image_raw"]).to_numpy()
+    mean, lo, hi = normal_interval(difference)
+    caption = next(c.value for c in at.caption if c.value.startswith("Over all scored pairs: "))
+    found = re.search(r"(text side|image side)(?: > | and )(text side|image side).*\(difference (-?[\d.]+), 95% CI "
+                      r"(-?[\d.]+) to (-?[\d.]+)\)", caption)
+    assert found, caption
+    sign = 1 if found.group(1) == "text side" else -1
+    shown = sign * float(found.group(3))
+    assert shown == pytest.approx(mean, abs=10 ** -(len(found.group(3).split(".")[1])))
+    finding = " ".join(md.value for md in at.markdown if md.value.startswith("Over the run's"))
+    if lo > 0.2 * (hi - mean):
+        assert "text side > image side" in caption and "the **text tower** carries more" in finding
+    elif hi < -0.2 * (hi - mean):
+        assert "image side > text side" in caption and "the **image tower** carries more" in finding
+    elif abs(mean) < 0.8 * (hi - mean):
+        assert "not distinguishable at this run's size" in caption and "**neither tower**" in finding
+
+    # LayerMem per block with the intervals of layers.parquet as error bars
+    layers = tiny_files.layers
+    drawn = {trace["name"]: trace for trace in chart_data(at, "layer_mem_chart")}
+    for tower in ("image", "text"):
+        rows = layers[(layers["tower"] == tower) & (layers["truth"] == "all")].sort_values("layer")
+        trace = drawn[f"{tower} tower"]
+        assert plotly_array(trace["y"]) == pytest.approx(rows["layer_mem"].tolist())
+        assert plotly_array(trace["error_y"]["array"]) == pytest.approx(
+            (rows["layer_mem_hi"] - rows["layer_mem"]).tolist())
+        assert plotly_array(trace["error_y"]["arrayminus"]) == pytest.approx(
+            (rows["layer_mem"] - rows["layer_mem_lo"]).tolist())
     at.selectbox(key="layer_truth").select("clean").run()
     at.button_group(key="side_scale").set_value("raw").run()
     assert not at.exception
@@ -260,7 +397,7 @@ def test_encoders_page_compares_the_towers_and_their_layers(open_page, api):
 
 # ---------------------------------------------------------------- Runs
 
-def test_runs_page_lists_runs_tradeoff_detection_and_comparison(open_page, api):
+def test_runs_page_lists_runs_tradeoff_detection_and_comparison(open_page, api, tiny_files):
     at = open_page("runs", run=TINY)
     runs_table = at.dataframe[0].value
     assert set(runs_table["run"]) == {TINY, PLAIN, PLAIN_B}
@@ -269,7 +406,24 @@ def test_runs_page_lists_runs_tradeoff_detection_and_comparison(open_page, api):
     table = next(d.value for d in at.dataframe if "AUROC" in d.value.columns)
     assert list(table["score"]) == [row["score"] for row in detection["faulty"]]
     assert table["AUROC"].tolist() == pytest.approx([row["auroc"] for row in detection["faulty"]])
-    assert len(at.get("plotly_chart")) == 2  # trade-off, ROC
+    assert len(at.get("plotly_chart")) == 3  # trade-off, flagged pairs per truth tag, ROC
+    # flagged pairs per truth tag, as counted from the run's scores.parquet
+    scores, fdr = tiny_files.scores, tiny_files.fdr
+    flags = scores.assign(flagged=scores["clipmem_q"] <= fdr).groupby("truth")["flagged"].agg(["size", "sum"])
+    flagged = next(d.value for d in at.dataframe if "flagged" in d.value.columns).set_index("truth")
+    assert list(flagged.index) == [*sorted(flags.index), "all"]
+    for tag, row in flags.iterrows():
+        assert (flagged.loc[tag, "pairs"], flagged.loc[tag, "flagged"]) == (row["size"], row["sum"])
+        assert flagged.loc[tag, "fraction"] == pytest.approx(row["sum"] / row["size"])
+    assert flagged.loc["all", "flagged"] == flags["sum"].sum()
+    assert runs_table.set_index("run").loc[TINY, "flagged memorized"] == flags["sum"].sum()
+    # the mean of clipmem_raw over the clean pairs with its interval, against a normal-approximation interval
+    means = next(d.value for d in at.dataframe if "clipmem_raw 95% interval" in d.value.columns).set_index("truth")
+    clean = scores.loc[scores["truth"] == "clean", "clipmem_raw"].to_numpy()
+    mean, lo, hi = normal_interval(clean)
+    assert means.loc["clean", "clipmem_raw"] == pytest.approx(mean, rel=1e-5)
+    shown_lo, shown_hi = map(float, means.loc["clean", "clipmem_raw 95% interval"].split(" to "))
+    assert shown_lo == pytest.approx(lo, abs=0.2 * (hi - mean)) and shown_hi == pytest.approx(hi, abs=0.2 * (hi - mean))
     at.radio(key="detection_kind").set_value("swapped").run()
     assert not at.exception
     assert any("no scored pair in common" in i.value for i in at.info)  # tiny and the made-up runs
@@ -282,6 +436,9 @@ def test_runs_page_compares_two_runs(open_page, api):
     expected = api.get("/comparisons", params={"run_a": PLAIN, "run_b": PLAIN_B, "score": "clipmem", "k": 100}).json()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Pairs scored in both"] == f"{expected['shared_pairs']:,}" == "120"
+    # a run scored before significance testing: no flagged pairs to count, and a note saying why
+    assert any("scored before significance testing" in i.value for i in at.info)
+    assert pd.isna(at.dataframe[0].value.set_index("run").loc[PLAIN, "flagged memorized"])
     assert metrics["Spearman rank correlation"] == f"{expected['spearman']:.3f}"
     assert len(at.get("plotly_chart")) == 3  # trade-off, ROC, means by truth tag in both runs
 

@@ -121,3 +121,95 @@ def test_roc_from_histograms_matches_the_exact_auroc():
     binned_auc = np.trapezoid(tpr, fpr)
     exact_auc = (positive[:, None] > negative[None, :]).mean()
     assert binned_auc == pytest.approx(exact_auc, abs=0.005)
+
+
+# ---------------------------------------------------------------- significance (issue 15)
+
+def test_the_memorized_filters_round_trip_through_the_url_and_reach_the_backend():
+    from clipmem.frontend.api import filter_query
+
+    flt = ViewFilter(run="demo", memorized=True, clipmem_q_max=0.1)
+    assert flt.to_params() == {"run": "demo", "memorized": "true", "clipmem_q_max": "0.1"}
+    assert ViewFilter.from_params(flt.to_params()) == flt
+    assert filter_query(flt)["memorized"] == "true" and filter_query(flt)["clipmem_q_max"] == 0.1
+    # the score range on clipmem_q and the q threshold both bound q: the tighter one wins
+    both = ViewFilter(score="clipmem_q", hi=0.05, clipmem_q_max=0.2)
+    assert filter_query(both)["clipmem_q_max"] == 0.05
+    assert "memorized" not in filter_query(ViewFilter())
+    assert flt.describe() == "flagged memorized, q ≤ 0.100"
+
+
+@pytest.mark.parametrize("params, memorized, q_max", [
+    ({"memorized": "TRUE", "clipmem_q_max": "0.25"}, True, 0.25),
+    ({"memorized": "no", "clipmem_q_max": "1.5"}, False, None),    # a q above 1 bounds nothing: dropped
+    ({"memorized": "", "clipmem_q_max": "-0.1"}, False, None),
+    ({"clipmem_q_max": "abc"}, False, None),
+])
+def test_bad_memorized_filters_fall_back(params, memorized, q_max):
+    flt = ViewFilter.from_params(params)
+    assert (flt.memorized, flt.clipmem_q_max) == (memorized, q_max)
+
+
+def test_a_run_without_q_values_drops_the_memorized_filters():
+    flt = ViewFilter(memorized=True, clipmem_q_max=0.1)
+    assert flt.with_scores(["clipmem", "clipmem_raw"]) == ViewFilter()
+    assert flt.with_scores(["clipmem", "clipmem_q"]) is flt
+
+
+@pytest.mark.parametrize("value, text", [(0.0123, "0.012"), (0.001, "0.001"), (0.000123, "1.2e-04"),
+                                         (1.0, "1.000"), (None, "–"), (float("nan"), "–")])
+def test_p_and_q_values_keep_their_digits_when_small(value, text):
+    from clipmem.frontend.state import format_probability
+
+    assert format_probability(value) == text
+
+
+def test_the_memorized_badge():
+    from clipmem.frontend.ui import memorized_badge
+
+    assert memorized_badge(True, 0.0123) == ":red-badge[:material/flag: memorized] q\u00a0=\u00a00.012"
+    assert memorized_badge(False, 0.43) == ":gray[q\u00a0=\u00a00.430]"
+    assert memorized_badge(None, None) == ""  # a run scored before significance testing
+
+
+def test_error_bars_reach_from_the_estimate_to_the_interval():
+    bars = charts.error_bars([1.0, 2.0, 3.0], [0.5, 1.0, None], [1.25, 4.0, None])["error_y"]
+    assert bars["array"] == [0.25, 2.0, None] and bars["arrayminus"] == [0.5, 1.0, None]
+    assert charts.error_bars([1.0], [None], [None]) == {}
+    figure = charts.interval_bars(["clean", "swapped"], {"image side": [(0.001, 0.0, 0.002), (0.004, 0.003, 0.006)],
+                                                         "text side": [(0.003, None, None), (0.01, 0.008, 0.011)]},
+                                  "mean")
+    image, text = figure.data
+    assert list(image.error_y.array) == pytest.approx([0.001, 0.002])
+    assert list(image.error_y.arrayminus) == pytest.approx([0.001, 0.001])
+    assert list(text.error_y.array)[0] is None and list(text.error_y.array)[1] == pytest.approx(0.001)
+
+
+def test_layer_curves_draw_the_interval_of_each_block():
+    rows = [{"tower": "image", "layer": 2, "layer_mem": 0.3, "layer_mem_lo": 0.1, "layer_mem_hi": 0.4},
+            {"tower": "image", "layer": 1, "layer_mem": 0.2, "layer_mem_lo": 0.15, "layer_mem_hi": 0.3}]
+    (image,) = charts.layer_curves(rows, "layer_mem", "t").data
+    assert list(image.x) == [1, 2]  # in block order, each block's bar with it
+    assert list(image.error_y.array) == pytest.approx([0.1, 0.1])
+    assert list(image.error_y.arrayminus) == pytest.approx([0.05, 0.2])
+    older = [{k: v for k, v in r.items() if not k.endswith(("_lo", "_hi"))} for r in rows]
+    assert charts.layer_curves(older, "layer_mem", "t").data[0].error_y.array is None
+
+
+def test_the_null_histogram_counts_every_null_pair_and_shows_a_pair_in_the_far_tail():
+    null = np.array([-0.02, -0.01, -0.01, 0.0, 0.0, 0.0, 0.01, 0.02])
+    figure = charts.null_histogram(null, 0.5, 0.45, 0.6, "A_f − A_g", bins=4)
+    bars, pair = figure.data
+    # 4 equal bins over [-0.02, 0.02], right edge included: counted by hand
+    assert list(bars.y) == [1, 2, 3, 2]
+    assert list(pair.x) == [0.5]
+    assert list(pair.error_x.array) == pytest.approx([0.1]) and list(pair.error_x.arrayminus) == pytest.approx([0.05])
+    low, high = figure.layout.xaxis.range
+    assert low < -0.02 and high > 0.6  # the null and the pair's whole interval in view
+
+
+def test_flagged_bars_show_fraction_and_count():
+    figure = charts.flagged_bars([{"truth": "swapped", "pairs": 20, "flagged": 15, "fraction": 0.75},
+                                  {"truth": "clean", "pairs": 200, "flagged": 2, "fraction": 0.01}])
+    (bars,) = figure.data
+    assert list(bars.y) == [0.75, 0.01] and list(bars.text) == ["15 of 20", "2 of 200"]
