@@ -20,8 +20,8 @@ from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.evaluate import evaluate_model, probe_rows, retrieval, utility, zero_shot
 from clipmem.scoring.metrics import Ranking, detection, precision_at_k, single_auroc
 from clipmem.scoring.models import apply_vocabulary, tokenize
-from clipmem.scoring.score import (Embeddings, encode_captions, encode_images, encode_texts, minmax, reference_set,
-                                   scale_scores, view_draws, with_without)
+from clipmem.scoring.score import (Embeddings, clean_embeddings, embeddings_arrays, encode_captions, encode_images,
+                                   encode_texts, minmax, reference_set, scale_scores, view_draws, with_without)
 from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_kfold, plan_splits
 from clipmem.scoring.transform import augment, sample_views
 
@@ -555,3 +555,59 @@ def test_utility_reads_the_extra_pairs_and_probes_a_label_with_a_known_accuracy(
     both = utility({"f": model, "g": model}, corpus, {"f": emb, "g": emb}, embedded, cfg, CPU)
     assert both == {"f": out, "g": out}
     assert evaluate_model(model, corpus, emb, embedded[:8], cfg, CPU) == {}
+
+
+def test_clean_embeddings_and_the_stored_arrays_are_the_models_own_encodings():
+    corpus, model = make_corpus(), base_model()
+    rows = torch.tensor([20, 2, 13])
+    emb = clean_embeddings(model, corpus, rows, ScoreConfig(batch_size=2), CPU)
+    torch.testing.assert_close(emb.image, clean_image(model, corpus, rows))
+    torch.testing.assert_close(emb.text, text(model, corpus, torch.tensor([40, 4, 26])))  # each row's first caption
+    torch.testing.assert_close(emb.caption_table, text(model, corpus, torch.arange(52)))
+    other = Embeddings(image=emb.image * 2, text=emb.text * 3, caption_table=emb.caption_table)
+    arrays = embeddings_arrays(corpus, {"f": emb, "g": other}, rows)
+    assert sorted(arrays) == ["f_image", "f_text", "g_image", "g_text", "sample_id", "split"]
+    assert arrays["sample_id"].tolist() == ["p20", "p2", "p13"]
+    assert arrays["split"].tolist() == ["extra", "shared", "candidate"]
+    for key, value in (("f_image", emb.image), ("f_text", emb.text), ("g_image", emb.image * 2),
+                       ("g_text", emb.text * 3)):
+        assert arrays[key].dtype == np.float32 and np.array_equal(arrays[key], value.numpy()), key
+
+
+def test_kfold_plan_errors_name_the_problem():
+    ids, clean = [f"s{i}" for i in range(10)], ["clean"] * 10
+    with pytest.raises(ClipmemError, match="--folds must be >= 2 for the k-fold scheme, got 1"):
+        plan_kfold(ids, clean, SplitSizes(4, 2, 2, 0), folds=1, seed=0)
+    with pytest.raises(ClipmemError, match="cannot plan splits of an empty dataset"):
+        plan_kfold([], [], SplitSizes(4, 2, 2, 0), folds=2, seed=0)
+    with pytest.raises(ClipmemError, match="dataset ids are not unique; cannot plan splits"):
+        plan_kfold(["a"] * 10, clean, SplitSizes(4, 2, 2, 0), folds=2, seed=0)
+    with pytest.raises(ClipmemError, match="7 pairs cannot fill 4 folds of at least 2 pairs each"):
+        plan_kfold(ids, clean, SplitSizes(3, 2, 2, 0), folds=4, seed=0)
+    assert len(plan_kfold(ids, clean, SplitSizes(4, 2, 2, 0), folds=4, seed=0).folds) == 4  # 8 pairs: just enough
+    with pytest.raises(ClipmemError, match="9 pairs carry a fault tag but the folds hold only 8; raise the sizes"):
+        plan_kfold(ids, ["swapped"] * 9 + ["clean"], SplitSizes(4, 2, 2, 0), folds=2, seed=0)
+    with pytest.raises(ClipmemError, match="cannot plan splits of an empty dataset"):
+        plan_splits([], [], SplitSizes(4, 2, 2, 0), seed=0)
+    with pytest.raises(ClipmemError, match="dataset ids are not unique; cannot plan splits"):
+        plan_splits(["a"] * 10, clean, SplitSizes(4, 2, 2, 0), seed=0)
+    with pytest.raises(ClipmemError, match="5 pairs carry a fault tag but the scored splits hold only 4; raise"):
+        plan_splits(ids, ["swapped"] * 5 + ["clean"] * 5, SplitSizes(4, 2, 2, 0), seed=0)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c.update(folds=c["folds"][:1]), r"at least 2 non-empty folds, got sizes \[2\]"),
+    (lambda c: c["folds"].append([]), r"at least 2 non-empty folds, got sizes \[2, 2, 2, 0\]"),
+    (lambda c: c["folds"][1].append(c["folds"][2][0]), "do not partition"),          # one pair in two folds
+    (lambda c: c["folds"][2].pop(), "do not partition"),                                # a pair in no fold
+    (lambda c: c["folds"].__setitem__(0, c["folds"][0] + c["folds"].pop(1)), "fold 0 is the independent split"),
+    (lambda c: c["ids"]["shared"].append(c["ids"]["extra"][0]), "the shared split is empty"),
+])
+def test_a_damaged_kfold_plan_is_refused_with_its_reason(tmp_path, damage, message):
+    ids = [f"s{i}" for i in range(8)]
+    content = plan_kfold(ids, ["clean"] * 8, SplitSizes(2, 2, 2, 2), folds=3, seed=0).to_json()
+    assert [len(f) for f in content["folds"]] == [2, 2, 2]
+    damage(content)
+    (tmp_path / "split.json").write_text(json.dumps(content))
+    with pytest.raises(ClipmemError, match="malformed.*" + message):
+        SplitPlan.load(tmp_path / "split.json")
