@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clipmem.backend.api.limits import MAX_TAG_BATCH
 from clipmem.backend.api.query import SampleIdText, UserTag
+from clipmem.backend.summary import BOOTSTRAP_MAX_PAIRS
 
 
 class Health(BaseModel):
@@ -47,7 +48,10 @@ class ScoreSummary(BaseModel):
     pairs: int = Field(description="Scored pairs of the run.")
     means: dict[str, float] = Field(description="Mean of each score over all scored pairs.")
     intervals: dict[str, Interval] | None = Field(None, description=f"{MEAN_INTERVALS} over all scored pairs; null "
-                                                                    "for runs ingested before intervals.")
+                                                                    "for runs ingested before intervals, and runs "
+                                                                    "too large to bootstrap (interval_note).")
+    interval_note: str | None = Field(None, description="Why the means carry no intervals (a run with more than "
+                                                        f"{BOOTSTRAP_MAX_PAIRS:,} scored pairs); null otherwise.")
     by_truth: list[TruthSummary] = Field(description="Per truth tag, highest mean CLIPMem first.")
 
 

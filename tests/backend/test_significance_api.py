@@ -267,3 +267,28 @@ def test_inconsistent_significance_files_are_refused(db, fake_runs, tmp_path):
                                            "truth all does not contain layer_mem"):
         ingest(db.engine, run)
 
+
+
+def test_runs_too_large_to_bootstrap_say_so(db, client, fake_runs, tmp_path, monkeypatch):
+    """Above BOOTSTRAP_MAX_PAIRS scored pairs the means come without intervals or verdicts, and the payload says
+    why (here the bound is lowered below the sig run's 220 pairs rather than ingesting 20,000)."""
+    import clipmem.backend.summary
+
+    monkeypatch.setattr(clipmem.backend.summary, "BOOTSTRAP_MAX_PAIRS", 100)
+    run = _copy(fake_runs, tmp_path, "sig-large")
+    ingest(db.engine, run)
+    try:
+        scores = pd.read_parquet(run / "scores.parquet")
+        summary = client.get("/runs/sig-large").json()["score_summary"]
+        assert summary["intervals"] is None and "more than 100 scored pairs" in summary["interval_note"]
+        assert all(row["intervals"] is None for row in summary["by_truth"])
+        assert summary["means"]["clipmem_raw"] == pytest.approx(scores["clipmem_raw"].mean())
+        encoders = client.get("/runs/sig-large/encoders").json()
+        assert "more than 100 scored pairs" in encoders["interval_note"]
+        for row in encoders["by_truth"]:
+            assert row["intervals"] is None and row["verdict"] is None and row["text_minus_image"] is None
+            assert row["text_exceeds_image"] is False and row["image_exceeds_text"] is False
+        assert client.get("/runs/sig").json()["score_summary"]["interval_note"] is None
+        assert client.get("/runs/sig/encoders").json()["interval_note"] is None
+    finally:
+        client.delete("/runs/sig-large")
