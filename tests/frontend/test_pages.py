@@ -470,6 +470,18 @@ def test_export_downloads_the_filter_and_the_training_set_without_it(open_page, 
     assert list(top["sample_id"]) == list(selection["sample_id"][:5])
 
 
+def test_export_of_the_memorized_pairs_holds_exactly_the_flagged_pairs(open_page, tiny_files):
+    scores, fdr = tiny_files.scores, tiny_files.fdr
+    flagged = scores[scores["clipmem_q"] <= fdr].sort_values("clipmem", ascending=False, kind="stable")
+    at = open_page("export", run=TINY, memorized="true")
+    assert any("**flagged memorized**" in md.value and f"selects **{len(flagged)}**" in md.value
+               for md in at.markdown)
+    at.button(key="prepare_selection").click().run()
+    assert not at.exception and not at.error
+    saved = pd.read_csv(io.BytesIO(next(iter(at.session_state["_clipmem_export"].values()))))
+    assert saved["sample_id"].tolist() == flagged["sample_id"].tolist()
+
+
 # ---------------------------------------------------------------- the backend missing or refusing
 
 @pytest.mark.parametrize("page", ["explore", "sample", "encoders", "runs", "export"])
