@@ -130,9 +130,10 @@ APP_BUSY = """() => {
 }"""
 
 
-def wait_for_app(page, timeout_s: float = 60, quiet_s: float = 1.0) -> None:
+def wait_for_app(page, timeout_s: float = 120, quiet_s: float = 1.0) -> None:
     """Until the script run is over and every element is drawn: nothing running, stale or still a skeleton,
-    for `quiet_s` in a row."""
+    for `quiet_s` in a row. The Encoders page (seven charts and two 5,000-point maps) took 62 s to settle on
+    this 2-core machine at a load of 14; 120 s leaves room for a full suite beside other work."""
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while time.monotonic() < deadline:
