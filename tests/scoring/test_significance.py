@@ -10,9 +10,11 @@ import pytest
 from scipy import stats
 
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.significance import (P_FLOOR, TAIL_EXCEEDANCES, Interval, add_significance, bh_q_values,
-                                          bootstrap_difference, bootstrap_mean, flagged_by_truth, group_means,
-                                          jsonable, null_p_values, tower_verdicts, verdict, view_interval)
+from clipmem.scoring import significance
+from clipmem.scoring.significance import (LARGE_N, LEVEL, N_BOOT, P_FLOOR, TAIL_EXCEEDANCES, Interval,
+                                          add_significance, bh_q_values, bootstrap_block_means, bootstrap_difference,
+                                          bootstrap_mean, flagged_by_truth, group_means, jsonable, null_p_values,
+                                          tower_verdicts, verdict, view_interval)
 
 # ---------------------------------------------------------------------------------------------- p-values
 
@@ -145,6 +147,64 @@ def test_bootstrap_interval_width_matches_the_normal_theory_width():
     # n = 400 from N(0, 1): the 95% interval's width is close to 2 * 1.96 / sqrt(400) = 0.196
     interval = bootstrap_mean(np.random.default_rng(5).normal(size=400), n_boot=4000)
     assert interval.hi - interval.lo == pytest.approx(0.196, rel=0.1)
+
+
+Z_975 = 1.959963984540054  # the standard normal's 97.5% quantile, from tables
+
+
+def _standardized(n: int, seed: int) -> np.ndarray:
+    """n values with sample mean exactly 0 and sample sd (ddof=1) exactly 1 (up to rounding)."""
+    z = np.random.default_rng(seed).normal(size=n)
+    return (z - z.mean()) / z.std(ddof=1)
+
+
+def test_large_n_interval_is_mean_plus_minus_z_sd_over_root_n_by_hand():
+    # 40,000 values of mean 0.3 and sd 2: 0.3 +- 1.959964 * 2 / 200 = [0.2804004, 0.3195996]
+    values = 0.3 + 2.0 * _standardized(40_000, seed=3)
+    interval = bootstrap_mean(values)
+    assert (interval.estimate, interval.lo, interval.hi) == pytest.approx(
+        (0.3, 0.3 - Z_975 * 2.0 / 200, 0.3 + Z_975 * 2.0 / 200), abs=1e-12)
+    # a paired difference goes through the same path: a - b has mean 0.05 and sd 0.5
+    b = np.random.default_rng(4).normal(5.0, 10.0, size=40_000)
+    diff = bootstrap_difference(b + 0.05 + 0.5 * _standardized(40_000, seed=5), b)
+    assert (diff.estimate, diff.lo, diff.hi) == pytest.approx(
+        (0.05, 0.05 - Z_975 * 0.5 / 200, 0.05 + Z_975 * 0.5 / 200), abs=1e-10)
+
+
+def test_large_n_normal_interval_agrees_with_the_percentile_bootstrap():
+    # skewed values (exponential, skewness 2) just above LARGE_N: the normal interval and the percentile bootstrap
+    # of 2,000 resamples agree to within 5% of the interval's width (the bootstrap's own Monte Carlo scatter at the
+    # ends is about 1.5% of the width, the skewness term about 0.2%)
+    values = np.sort(np.random.default_rng(6).exponential(1.0, size=LARGE_N + 1))
+    normal = bootstrap_mean(values)
+    resampled = significance._percentile_bootstrap(values, N_BOOT, 0, LEVEL)
+    width = resampled.hi - resampled.lo
+    assert normal.estimate == resampled.estimate
+    assert abs(normal.lo - resampled.lo) < 0.05 * width and abs(normal.hi - resampled.hi) < 0.05 * width
+    # and the normal path was taken: its ends are the formula's, which the bootstrap's are not exactly
+    half = Z_975 * values.std(ddof=1) / math.sqrt(LARGE_N + 1)
+    assert (normal.lo, normal.hi) == pytest.approx((values.mean() - half, values.mean() + half), abs=1e-12)
+    assert (resampled.lo, resampled.hi) != pytest.approx((normal.lo, normal.hi), abs=1e-9)
+
+
+def test_the_normal_path_starts_just_above_large_n(monkeypatch):
+    monkeypatch.setattr(significance, "LARGE_N", 100)
+    values = np.random.default_rng(7).normal(size=101)
+    at_bound = bootstrap_mean(values[:100])
+    assert at_bound == significance._percentile_bootstrap(np.sort(values[:100]), N_BOOT, 0, LEVEL)
+    above = bootstrap_mean(values)
+    half = Z_975 * values.std(ddof=1) / math.sqrt(101)
+    assert (above.lo, above.hi) == pytest.approx((values.mean() - half, values.mean() + half), abs=1e-12)
+
+
+def test_block_means_above_large_n_are_each_rows_normal_interval():
+    # three rows over 30,000 pairs: sd 1 around 0.1, the same shifted by 0.25, and a constant 0.5
+    n = 30_000
+    z = _standardized(n, seed=8)
+    lo, hi = bootstrap_block_means(np.stack([0.1 + z, 0.35 + z, np.full(n, 0.5)]))
+    half = Z_975 / math.sqrt(n)
+    assert lo == pytest.approx([0.1 - half, 0.35 - half, 0.5], abs=1e-12)
+    assert hi == pytest.approx([0.1 + half, 0.35 + half, 0.5], abs=1e-12)
 
 
 def test_paired_difference_cancels_what_the_pairs_share():
