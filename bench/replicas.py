@@ -1,7 +1,8 @@
 """What a replica buys: swapped-pair AUROC, agreement between independent replica sets and flagged pairs, R = 1, 2, 4.
 
 Trains R_MAX = 8 independently seeded f/g pairs once on the built-in data (`clipmem split` + `clipmem train
---replicas 8`: the default recipe, replica 0 is the default run's f and g), scores each pair of models on its own
+--replicas`: the default recipe, replica 0 is the default run's f and g; in --jobs processes at once, each a run
+directory of its own whose replicas are the run's replicas of the same number), scores each pair of models on its own
 (CLIPMem and the null, the views every replica shares; no tower scores) and builds the score of R replicas as the
 mean over a set of R of them, exactly as `clipmem run --replicas R` does (scoring.score.mean_over_replicas).
 For each R the 8 replicas form 8 / R disjoint sets:
@@ -25,9 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,30 +38,67 @@ RESULTS = ROOT / "bench" / "results"
 FDR = 0.05
 
 
-def clipmem(*args: str) -> None:
-    cmd = [sys.executable, "-m", "clipmem", *args]
-    print("$", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+def clipmem(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clipmem", *args]
 
 
-def train(run_dir: Path, replicas: int, epochs: int | None) -> float:
-    """Split and train the replicas (continuing a stopped training); seconds spent here."""
-    t0 = time.perf_counter()
+def job_dirs(run_dir: Path, jobs: int) -> list[Path]:
+    return [run_dir if j == 0 else run_dir.with_name(f"{run_dir.name}.job{j}") for j in range(jobs)]
+
+
+def replica_files(run_dir: Path, replicas: int, jobs: int) -> list[tuple[Path, int]]:
+    """(run directory, replica within it) of each of the replicas, in order."""
+    per_job = replicas // jobs
+    return [(d, r) for d in job_dirs(run_dir, jobs) for r in range(per_job)]
+
+
+def set_up(run_dir: Path, replicas: int, jobs: int, epochs: int | None) -> None:
+    """The split (once) and one run directory per training job: job j trains replicas j * R/J .. (j + 1) * R/J - 1
+    of the run as replicas 0 .. R/J - 1 of its own, its seeds offset by j * R/J replica streams, so its replica r
+    is the run's replica j * R/J + r exactly (scoring.train.replica_config)."""
+    from clipmem.scoring.rundir import RunDir
+    from clipmem.scoring.train import REPLICA_STREAM
+
     if not (run_dir / "split.json").is_file():
-        clipmem("split", "--out", str(run_dir), "--overwrite")
-        clipmem("train", str(run_dir), "--replicas", str(replicas), "--no-progress",
-                *(["--epochs", str(epochs)] if epochs else []))
-    elif not all((run_dir / (f"{m}.pt" if r == 0 else f"{m}.r{r}.pt")).is_file()
-                 for m in ("f", "g") for r in range(replicas)):
-        config = json.loads((run_dir / "config.json").read_text())
-        if config["train"].get("replicas", 1) != replicas:
-            sys.exit(f"{run_dir} was set up for {config['train'].get('replicas', 1)} replicas; "
-                     "give that --replicas or another RUN_DIR")
-        clipmem("train", str(run_dir), "--resume", "--no-progress")
+        subprocess.run(clipmem("split", "--out", str(run_dir), "--overwrite"), cwd=ROOT, check=True)
+    base = RunDir(run_dir).load_config()
+    per_job = replicas // jobs
+    for j, path in enumerate(job_dirs(run_dir, jobs)):
+        if j and not (path / "split.json").is_file():
+            path.mkdir(exist_ok=True)
+            for name in ("split.json", "samples.parquet", "data_root.json", "skipped.jsonl"):
+                shutil.copy2(run_dir / name, path / name)
+            if not (path / "data").exists():
+                (path / "data").symlink_to(run_dir / "data")
+        run = RunDir(path)
+        cfg = RunDir(path if run.config.is_file() else run_dir).load_config()
+        offset = j * per_job * REPLICA_STREAM
+        train = replace(base.train, replicas=per_job, init_seed=base.train.init_seed + offset,
+                        data_seed=base.train.data_seed + offset, **({"epochs": epochs} if epochs else {}))
+        if cfg.train != train:
+            cfg.train = train
+            run.save_config(cfg)
+
+
+def train(run_dir: Path, replicas: int, jobs: int, epochs: int | None) -> float:
+    """Train the replicas in `jobs` processes at once (continuing stopped ones); seconds spent here."""
+    t0 = time.perf_counter()
+    set_up(run_dir, replicas, jobs, epochs)
+    missing = [d for d in job_dirs(run_dir, jobs)
+               if not all((d / (f"{m}.pt" if r == 0 else f"{m}.r{r}.pt")).is_file()
+                          for m in ("f", "g") for r in range(replicas // jobs))]
+    procs = []
+    for d in missing:
+        cmd = clipmem("train", str(d), "--resume", "--no-progress")
+        print("$", " ".join(cmd[2:]), flush=True)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT))
+    for proc in procs:
+        if proc.wait() != 0:
+            sys.exit(f"training failed ({proc.args})")
     return time.perf_counter() - t0
 
 
-def score_replicas(run_dir: Path, replicas: int) -> tuple[list, list, float]:
+def score_replicas(run_dir: Path, replicas: int, jobs: int) -> tuple[list, list, float]:
     """Per replica: the score frame (scored pairs) and the null, cached in RUN_DIR/bench_scores."""
     import pandas as pd
     import torch
@@ -76,14 +116,14 @@ def score_replicas(run_dir: Path, replicas: int) -> tuple[list, list, float]:
     corpus, _, model_cfg = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
     device = torch.device("cpu")
     frames, nulls, seconds = [], [], 0.0
-    for r in range(replicas):
+    for r, (job_dir, within) in enumerate(replica_files(run_dir, replicas, jobs)):
         scores_path, null_path = cache / f"scores.r{r}.parquet", cache / f"null.r{r}.parquet"
         if not (scores_path.is_file() and null_path.is_file()):
             t0 = time.perf_counter()
             models = {}
             for name in ("f", "g"):
                 models[name] = create_model(model_cfg, cfg.train.init_seed)
-                load_model_weights(models[name], run.model_checkpoint(name, r))
+                load_model_weights(models[name], RunDir(job_dir).model_checkpoint(name, within))
             frame = score_run(models, corpus, cfg.score, cfg.train, device, embed=False).frame
             null = score_null(models, corpus, cfg.score, cfg.train, device)
             frame.to_parquet(scores_path, index=False)
@@ -148,18 +188,22 @@ def main() -> None:
     parser.add_argument("run_dir", nargs="?", type=Path, default=Path("/tmp/clipmem-bench-replicas"))
     parser.add_argument("--replicas", type=int, default=8, help="replicas trained (a multiple of 8: R = 1, 2, 4)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the run default, 80)")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes at once, each with its own run "
+                        "directory (RUN_DIR.job1, ...) holding a share of the replicas (it must divide --replicas)")
     args = parser.parse_args()
+    if args.replicas % args.jobs:
+        sys.exit(f"--jobs {args.jobs} must divide --replicas {args.replicas}")
     sizes = [r for r in (1, 2, 4) if 2 * r <= args.replicas]
     load = os.getloadavg()[0]
-    train_seconds = train(args.run_dir, args.replicas, args.epochs)
-    frames, nulls, score_seconds = score_replicas(args.run_dir, args.replicas)
+    train_seconds = train(args.run_dir, args.replicas, args.jobs, args.epochs)
+    frames, nulls, score_seconds = score_replicas(args.run_dir, args.replicas, args.jobs)
     rows = table(frames, nulls, sizes)
     text = markdown(rows)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "replicas.json").write_text(json.dumps({
         "run_dir": str(args.run_dir), "replicas_trained": args.replicas, "fdr": FDR,
-        "train_seconds": round(train_seconds, 1), "score_seconds": round(score_seconds, 1),
+        "train_jobs": args.jobs, "train_seconds": round(train_seconds, 1), "score_seconds": round(score_seconds, 1),
         "cpus": os.cpu_count(), "load_average_start": round(load, 2), "rows": rows, "markdown": text}, indent=2))
     print(f"wrote {RESULTS / 'replicas.json'}")
 

@@ -345,7 +345,7 @@ def train(
         run = RunDir(run_dir)
         cfg = run.load_config()
         if resume:
-            _refuse_settings_on_resume(ctx, keep=("run_dir", "resume", "device", "only"))
+            _refuse_settings_on_resume(ctx, keep=("run_dir", "resume", "device", "only", "no_progress"))
             if device is not None:
                 cfg.train = replace(cfg.train, device=device)
         else:

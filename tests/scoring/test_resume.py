@@ -115,6 +115,6 @@ def test_train_resume_refuses_every_option_that_changes_the_recipe(tmp_path, tin
         result = invoke("train", out, "--resume", *extra)
         assert result.exit_code == 2 and f"saved settings; drop {extra[0]} " in result.output, extra
     assert not steps
-    result = invoke("train", out, "--resume", "--device", "cpu", "--only", "f")
+    result = invoke("train", out, "--resume", "--device", "cpu", "--only", "f", "--no-progress")
     assert "stopped by the test" in result.output
     assert steps[0]["resume"] and steps[0]["cfg"].train.device == "cpu"

@@ -169,3 +169,18 @@ def test_scored_pairs_are_tested_against_the_null_of_their_direction(tiny_run):
     assert swapped["flagged"] == int(scores.loc[scores["truth"] == "swapped", "memorized"].sum())
     mean = null.loc[null["null_for"] == "independent", "clipmem_raw"].mean()
     assert significance["null"]["independent"]["mean"] == pytest.approx(mean)
+
+
+def test_a_run_without_s_e_pairs_gets_no_null(tmp_path):
+    """No S_E pairs (extra = 0): nothing to test against, so no significance columns; a null.parquet left by an
+    earlier scoring of the directory is removed (it would describe other pairs) and metrics.json says why."""
+    from clipmem.scoring.config import RunConfig
+    from clipmem.scoring.pipeline import _significance
+    from clipmem.scoring.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.null.write_bytes(b"left by an earlier scoring")
+    scores = pd.DataFrame({"sample_id": ["a"], "split": ["candidate"], "clipmem_raw": [0.1]})
+    out, metrics = _significance(run, RunConfig(), scores, None)
+    assert list(out.columns) == ["sample_id", "split", "clipmem_raw"] and not run.null.exists()
+    assert metrics["null_pairs"] == 0 and "no S_E pairs" in metrics["missing"]
