@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clipmem.backend.api.limits import MAX_TAG_BATCH
 from clipmem.backend.api.query import SampleIdText, UserTag
-from clipmem.backend.summary import BOOTSTRAP_MAX_PAIRS
+from clipmem.scoring.significance import LARGE_N
 
 
 class Health(BaseModel):
@@ -32,8 +32,9 @@ class Interval(BaseModel):
     hi: float | None = Field(description="Upper end of the 95% interval.")
 
 
-MEAN_INTERVALS = ("95% percentile bootstrap intervals over the pairs (scoring.significance.bootstrap_mean, seed 0) "
-                  "of the means of clipmem and clipmem_raw")
+MEAN_INTERVALS = ("95% intervals of the means of clipmem and clipmem_raw (scoring.significance.bootstrap_mean, "
+                  f"seed 0): the percentile bootstrap over the pairs, or above {LARGE_N:,} pairs the normal interval "
+                  "mean +- 1.96 sd / sqrt(n)")
 
 
 class TruthSummary(BaseModel):
@@ -48,10 +49,7 @@ class ScoreSummary(BaseModel):
     pairs: int = Field(description="Scored pairs of the run.")
     means: dict[str, float] = Field(description="Mean of each score over all scored pairs.")
     intervals: dict[str, Interval] | None = Field(None, description=f"{MEAN_INTERVALS} over all scored pairs; null "
-                                                                    "for runs ingested before intervals, and runs "
-                                                                    "too large to bootstrap (interval_note).")
-    interval_note: str | None = Field(None, description="Why the means carry no intervals (a run with more than "
-                                                        f"{BOOTSTRAP_MAX_PAIRS:,} scored pairs); null otherwise.")
+                                                                    "for runs ingested before intervals.")
     by_truth: list[TruthSummary] = Field(description="Per truth tag, highest mean CLIPMem first.")
 
 

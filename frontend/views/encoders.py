@@ -42,15 +42,14 @@ def tower_scores(run: dict, summary: dict) -> None:
                        "diagonal: memorized more on the text side.")
     with means_col:
         overall = next((t for t in summary["by_truth"] if t["truth"] == "all"), None)
-        if overall is not None and overall.get("verdict"):
+        if overall is not None:
             st.markdown(tower_finding(overall))
-            st.caption(f"Over all scored pairs: {overall['verdict']}.")
-        elif summary.get("interval_note"):
-            st.caption(f"Which tower carries more is not judged ({summary['interval_note']}).")
+            if overall.get("verdict"):
+                st.caption(f"Over all scored pairs: {overall['verdict']}.")
         left, right = st.columns(2)
         left.metric("Pearson r, image vs text", ui.score_text(summary["pearson"]))
         right.metric("Spearman ρ", ui.score_text(summary["spearman"]))
-    tower_means(summary["by_truth"], summary.get("interval_note"))
+    tower_means(summary["by_truth"])
 
 
 def tower_finding(overall: dict) -> str:
@@ -64,9 +63,8 @@ def tower_finding(overall: dict) -> str:
             "distinguishable at this run's size.")
 
 
-def tower_means(by_truth: list[dict], interval_note: str | None) -> None:
-    """Image-side and text-side means per truth tag with their 95% intervals, and the verdict of each tag; for a
-    run without intervals the means alone and `interval_note`, the backend's reason."""
+def tower_means(by_truth: list[dict]) -> None:
+    """Image-side and text-side means per truth tag with their 95% intervals, and the verdict of each tag."""
     tags = [t["truth"] for t in by_truth]
     series = {}
     for column, label in (("mem_image_raw", "image side"), ("mem_text_raw", "text side")):
@@ -76,9 +74,9 @@ def tower_means(by_truth: list[dict], interval_note: str | None) -> None:
                                          colours={"image side": charts.TOWER_COLOURS["image"],
                                                   "text side": charts.TOWER_COLOURS["text"]}),
                     key="tower_means_chart")
-    st.caption("Mean image-side and text-side memorization per truth tag; " + (
-        f"{interval_note}." if interval_note else "error bars are 95% bootstrap intervals over the "
-        "tag's pairs. A tower carries more only where the interval of the difference excludes 0."))
+    st.caption("Mean image-side and text-side memorization per truth tag; error bars are 95% intervals over the "
+               "tag's pairs (the bootstrap; above 20,000 pairs the normal interval, which equals it there). A tower "
+               "carries more only where the interval of the difference excludes 0.")
     table = pd.DataFrame([{"truth": t["truth"], "pairs": t["pairs"],
                            **{TOWER_COLUMNS[k]: v for k, v in t["means"].items() if k in TOWER_COLUMNS},
                            "text against image": t.get("verdict"), "swap drops": t.get("swap_verdict")}

@@ -187,9 +187,7 @@ with st.expander(f"Mean of every score by truth tag · {run_name}"):
                  hide_index=True, width="stretch", key="means_by_truth",
                  column_config={name: st.column_config.NumberColumn(format="%.4f") for name in run["score_names"]})
     if not any(b.get("intervals") for b in by_truth):
-        note = run["score_summary"].get("interval_note")
-        st.caption(f"{note[:1].upper()}{note[1:]}." if note else "No 95% intervals: the run was ingested before "
-                   "means carried them.")
+        st.caption("This run was ingested before means carried intervals.")
 
 # ---------------------------------------------------------------- comparison
 st.header("Compare two runs", anchor=False)

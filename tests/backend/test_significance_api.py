@@ -20,7 +20,7 @@ from clipmem.backend.ingest import ingest
 from clipmem.scoring.columns import LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.rundir import RunDir
-from clipmem.scoring.significance import bootstrap_difference, bootstrap_mean, verdict
+from clipmem.scoring.significance import Interval, bootstrap_difference, bootstrap_mean, verdict
 from tests.backend.test_api import files, walk
 
 
@@ -269,26 +269,54 @@ def test_inconsistent_significance_files_are_refused(db, fake_runs, tmp_path):
 
 
 
-def test_runs_too_large_to_bootstrap_say_so(db, client, fake_runs, tmp_path, monkeypatch):
-    """Above BOOTSTRAP_MAX_PAIRS scored pairs the means come without intervals or verdicts, and the payload says
-    why (here the bound is lowered below the sig run's 220 pairs rather than ingesting 20,000)."""
-    import clipmem.backend.summary
+Z_975 = 1.959963984540054  # the standard normal's 97.5% quantile, from tables
 
-    monkeypatch.setattr(clipmem.backend.summary, "BOOTSTRAP_MAX_PAIRS", 100)
+
+def _normal(values) -> dict:
+    """mean +- z * sd / sqrt(n), sd with ddof=1, by hand."""
+    values = np.asarray(values, dtype=float)
+    half = Z_975 * values.std(ddof=1) / np.sqrt(len(values))
+    return {"estimate": pytest.approx(values.mean()), "lo": pytest.approx(values.mean() - half),
+            "hi": pytest.approx(values.mean() + half)}
+
+
+def test_runs_above_large_n_get_the_normal_interval_and_verdicts(db, client, fake_runs, tmp_path, monkeypatch):
+    """Every run size gets intervals and verdicts: groups above significance.LARGE_N pairs the normal interval, the
+    others the bootstrap (here LARGE_N is lowered to 100, below the sig run's 220 pairs, rather than ingesting
+    20,000), in the run detail and the encoders summary alike."""
+    import clipmem.scoring.significance
+
+    monkeypatch.setattr(clipmem.scoring.significance, "LARGE_N", 100)
     run = _copy(fake_runs, tmp_path, "sig-large")
     ingest(db.engine, run)
     try:
         scores = pd.read_parquet(run / "scores.parquet")
+        sizes = scores["truth"].value_counts()
+        large, small = sizes[sizes > 100].index.tolist(), sizes[(sizes > 1) & (sizes <= 100)].index.tolist()
+        assert len(scores) > 100 and small, "the fixture should have tags on both sides of the lowered bound"
         summary = client.get("/runs/sig-large").json()["score_summary"]
-        assert summary["intervals"] is None and "more than 100 scored pairs" in summary["interval_note"]
-        assert all(row["intervals"] is None for row in summary["by_truth"])
-        assert summary["means"]["clipmem_raw"] == pytest.approx(scores["clipmem_raw"].mean())
+        for name in ("clipmem", "clipmem_raw"):
+            assert summary["intervals"][name] == _normal(scores[name])
+        by_truth = {row["truth"]: row for row in summary["by_truth"]}
+        for tag in large:
+            assert by_truth[tag]["intervals"]["clipmem_raw"] == _normal(scores.loc[scores["truth"] == tag,
+                                                                                   "clipmem_raw"])
+        for tag in small:
+            values = scores.loc[scores["truth"] == tag, "clipmem_raw"].to_numpy()
+            direct = bootstrap_mean(values, seed=0)
+            assert values.std() > 0 and direct.to_json() != _normal(values)  # the bootstrap, not the formula
+            assert by_truth[tag]["intervals"]["clipmem_raw"] == pytest.approx(direct.to_json())
         encoders = client.get("/runs/sig-large/encoders").json()
-        assert "more than 100 scored pairs" in encoders["interval_note"]
-        for row in encoders["by_truth"]:
-            assert row["intervals"] is None and row["verdict"] is None and row["text_minus_image"] is None
-            assert row["text_exceeds_image"] is False and row["image_exceeds_text"] is False
-        assert client.get("/runs/sig").json()["score_summary"]["interval_note"] is None
-        assert client.get("/runs/sig/encoders").json()["interval_note"] is None
+        overall = next(row for row in encoders["by_truth"] if row["truth"] == "all")
+        text, image = scores["mem_text_raw"].to_numpy(), scores["mem_image_raw"].to_numpy()
+        assert overall["intervals"]["mem_text_raw"] == _normal(text)
+        assert overall["intervals"]["mem_image_raw"] == _normal(image)
+        difference = _normal(text - image)
+        assert overall["text_minus_image"] == difference
+        lo, hi = difference["lo"].expected, difference["hi"].expected
+        assert overall["text_exceeds_image"] is bool(lo > 0) and overall["image_exceeds_text"] is bool(hi < 0)
+        expected = verdict("text side", "image side", Interval(float((text - image).mean()), lo, hi))
+        assert overall["verdict"] == expected
+        assert "interval_note" not in encoders and "interval_note" not in summary
     finally:
         client.delete("/runs/sig-large")

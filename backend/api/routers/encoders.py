@@ -12,8 +12,7 @@ from clipmem.backend.api.errors import NOT_FOUND
 from clipmem.backend.api.frames import ScoreFrame
 from clipmem.backend.api.schemas import Interval
 from clipmem.backend.models import Run
-from clipmem.backend.summary import BOOTSTRAP_MAX_PAIRS, bootstraps, interval_note
-from clipmem.scoring.significance import TOWER_COMPARISONS, jsonable, tower_verdicts
+from clipmem.scoring.significance import LARGE_N, TOWER_COMPARISONS, jsonable, tower_verdicts
 
 router = APIRouter(prefix="/runs/{run}/encoders", tags=["encoders"])
 
@@ -25,13 +24,12 @@ class TowerMeans(BaseModel):
     pairs: int = Field(description="Scored pairs with this truth tag (all of them for 'all').")
     means: dict[str, float] = Field(description="Mean of mem_image_raw, mem_text_raw, mem_swap_image and "
                                                 "mem_swap_text over these pairs.")
-    intervals: dict[str, Interval] | None = Field(description="Each mean with its 95% percentile bootstrap "
-                                                              "interval over these pairs (scoring.significance."
-                                                              f"bootstrap_mean, seed 0); null for runs with more "
-                                                              f"than {BOOTSTRAP_MAX_PAIRS:,} scored pairs "
-                                                              "(interval_note).")
+    intervals: dict[str, Interval] = Field(description="Each mean with its 95% interval over these pairs "
+                                                       "(scoring.significance.bootstrap_mean, seed 0): the percentile "
+                                                       f"bootstrap, or above {LARGE_N:,} pairs the normal interval "
+                                                       "mean +- 1.96 sd / sqrt(n).")
     text_minus_image: Interval | None = Field(description="mean(mem_text_raw - mem_image_raw) over these pairs with "
-                                                          "its paired bootstrap interval; null without intervals.")
+                                                          "its paired interval (significance.bootstrap_difference).")
     verdict: str | None = Field(description="scoring.significance.verdict of text side against image side: which "
                                             "is larger when the interval of the difference excludes 0, else 'not "
                                             "distinguishable at this run's size', with the numbers.")
@@ -71,8 +69,6 @@ class EncoderSummary(BaseModel):
     layers: list[LayerPoint] = Field(description="LayerMem per tower, block and truth tag; empty when the run "
                                                  "has no layer curves.")
     curve_sample_ids: list[str] = Field(description="Pairs (the most memorized) whose own layer curve is stored.")
-    interval_note: str | None = Field(description="Why the tower means carry no intervals or verdicts (a run too "
-                                                  "large to bootstrap); null when they do, or have no tower scores.")
 
 
 class PairCurve(BaseModel):
@@ -96,16 +92,13 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def _tower_verdicts(run: Run, frame: ScoreFrame) -> dict[str, dict]:
-    """significance.tower_verdicts by truth tag: stored at ingest; computed here for runs ingested before; empty
-    for runs too large to bootstrap (backend.summary.BOOTSTRAP_MAX_PAIRS)."""
-    if "towers" in run.summary:
-        rows = run.summary["towers"] or []
-    elif bootstraps(frame.size):
+    """significance.tower_verdicts by truth tag: stored at ingest; computed here for runs ingested before, or
+    ingested while runs above 20,000 pairs were stored without them (towers null)."""
+    rows = run.summary.get("towers")
+    if rows is None:
         columns = {c: frame.scores[c] for c in TOWER_SCORES if c in frame.scores}
         truth = np.asarray(frame.truth_values, dtype=object)[frame.truth_code]
         rows = jsonable(tower_verdicts(pd.DataFrame({"truth": truth, **columns})))
-    else:
-        rows = []
     return {row["truth"]: row for row in rows}
 
 
@@ -130,21 +123,19 @@ def encoder_summary(run: RunDep, session: SessionDep, request: Request) -> Encod
             if not mask.any():
                 continue
             means = {c: float(frame.scores[c][mask].mean()) for c in present}
-            row = verdicts.get(tag, {})
+            row = verdicts[tag]
             compared = {key: (a_col, b_col) for a_col, b_col, _, _, key in TOWER_COMPARISONS if key in row}
             intervals = {col: row[key][side] for key, cols in compared.items() for col, side in zip(cols, "ab")}
             sides, swaps = row.get("sides"), row.get("swaps")
             by_truth.append(TowerMeans(
-                truth=tag, pairs=int(mask.sum()), means=means, intervals=intervals or None,
-                text_minus_image=sides["difference"] if sides else None, verdict=sides["verdict"] if sides else None,
-                text_exceeds_image=bool(sides and sides["a_exceeds_b"]),
-                image_exceeds_text=bool(sides and sides["b_exceeds_a"]),
+                truth=tag, pairs=int(mask.sum()), means=means, intervals=intervals,
+                text_minus_image=sides["difference"], verdict=sides["verdict"],
+                text_exceeds_image=sides["a_exceeds_b"], image_exceeds_text=sides["b_exceeds_a"],
                 swap_text_minus_image=swaps["difference"] if swaps else None,
                 swap_verdict=swaps["verdict"] if swaps else None))
-    note = run.summary.get("interval_note") if "towers" in run.summary else interval_note(run.n_scored)
     return EncoderSummary(run=run.name, has_tower_scores=has, pearson=pearson, spearman=spearman, by_truth=by_truth,
                           layers=[LayerPoint(**row) for row in run.layers or []],
-                          curve_sample_ids=sorted(run.layer_curves or {}), interval_note=note if has else None)
+                          curve_sample_ids=sorted(run.layer_curves or {}))
 
 
 @router.get("/curves/{sample_id:path}", response_model=PairCurve, responses=NOT_FOUND)

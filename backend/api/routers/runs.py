@@ -52,9 +52,7 @@ def run_detail(run: RunDep) -> RunDetail:
                      utility=run.utility, run_metrics=run.run_metrics, score_names=run.score_names,
                      flag_names=run_flags(run), has_null=run.null_scores is not None,
                      score_summary=ScoreSummary(pairs=summary["pairs"], means=summary["means"],
-                                                intervals=summary.get("intervals"),
-                                                interval_note=summary.get("interval_note"),
-                                                by_truth=summary["by_truth"]),
+                                                intervals=summary.get("intervals"), by_truth=summary["by_truth"]),
                      n_embedded=run.n_embedded, embedding_dim=run.embedding_dim, map_method=run.map_method)
 
 
