@@ -151,30 +151,38 @@ def _without_word(text: str, k: int) -> list[int]:
 @torch.inference_mode()
 def tower_similarities(model, corpus: TensorCorpus, rows: torch.Tensor, views: TowerViews, cfg: ScoreConfig,
                        device, layers: bool) -> dict[str, torch.Tensor]:
-    """Cosine between the two views per (pair, view): final embedding (N, n) and, with layers, per block (B, N, n)."""
+    """Cosine between the two views per (pair, view): final embedding (N, n) and, with layers, per block (B, N, n).
+
+    Text views repeat (each pair has a few captions and n views of them), and a text's encoding does
+    not depend on the batch it is in, so every distinct token sequence is encoded once and looked up.
+    """
     n_rows = len(rows)
-    pixels = corpus.pixels[rows]
     out = {}
     for tower in TOWERS:
         blocks = (image_blocks(model) if tower == "image" else text_blocks(model)) if layers else []
-        mask_ref: dict = {}
-        pooled, finals = [], []
-        for v in range(2):
+        if tower == "image":
+            pixels = corpus.pixels[rows]
+            finals, pooled = [], []
+            for params in views.image_params:
+                with capture_blocks(blocks) as store:
+                    finals.append(encode_images(model, pixels, cfg.batch_size, device, views=params,
+                                                max_shift=views.max_shift, repeat=cfg.views))
+                pooled.append([torch.cat(parts) for parts in store])
+        else:
+            n = len(views.text_tokens[0])
+            distinct, index = torch.unique(torch.cat(views.text_tokens), dim=0, return_inverse=True)
+            mask_ref: dict = {}
+            chunks = []
             with capture_blocks(blocks, mask_ref) as store:
-                if tower == "image":
-                    final = encode_images(model, pixels, cfg.batch_size, device, views=views.image_params[v],
-                                          max_shift=views.max_shift, repeat=cfg.views)
-                else:
-                    toks = views.text_tokens[v]
-                    chunks = []
-                    for s in range(0, len(toks), cfg.batch_size):
-                        chunk = to_device(toks[s:s + cfg.batch_size], device)
-                        mask_ref["mask"] = chunk != 0
-                        with encode_context(device):
-                            chunks.append(model.encode_text(chunk, normalize=True).float().cpu())
-                    final = torch.cat(chunks)
-            finals.append(final)
-            pooled.append([torch.cat(parts) for parts in store])
+                for s in range(0, len(distinct), cfg.batch_size):
+                    chunk = to_device(distinct[s:s + cfg.batch_size], device)
+                    mask_ref["mask"] = chunk != 0
+                    with encode_context(device):
+                        chunks.append(model.encode_text(chunk, normalize=True).float().cpu())
+            final = torch.cat(chunks)
+            finals = [final[index[:n]], final[index[n:]]]
+            per_block = [torch.cat(parts) for parts in store]
+            pooled = [[p[index[:n]] for p in per_block], [p[index[n:]] for p in per_block]]
         out[tower] = (finals[0] * finals[1]).sum(-1).view(n_rows, cfg.views)
         if layers:
             out[f"{tower}_layers"] = torch.stack([

@@ -87,8 +87,13 @@ def encode_images(model, pixels: torch.Tensor, batch_size: int, device: torch.de
     with encode_context(device):
         for s in range(0, total, batch_size):
             e = min(s + batch_size, total)
-            chunk = pixels[s:e] if repeat == 1 else pixels[torch.arange(s, e, device=pixels.device) // repeat]
-            x = normalize(chunk) if views is None else augment(chunk, views.select(slice(s, e)), max_shift)
+            if views is None:
+                chunk = pixels[s:e] if repeat == 1 else pixels[torch.arange(s, e, device=pixels.device) // repeat]
+                x = normalize(chunk)
+            else:  # the chunk's base images, each read by its `repeat` views (no repeated copy of the pixels)
+                first = s // repeat
+                source = torch.arange(s, e, device=pixels.device) // repeat - first
+                x = augment(pixels[first:(e - 1) // repeat + 1], views.select(slice(s, e)), max_shift, source)
             x = x.contiguous(memory_format=torch.channels_last) if on_cuda else x.to(device)
             out.append(model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0)

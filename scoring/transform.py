@@ -56,25 +56,53 @@ def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) to the float input open_clip's towers expect (on the pixels' device)."""
     mean, std = _stats(pixels.device)
-    return (pixels.float() / 255.0 - mean) / std
+    # in place on a float copy of its own (never the caller's tensor): the same operations in the same order, without a buffer per step
+    return pixels.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
 
-def augment(pixels: torch.Tensor, params: ViewParams, max_shift: int) -> torch.Tensor:
-    """Apply the drawn views to uint8 images; returns normalised float images on the pixels' device."""
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions -size < i < 2·size - 1 mirrored into [0, size) as reflect padding does (edge not repeated)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def augment(pixels: torch.Tensor, params: ViewParams, max_shift: int,
+            source: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the drawn views to uint8 images; returns normalised float images on the pixels' device.
+
+    View i shows image `source[i]` of `pixels` (default: image i), so n views of one image need no
+    n-fold copy of its pixels.
+
+    The numbers are bit-identical to the plain formulation (reflect-pad, crop at the shift, jitter about
+    the image mean, normalise) that training and scoring have always used: the crop is one gather of
+    source positions mirrored at the edges, made in (height, width, channel) memory order, the order
+    the plain formulation's mean is reduced in (a float sum depends on its order); every later step is
+    elementwise and runs in place on that one buffer, the per-channel constants laid out in the same
+    order so that they vectorise; the result has the channel-last strides the towers always received.
+    """
     device = pixels.device
     if params.shift.device != device:
         params = params.to(device)
-    x = pixels.float() / 255.0
-    if max_shift > 0:
-        b, _, h, w = x.shape
-        padded = F.pad(x, (max_shift,) * 4, mode="reflect")
-        rows = params.shift[:, 0:1] + torch.arange(h, device=device)  # (B, H)
-        cols = params.shift[:, 1:2] + torch.arange(w, device=device)  # (B, W)
-        batch = torch.arange(b, device=device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if source is not None and source.device != device:
+        source = source.to(device)
+    mean_rgb, std_rgb = _stats(device)
     brightness = params.jitter[:, 0].view(-1, 1, 1, 1)
     contrast = params.jitter[:, 1].view(-1, 1, 1, 1)
+    if max_shift == 0:
+        x = (pixels if source is None else pixels[source]).to(torch.float32, copy=True).div_(255.0)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return x.sub_(mean).mul_(contrast).add_(mean).mul_(brightness).clamp_(0, 1).sub_(mean_rgb).div_(std_rgb)
+    n, c, h, w = pixels.shape
+    b = len(params.shift)
+    if source is None:
+        source = torch.arange(b, device=device)
+    rows = _reflect(params.shift[:, 0:1] - max_shift + torch.arange(h, device=device), h)  # (B, H)
+    cols = _reflect(params.shift[:, 1:2] - max_shift + torch.arange(w, device=device), w)  # (B, W)
+    at = (source[:, None, None] * (h * w) + rows[:, :, None] * w + cols[:, None, :]).view(-1)
+    x = pixels.permute(0, 2, 3, 1).reshape(n * h * w, c).index_select(0, at).view(b, h, w, c).float()
+    x.div_(255.0)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * contrast + mean) * brightness
-    mean, std = _stats(device)
-    return (x.clamp(0, 1) - mean) / std
+    mean_hwc = mean_rgb.view(1, 1, 1, c).expand(1, h, w, c).contiguous()
+    std_hwc = std_rgb.view(1, 1, 1, c).expand(1, h, w, c).contiguous()
+    x.sub_(mean).mul_(contrast).add_(mean).mul_(brightness).clamp_(0, 1).sub_(mean_hwc).div_(std_hwc)
+    return x.permute(0, 3, 1, 2)

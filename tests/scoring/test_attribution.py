@@ -77,3 +77,45 @@ def test_run_outputs_tower_columns_and_layer_tables(tiny_run):
     curves = pd.read_parquet(run.layer_curves)
     top = scores.nlargest(cfg.score.layer_curves_top_k, "clipmem")["sample_id"]
     assert set(curves["sample_id"]) == set(top)
+
+
+def test_tower_similarities_equal_view_by_view_encoding(tiny_run):
+    """The scorer encodes each distinct text view once and augments views batch by batch; encoding every
+    view on its own, in one batch, with hand-pooled block outputs, must give the same cosines."""
+    from clipmem.scoring.attribution import draw_tower_views, tower_similarities
+    from clipmem.scoring.score import scored_rows
+    from clipmem.scoring.transform import augment
+
+    run, cfg = tiny_run
+    corpus, vocab, model_cfg = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
+    model = create_model(model_cfg, 0).eval()
+    rows = scored_rows(corpus)[:40]
+    score_cfg = ScoreConfig(views=3, batch_size=16)
+    views = draw_tower_views(corpus, rows, score_cfg, cfg.train, 20, vocab)
+    tokens = torch.cat(views.text_tokens)
+    assert len(torch.unique(tokens, dim=0)) < len(tokens)  # repeated text views, encoded once by the scorer
+    got = tower_similarities(model, corpus, rows, views, score_cfg, torch.device("cpu"), layers=True)
+
+    def encode_with_blocks(blocks, forward, inputs, mask=None):
+        outputs = []
+        handles = [b.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for b in blocks]
+        with torch.inference_mode():
+            final = forward(inputs, normalize=True)
+        for h in handles:
+            h.remove()
+        if mask is None:
+            return final, [o.mean(dim=1) for o in outputs]
+        m = mask[:, :, None].float()
+        return final, [(o * m).sum(1) / m.sum(1) for o in outputs]
+
+    pixels = corpus.pixels[rows].repeat_interleave(score_cfg.views, 0)
+    image = [encode_with_blocks(image_blocks(model), model.encode_image, augment(pixels, p, views.max_shift))
+             for p in views.image_params]
+    text = [encode_with_blocks(text_blocks(model), model.encode_text, t, t != 0) for t in views.text_tokens]
+    for tower, pair in (("image", image), ("text", text)):
+        (final_a, blocks_a), (final_b, blocks_b) = pair
+        expected = (final_a * final_b).sum(-1).view(len(rows), score_cfg.views)
+        torch.testing.assert_close(got[tower], expected, atol=1e-5, rtol=0)
+        expected_layers = torch.stack([torch.nn.functional.cosine_similarity(a, b, dim=-1)
+                                       for a, b in zip(blocks_a, blocks_b)]).view(-1, len(rows), score_cfg.views)
+        torch.testing.assert_close(got[f"{tower}_layers"], expected_layers, atol=1e-5, rtol=0)

@@ -21,3 +21,42 @@ def test_shift_moves_content_without_flipping():
     params.shift[:] = torch.tensor([[1, 2]])  # no vertical shift, content moves one pixel left
     out = augment(pixels, params, 1)
     assert out[0, 0].argmax().item() == 4 * 8 + 0
+
+
+def _plain_augment(pixels, params, max_shift):
+    """The augmentation written out plainly (reflect-pad, crop at the shift, jitter about the mean, normalise):
+    the formulation training has always used, which the batched augment must reproduce bit for bit."""
+    import torch.nn.functional as F
+    from clipmem.scoring.transform import _MEAN, _STD
+
+    x = pixels.float() / 255.0
+    if max_shift > 0:
+        b, _, h, w = x.shape
+        padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+        rows = params.shift[:, 0:1] + torch.arange(h)
+        cols = params.shift[:, 1:2] + torch.arange(w)
+        x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        x = x.permute(0, 3, 1, 2)
+    brightness, contrast = params.jitter[:, 0].view(-1, 1, 1, 1), params.jitter[:, 1].view(-1, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean) * brightness
+    return (x.clamp(0, 1) - _MEAN) / _STD
+
+
+def test_batched_augment_is_the_plain_augmentation_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    for n, h, w, shift, enabled in [(64, 32, 32, 3, True), (7, 5, 9, 4, True), (9, 16, 16, 3, False)]:
+        pixels = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=gen)
+        params = sample_views(3 * n, AugmentConfig(max_shift=shift, enabled=enabled), gen)
+        max_shift = shift if enabled else 0
+        source = torch.randperm(3 * n, generator=gen) % n  # views of shuffled images, each image three times
+        expected = _plain_augment(pixels[source], params, max_shift)
+        for got in (augment(pixels, params, max_shift, source), augment(pixels[source], params, max_shift)):
+            assert torch.equal(got, expected)
+            assert got.stride() == expected.stride()  # the towers receive the layout they always did
+    from clipmem.scoring.transform import _MEAN, _STD
+
+    assert torch.equal(normalize(pixels), (pixels.float() / 255.0 - _MEAN) / _STD)
+    float_pixels = pixels.float()
+    augment(float_pixels, params.select(slice(0, n)), 0)
+    assert torch.equal(float_pixels, pixels.float())  # float input is read, never written in place
