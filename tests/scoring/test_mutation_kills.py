@@ -267,9 +267,9 @@ def test_the_reference_set_is_the_distinct_extra_captions_or_a_seeded_sample_of_
 
 def test_caption_table_holds_exactly_the_needed_captions_each_encoded_by_the_model():
     corpus, model = make_corpus(), base_model()
-    table = encode_captions(model, corpus, torch.tensor([7, -1, 3, 7, 40]), batch_size=2, device=CPU)
-    assert table.rows.tolist() == [-1] * 3 + [0] + [-1] * 3 + [1] + [-1] * 32 + [2] + [-1] * 11
-    torch.testing.assert_close(table[torch.tensor([40, 3, 7])], text(model, corpus, torch.tensor([40, 3, 7])))
+    table = encode_captions(model, corpus, torch.tensor([7, -1, 3, 7, 40, 0]), batch_size=2, device=CPU)
+    assert table.rows.tolist() == [0] + [-1] * 2 + [1] + [-1] * 3 + [2] + [-1] * 32 + [3] + [-1] * 11
+    torch.testing.assert_close(table[torch.tensor([40, 3, 0, 7])], text(model, corpus, torch.tensor([40, 3, 0, 7])))
     everything = encode_captions(model, corpus, None, batch_size=5, device=CPU)
     assert everything.rows.tolist() == list(range(52))
     torch.testing.assert_close(everything.emb, text(model, corpus, torch.arange(52)))
@@ -487,14 +487,17 @@ def test_captured_blocks_hold_each_blocks_pooled_output_per_call_and_let_go_afte
 
 
 def test_zero_shot_accuracy_of_a_hand_made_prompt_grid():
-    """Prompt (colour c, shape s) embeds as e_c + e_(8+s), so the colour class (mean over shapes) scores an image
-    e_c' + e_(8+s') highest at c = c', and the shape class likewise: each image is classified as its embedding
-    says. Of the four single-object images the embeddings get 3 colours and 2 shapes right."""
+    """Prompt (colour c, shape s) embeds as e_c + e_(8+s), ten times longer for green: the colour class (mean
+    over shapes, normalised) scores an image e_c' + e_(8+s') highest at c = c' (without the normalisation green
+    would win everywhere), and the shape class likewise. Of the five single-object images the embeddings get
+    4 colours and 3 shapes right; a colour index never equals the shape index, so colour classes cannot pass
+    for shape classes. The fifth image carries a tenth of a red component: red wins among unit-length classes
+    only (normalising each embedding dimension instead would make green win)."""
     colours = list(COLOURS)
     grid = torch.zeros(len(colours), len(SHAPES), 13)
     for c in range(len(colours)):
         for s in range(len(SHAPES)):
-            grid[c, s, c] = grid[c, s, 8 + s] = 1.0
+            grid[c, s, c] = grid[c, s, 8 + s] = 10.0 if colours[c] == "green" else 1.0
 
     def image(colour, shape):
         return grid[colours.index(colour), SHAPES.index(shape)]
@@ -502,13 +505,15 @@ def test_zero_shot_accuracy_of_a_hand_made_prompt_grid():
     def obj(colour, shape):
         return {"colour": colour, "shape": shape}
 
-    images = torch.stack([image("red", "circle"), image("green", "square"), image("blue", "triangle"),
-                          image("red", "cross"), image("pink", "circle"), image("white", "cross")])
-    attributes = [{"objects": [obj("red", "circle")]}, {"objects": [obj("blue", "square")]},
+    images = torch.stack([image("red", "square"), image("green", "triangle"), image("blue", "cross"),
+                          image("red", "cross"), image("pink", "circle"), image("white", "cross"),
+                          0.1 * image("red", "circle") + 0.9 * image("red", "circle") * torch.arange(13).ge(8)])
+    attributes = [{"objects": [obj("red", "square")]}, {"objects": [obj("blue", "triangle")]},
                   {"objects": [obj("blue", "diamond")]}, {"objects": [obj("red", "cross"), obj("red", "cross")]},
-                  {"objects": [obj("pink", "cross")]}, {}]
+                  {"objects": [obj("pink", "cross")]}, {},
+                  {"objects": [obj("red", "circle")]}]
     out = zero_shot(images, grid.view(-1, 13), attributes)
-    assert out == {"zeroshot_colour": 0.75, "zeroshot_shape": 0.5}
+    assert out == {"zeroshot_colour": 0.8, "zeroshot_shape": 0.6}
     assert zero_shot(images[3:4], grid.view(-1, 13), attributes[3:4]) == {}
 
 
@@ -576,32 +581,39 @@ def test_clean_embeddings_and_the_stored_arrays_are_the_models_own_encodings():
 
 def test_kfold_plan_errors_name_the_problem():
     ids, clean = [f"s{i}" for i in range(10)], ["clean"] * 10
-    with pytest.raises(ClipmemError, match="--folds must be >= 2 for the k-fold scheme, got 1"):
+    with pytest.raises(ClipmemError, match="^--folds must be >= 2 for the k-fold scheme, got 1$"):
         plan_kfold(ids, clean, SplitSizes(4, 2, 2, 0), folds=1, seed=0)
-    with pytest.raises(ClipmemError, match="cannot plan splits of an empty dataset"):
+    with pytest.raises(ClipmemError, match="^cannot plan splits of an empty dataset$"):
         plan_kfold([], [], SplitSizes(4, 2, 2, 0), folds=2, seed=0)
-    with pytest.raises(ClipmemError, match="dataset ids are not unique; cannot plan splits"):
+    with pytest.raises(ClipmemError, match="^dataset ids are not unique; cannot plan splits$"):
         plan_kfold(["a"] * 10, clean, SplitSizes(4, 2, 2, 0), folds=2, seed=0)
     with pytest.raises(ClipmemError, match="7 pairs cannot fill 4 folds of at least 2 pairs each"):
         plan_kfold(ids, clean, SplitSizes(3, 2, 2, 0), folds=4, seed=0)
     assert len(plan_kfold(ids, clean, SplitSizes(4, 2, 2, 0), folds=4, seed=0).folds) == 4  # 8 pairs: just enough
     with pytest.raises(ClipmemError, match="9 pairs carry a fault tag but the folds hold only 8; raise the sizes"):
         plan_kfold(ids, ["swapped"] * 9 + ["clean"], SplitSizes(4, 2, 2, 0), folds=2, seed=0)
-    with pytest.raises(ClipmemError, match="cannot plan splits of an empty dataset"):
+    # as many faulty pairs as the folds hold: every pair of the folds is a faulty one
+    full = plan_kfold(ids, ["swapped"] * 8 + ["clean"] * 2, SplitSizes(4, 2, 2, 0), folds=2, seed=0)
+    assert sorted(sid for fold in full.folds for sid in fold) == sorted(ids[:8])
+    with pytest.raises(ClipmemError, match="^cannot plan splits of an empty dataset$"):
         plan_splits([], [], SplitSizes(4, 2, 2, 0), seed=0)
-    with pytest.raises(ClipmemError, match="dataset ids are not unique; cannot plan splits"):
+    with pytest.raises(ClipmemError, match="^dataset ids are not unique; cannot plan splits$"):
         plan_splits(["a"] * 10, clean, SplitSizes(4, 2, 2, 0), seed=0)
     with pytest.raises(ClipmemError, match="5 pairs carry a fault tag but the scored splits hold only 4; raise"):
         plan_splits(ids, ["swapped"] * 5 + ["clean"] * 5, SplitSizes(4, 2, 2, 0), seed=0)
 
 
+PARTITION = r"\(the folds do not partition the candidate and independent pairs\)$"
+FOLD_0 = r"\(in a k-fold plan fold 0 is the independent split and the shared split is empty\)$"
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda c: c.update(folds=c["folds"][:1]), r"at least 2 non-empty folds, got sizes \[2\]"),
     (lambda c: c["folds"].append([]), r"at least 2 non-empty folds, got sizes \[2, 2, 2, 0\]"),
-    (lambda c: c["folds"][1].append(c["folds"][2][0]), "do not partition"),          # one pair in two folds
-    (lambda c: c["folds"][2].pop(), "do not partition"),                                # a pair in no fold
-    (lambda c: c["folds"].__setitem__(0, c["folds"][0] + c["folds"].pop(1)), "fold 0 is the independent split"),
-    (lambda c: c["ids"]["shared"].append(c["ids"]["extra"][0]), "the shared split is empty"),
+    (lambda c: c["folds"][1].append(c["folds"][2][0]), PARTITION),  # a pair in two folds
+    (lambda c: c["folds"][2].pop(), PARTITION),  # a pair in no fold
+    (lambda c: c["folds"].__setitem__(0, c["folds"][0] + c["folds"].pop(1)), FOLD_0),
+    (lambda c: c["ids"]["shared"].append(c["ids"]["extra"][0]), FOLD_0),
 ])
 def test_a_damaged_kfold_plan_is_refused_with_its_reason(tmp_path, damage, message):
     ids = [f"s{i}" for i in range(8)]
