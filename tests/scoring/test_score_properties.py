@@ -38,6 +38,7 @@ from constructed import (
 )
 
 from clipmem.scoring.attribution import attribute, draw_tower_views, layer_tables, tower_scores
+from clipmem.scoring.columns import LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS
 from clipmem.scoring.score import reference_set, score_run, scored_rows, view_draws
 from clipmem.scoring.transform import augment
 
@@ -239,9 +240,19 @@ def test_layer_tables_give_mean_layer_mem_and_its_increase_per_block():
         np.testing.assert_allclose(rows["layer_mem"], layer_mem, atol=1e-12, err_msg=f"{tower} {truth}")
         np.testing.assert_allclose(rows["delta_layer_mem"], delta, atol=1e-12, err_msg=f"{tower} {truth}")
     assert table.loc[("image", "swapped", 1), "pairs"] == 2
+    assert list(layers.columns) == [*LAYER_COLUMNS, *LAYER_INTERVAL_COLUMNS]
+    assert layers["layer"].tolist() == [1, 2, 3] * 6  # two towers, three groups (all, clean, swapped)
+    # bootstrap intervals: reproducible, around the mean; block 1's increase is its LayerMem, resampled alike
+    again, _ = layer_tables(frame, per_pair, top_k_curves=2)
+    pd.testing.assert_frame_equal(again, layers)
+    assert (layers["layer_mem_lo"] <= layers["layer_mem"] + 1e-12).all()
+    assert (layers["layer_mem"] <= layers["layer_mem_hi"] + 1e-12).all()
+    first = layers[layers["layer"] == 1]
+    np.testing.assert_allclose(first["delta_layer_mem_lo"], first["layer_mem_lo"], atol=1e-12)
+    np.testing.assert_allclose(first["delta_layer_mem_hi"], first["layer_mem_hi"], atol=1e-12)
     # per-pair curves of the two most memorized pairs (c, then d)
     image = curves[curves["tower"] == "image"]
-    assert image["sample_id"].tolist() == ["c"] * 3 + ["d"] * 3
+    assert image["sample_id"].tolist() == ["c"] * 3 + ["d"] * 3 and image["layer"].tolist() == [1, 2, 3] * 2
     np.testing.assert_allclose(image["layer_mem"], [0.2, 0.9, 0.5, 0.4, 0.7, 0.5])
 
 
