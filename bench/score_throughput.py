@@ -100,7 +100,7 @@ def scorer_stages(models: dict, corpus, cfg, context_length: int, vocab, device)
 
     return {
         "clipmem": lambda: score_run(models, corpus, cfg.score, cfg.train, device),
-        "null": lambda: score_null(models, corpus, cfg.score, cfg.train, device),
+        "null": lambda: score_null(models, corpus, cfg.score, cfg.train, device, tables=result.tables),
         "towers": towers,
         "swap": lambda: swap_check(models, corpus, result, cfg.score, device),
     }

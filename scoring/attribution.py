@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.models import apply_vocabulary, pack, word_encodings
-from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, encode_texts, minmax,
-                                   scored_rows, to_device, with_without)
+from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, minmax,
+                                   scored_rows, swap_captions, to_device, with_without)
 from clipmem.scoring.significance import bootstrap_block_means
 from clipmem.scoring.transform import sample_views
 
@@ -205,16 +205,16 @@ def swap_check(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: Sco
     shared = corpus.rows("shared")
     if len(shared) == 0 or tuple(models) != ("f", "g"):
         return {}
-    first_caption = corpus.caption_index[shared, 0]
+    first_caption = swap_captions(corpus)
     caption = result.view_captions
-    needed = None if result.part is None else caption  # a part encodes only its views' captions
+    needed = torch.cat([caption, first_caption])
     emb = {}
     for name, model in models.items():
-        emb[name] = {
-            "image": encode_images(model, corpus.pixels[shared], cfg.batch_size, device),
-            "text": encode_texts(model, corpus.tokens[first_caption], cfg.batch_size, device),
-            "table": encode_captions(model, corpus, needed, cfg.batch_size, device),
-        }
+        table = result.tables.get(name)
+        if table is None or not table.covers(needed):  # score_run's table holds them all: no second encoding
+            table = encode_captions(model, corpus, needed, cfg.batch_size, device)
+        emb[name] = {"image": encode_images(model, corpus.pixels[shared], cfg.batch_size, device),
+                     "text": table[first_caption], "table": table}
     # maps from g's space to f's, fitted where both models saw the data; the inverse is the transpose
     w = {tower: orthogonal_map(emb["g"][tower], emb["f"][tower]) for tower in ("image", "text")}
     n = len(result.scored)

@@ -335,7 +335,7 @@ def _score_replicas(run: RunDir, cfg: RunConfig, corpus, models: dict, vocab, mo
         frames.append(frame)
         layer_sets.append(per_pair)
         if len(corpus.rows("extra")):
-            nulls.append(score_null(these, corpus, cfg.score, cfg.train, device))
+            nulls.append(score_null(these, corpus, cfg.score, cfg.train, device, tables=result.tables))
     frame = mean_over_replicas(frames, spread=True)
     per_pair = {tower: np.mean([layers[tower] for layers in layer_sets], axis=0) if len(layer_sets) > 1
                 else layer_sets[0][tower] for tower in layer_sets[0]}

@@ -29,7 +29,7 @@ each scored pair's A_with - A_without can be compared with what model drift alon
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -118,6 +118,11 @@ class CaptionTable:
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         return self.emb[self.rows[idx]]
 
+    def covers(self, idx: torch.Tensor) -> bool:
+        """Whether every caption at `idx` (ignoring -1) was encoded."""
+        idx = idx[idx >= 0]
+        return bool((self.rows[idx] >= 0).all())
+
 
 def encode_captions(model, corpus: TensorCorpus, needed: torch.Tensor | None, batch_size: int,
                     device: torch.device) -> CaptionTable:
@@ -186,6 +191,7 @@ class ScoreResult:
     seen: torch.Tensor                # (N, models) True where the model trained on the pair
     names: tuple[str, ...]            # the models, in `seen`'s column order
     part: slice | None = None         # the part of the scored set these rows are (None: all of it)
+    tables: dict[str, "CaptionTable"] = field(default_factory=dict)  # per model, the captions encoded here
 
     @property
     def seen_by_f(self) -> torch.Tensor:
@@ -249,6 +255,11 @@ def scale_scores(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def swap_captions(corpus: TensorCorpus) -> torch.Tensor:
+    """Caption-table indices of the S_S first captions, whose embeddings the encoder-swap check fits on."""
+    return corpus.caption_index[corpus.rows("shared"), 0]
+
+
 def score_run(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
               device: torch.device, part: slice | None = None, embed: bool = True) -> ScoreResult:
     """Score S_C ∪ S_I (or the contiguous `part` of it); also return the views' embeddings and, with
@@ -276,12 +287,12 @@ def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: Trai
     views, caption_idx = view_draws(corpus, scored_all, cfg, train_cfg, part)
     cap_idx = corpus.caption_index[scored]
     # a part encodes only the captions it looks at; the whole run encodes the table once
-    needed = None if whole else torch.cat([caption_idx, ref_idx, cap_idx.flatten()])
+    needed = None if whole else torch.cat([caption_idx, ref_idx, cap_idx.flatten(), swap_captions(corpus)])
 
-    cos, con, clipscore, emb, view_images = [], [], [], {}, {}
+    cos, con, clipscore, emb, view_images, tables = [], [], [], {}, {}, {}
     valid = cap_idx >= 0
     for name, model in models.items():
-        table = encode_captions(model, corpus, needed, cfg.batch_size, device)
+        table = tables[name] = encode_captions(model, corpus, needed, cfg.batch_size, device)
         c, k, view_images[name] = view_alignments(model, corpus, scored, views, caption_idx, table, ref_idx,
                                                   cfg, train_cfg, device)
         cos.append(c)
@@ -331,7 +342,7 @@ def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: Trai
     })
     return ScoreResult(frame=pd.DataFrame(columns), clean=emb if embed else None, embedded=embedded, scored=scored,
                        view_images=view_images, view_captions=caption_idx, seen=seen, names=names,
-                       part=None if whole else part)
+                       part=None if whole else part, tables=tables)
 
 
 def null_roles(corpus: TensorCorpus, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -349,7 +360,7 @@ def null_roles(corpus: TensorCorpus, names: tuple[str, ...]) -> dict[str, torch.
 
 
 def score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
-               device: torch.device) -> pd.DataFrame:
+               device: torch.device, tables: dict[str, CaptionTable] | None = None) -> pd.DataFrame:
     """null.parquet's rows (columns.NULL_COLUMNS): the S_E pairs scored as the scored pairs are, once per null key.
 
     Each S_E pair gets n views drawn from the null's own stream (NULL_STREAM), is aligned under every model by
@@ -359,11 +370,11 @@ def score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: 
     for m in models.values():  # outside inference mode: moved parameters stay ordinary tensors
         prepare_model(m, device)
     with torch.inference_mode():
-        return _score_null(models, corpus, cfg, train_cfg, device)
+        return _score_null(models, corpus, cfg, train_cfg, device, tables or {})
 
 
 def _score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: TrainConfig,
-                device: torch.device) -> pd.DataFrame:
+                device: torch.device, tables: dict[str, CaptionTable]) -> pd.DataFrame:
     rows = corpus.rows("extra")
     if len(rows) == 0:
         return pd.DataFrame({c: [] for c in NULL_COLUMNS})
@@ -372,8 +383,10 @@ def _score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg:
     own = corpus.caption_index[rows]
     needed = torch.cat([caption_idx, ref_idx, own.flatten()])
     cos, con = [], []
-    for model in models.values():
-        table = encode_captions(model, corpus, needed, cfg.batch_size, device)
+    for name, model in models.items():
+        table = tables.get(name)
+        if table is None or not table.covers(needed):  # the scored pairs' table, when it holds every one
+            table = encode_captions(model, corpus, needed, cfg.batch_size, device)
         c, k, _ = view_alignments(model, corpus, rows, views, caption_idx, table, ref_idx, cfg, train_cfg, device,
                                   own_captions=own)
         cos.append(c)
