@@ -623,3 +623,51 @@ def test_a_damaged_kfold_plan_is_refused_with_its_reason(tmp_path, damage, messa
     (tmp_path / "split.json").write_text(json.dumps(content))
     with pytest.raises(ClipmemError, match="malformed.*" + message):
         SplitPlan.load(tmp_path / "split.json")
+
+
+# ---------------------------------------------------------------- layer tables (attribution.py)
+
+
+def test_layer_curves_break_a_long_tie_at_the_cutoff_by_row_order():
+    """40 pairs, 30 of them tied at the cutoff: the top 10 curves are the two best pairs, then the first eight
+    tied pairs in row order (numpy's default sort is not stable from 17 elements on, so the order must be asked)."""
+    from clipmem.scoring.attribution import layer_tables
+    clipmem = np.array([0.1] * 8 + [0.5] * 15 + [0.9] + [0.5] * 15 + [0.8])  # best: row 23, then row 39
+    frame = pd.DataFrame({"sample_id": [f"p{i}" for i in range(40)], "truth": ["clean"] * 40, "clipmem": clipmem})
+    per_pair = {tower: np.arange(40.0)[None, :] for tower in ("image", "text")}
+    _, curves = layer_tables(frame, per_pair, top_k_curves=10)
+    expected = ["p23", "p39", "p8", "p9", "p10", "p11", "p12", "p13", "p14", "p15"]
+    assert curves[curves["tower"] == "image"]["sample_id"].tolist() == expected
+    assert curves[curves["tower"] == "text"]["sample_id"].tolist() == expected
+
+
+def test_layer_intervals_are_the_seed_0_bootstrap_of_the_groups_pairs():
+    """LayerMem's and ΔLayerMem's intervals over 50 varied pairs equal a plain bootstrap written out here: 2000
+    resamples of the pairs with numpy's generator seeded 0, the same resamples for both, 2.5% and 97.5% quantiles
+    of the resampled means (with 50 pairs another seed moves the bounds, so a changed seed shows)."""
+    from clipmem.scoring.attribution import layer_tables
+    gen = np.random.default_rng(7)
+    n = 50
+    frame = pd.DataFrame({"sample_id": [f"p{i}" for i in range(n)], "truth": ["clean"] * 30 + ["swapped"] * 20,
+                          "clipmem": gen.normal(size=n)})
+    per_pair = {"image": gen.normal(size=(2, n)).cumsum(0), "text": gen.exponential(size=(2, n)).cumsum(0)}
+    layers, _ = layer_tables(frame, per_pair, top_k_curves=5)
+    table = layers.set_index(["tower", "truth", "layer"])
+
+    def plain_bootstrap(values, seed):
+        resamples = np.random.default_rng(seed).integers(0, values.shape[1], size=(2000, values.shape[1]))
+        means = values[:, resamples].mean(-1)  # (blocks, 2000)
+        return np.quantile(means, 0.025, axis=1), np.quantile(means, 0.975, axis=1)
+
+    for tower, values in per_pair.items():
+        for truth, mask in {"all": np.ones(n, bool), "clean": np.arange(n) < 30, "swapped": np.arange(n) >= 30}.items():
+            rows = table.loc[(tower, truth)].sort_index()
+            lo, hi = plain_bootstrap(values[:, mask], 0)
+            deltas = np.vstack([values[:1, mask], values[1:, mask] - values[:-1, mask]])
+            delta_lo, delta_hi = plain_bootstrap(deltas, 0)
+            np.testing.assert_allclose(rows["layer_mem_lo"], lo, atol=1e-12, err_msg=f"{tower} {truth}")
+            np.testing.assert_allclose(rows["layer_mem_hi"], hi, atol=1e-12, err_msg=f"{tower} {truth}")
+            np.testing.assert_allclose(rows["delta_layer_mem_lo"], delta_lo, atol=1e-12, err_msg=f"{tower} {truth}")
+            np.testing.assert_allclose(rows["delta_layer_mem_hi"], delta_hi, atol=1e-12, err_msg=f"{tower} {truth}")
+            # the case can tell seeds apart
+            assert not np.allclose(plain_bootstrap(values[:, mask], 1)[0], lo, atol=1e-6)
