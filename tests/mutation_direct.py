@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _pytest.outcomes import OutcomeException
+
 
 class Alarm(Exception):
     pass
@@ -72,7 +74,7 @@ def main(argv: list[str]) -> None:
     os.environ["MUTANT_UNDER_TEST"] = "fail"
     try:
         run_tests(tests)
-    except Exception:  # noqa: BLE001 - mutmut's forced failure is seen: the tests do run the mutated code
+    except (Exception, OutcomeException):  # noqa: BLE001 - mutmut's forced failure is seen: the tests run it
         pass
     else:
         raise SystemExit("the tests pass under mutmut's forced failure: they do not reach the mutated code")
@@ -87,7 +89,8 @@ def main(argv: list[str]) -> None:
             results[name] = "survived"
         except Alarm:
             results[name] = "timeout"
-        except Exception:  # noqa: BLE001 - any failure kills the mutant
+        except (Exception, OutcomeException):  # noqa: BLE001 - any failure kills the mutant (pytest.raises and
+            # pytest.fail raise OutcomeException, a BaseException)
             results[name] = "killed"
         finally:
             signal.alarm(0)
