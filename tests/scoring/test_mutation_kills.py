@@ -560,6 +560,12 @@ def test_utility_reads_the_extra_pairs_and_probes_a_label_with_a_known_accuracy(
     both = utility({"f": model, "g": model}, corpus, {"f": emb, "g": emb}, embedded, cfg, CPU)
     assert both == {"f": out, "g": out}
     assert evaluate_model(model, corpus, emb, embedded[:8], cfg, CPU) == {}
+    # a model without clean embeddings (a fold model beyond the two literal ones) is encoded on S_E alone: the
+    # same S_E images and caption table, so the same numbers
+    g_alone = utility({"f": model, "g": model}, corpus, {"f": emb}, embedded, cfg, CPU)
+    assert g_alone["f"] == out
+    assert g_alone["g"] == {**{key: pytest.approx(value) for key, value in expected.items()},
+                            "probe_kind": pytest.approx(5 / 6)}
 
 
 def test_clean_embeddings_and_the_stored_arrays_are_the_models_own_encodings():
@@ -671,3 +677,33 @@ def test_layer_intervals_are_the_seed_0_bootstrap_of_the_groups_pairs():
             np.testing.assert_allclose(rows["delta_layer_mem_hi"], delta_hi, atol=1e-12, err_msg=f"{tower} {truth}")
             # the case can tell seeds apart
             assert not np.allclose(plain_bootstrap(values[:, mask], 1)[0], lo, atol=1e-6)
+
+
+def test_probe_labels_are_the_single_objects_shape_and_colour_or_the_named_label():
+    """Built-in attributes: shape and colour of one-object images, None for two objects or none; a label_key reads
+    that key; data with neither has no probe label."""
+    from clipmem.scoring.evaluate import probe_labels
+    one = {"objects": [{"shape": "circle", "colour": "red"}]}
+    two = {"objects": [{"shape": "square", "colour": "blue"}, {"shape": "circle", "colour": "green"}]}
+    other = {"objects": [{"shape": "triangle", "colour": "blue"}]}
+    assert probe_labels([one, two, {}, other], None) == {"shape": ["circle", None, None, "triangle"],
+                                                         "colour": ["red", None, None, "blue"]}
+    assert probe_labels([{"kind": "a"}, {}], "kind") == {"kind": ["a", None]}
+    assert probe_labels([{"kind": "a"}], None) == {}
+
+
+def test_zero_shot_prompts_name_every_colour_and_shape():
+    from clipmem.scoring.evaluate import zero_shot_prompts
+    prompts = zero_shot_prompts()
+    assert len(prompts) == len(COLOURS) * len(SHAPES)
+    colours = list(COLOURS)
+    assert prompts[0] == f"a picture of a {colours[0]} {SHAPES[0]}"
+    assert prompts[-1] == f"a picture of a {colours[-1]} {SHAPES[-1]}"
+
+
+def test_retrieval_with_fewer_images_than_k_ranks_every_image():
+    """Three images, six captions: text-to-image R@5 looks at all three images (k is capped by the images)."""
+    image = torch.eye(3, 4)
+    table = torch.cat([torch.eye(3, 4), torch.eye(3, 4)])
+    out = retrieval(image, table, [{0, 3}, {1, 4}, {2, 5}])
+    assert out == {"i2t_r1": 1.0, "t2i_r1": 1.0, "i2t_r5": 1.0, "t2i_r5": 1.0}
