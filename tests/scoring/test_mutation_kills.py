@@ -17,7 +17,7 @@ from clipmem.scoring.attribution import _pool, capture_blocks, draw_tower_views,
 from clipmem.scoring.config import DataConfig, RunConfig, ScoreConfig, SourceOptions
 from clipmem.scoring.data.synthetic import COLOURS, SHAPES
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.evaluate import evaluate_model, probe_rows, retrieval, utility, zero_shot
+from clipmem.scoring.evaluate import evaluate_model, linear_probe, probe_rows, retrieval, utility, zero_shot
 from clipmem.scoring.metrics import Ranking, detection, precision_at_k, single_auroc
 from clipmem.scoring.models import apply_vocabulary, tokenize
 from clipmem.scoring.score import (Embeddings, clean_embeddings, embeddings_arrays, encode_captions, encode_images,
@@ -707,3 +707,29 @@ def test_retrieval_with_fewer_images_than_k_ranks_every_image():
     table = torch.cat([torch.eye(3, 4), torch.eye(3, 4)])
     out = retrieval(image, table, [{0, 3}, {1, 4}, {2, 5}])
     assert out == {"i2t_r1": 1.0, "t2i_r1": 1.0, "i2t_r5": 1.0, "t2i_r5": 1.0}
+
+
+def test_fold_models_probe_on_their_own_training_folds():
+    """S_S all labelled a (a probe there has one class: no probe); rows 12-19 labelled a/b with white/black
+    images so that each fold model's training folds hold both labels: every fold model, with clean embeddings or
+    encoded on S_E alone, gets a probe, fitted on its training folds (the rows test 526 names)."""
+    corpus, model = _kfold_corpus(), base_model()
+    extra = corpus.rows("extra").tolist()
+    _labelled(corpus, {r: "a" for r in range(12)}, dark=set())
+    labels = dict(zip(range(12, 20), "ababbaba"))
+    _labelled(corpus, labels, dark={r for r, label in labels.items() if label == "b"})
+    _labelled(corpus, {r: "ab"[k % 2] for k, r in enumerate(extra)}, dark={r for k, r in enumerate(extra) if k % 2})
+    cfg = RunConfig(data=DataConfig(options=SourceOptions(label_key="kind")), score=SCORE)
+    embedded = rows_of(corpus, "candidate", "independent", "extra")
+    emb = Embeddings(image=clean_image(model, corpus, embedded), text=torch.empty(0),
+                     caption_table=text(model, corpus, torch.arange(52)))
+    names = ("fold0", "fold1", "fold2")
+    out = utility(dict.fromkeys(names, model), corpus, {"fold0": emb}, embedded, cfg, CPU)
+    folds = {"fold0": [13, 14, 15, 18, 19], "fold1": [12, 14, 16, 17, 18], "fold2": [12, 13, 15, 16, 17, 19]}
+    s_e = clean_image(model, corpus, torch.tensor(extra))
+    for name, rows in folds.items():
+        expected = linear_probe(clean_image(model, corpus, torch.tensor(rows)), [labels[r] for r in rows], s_e,
+                                ["ab"[k % 2] for k in range(len(extra))])
+        assert out[name]["probe_kind"] == pytest.approx(expected), name
+    # the published pair probes on S_S, which has one label here: no probe
+    assert "probe_kind" not in utility({"f": model, "g": model}, corpus, {"f": emb}, embedded, cfg, CPU)["g"]
