@@ -733,3 +733,27 @@ def test_fold_models_probe_on_their_own_training_folds():
         assert out[name]["probe_kind"] == pytest.approx(expected), name
     # the published pair probes on S_S, which has one label here: no probe
     assert "probe_kind" not in utility({"f": model, "g": model}, corpus, {"f": emb}, embedded, cfg, CPU)["g"]
+
+
+def test_utility_adds_zero_shot_when_the_captions_hold_every_prompt_and_counts_caption_row_0():
+    """The caption texts' first rows renamed to the zero-shot prompts: the S_E accuracy is zero_shot on those
+    rows of the caption table (itself checked on a hand-made grid). The first S_E pair owns caption-table row 0,
+    so its caption set is {0, its second caption}."""
+    from clipmem.scoring.evaluate import zero_shot_prompts
+    corpus, model = make_corpus(), base_model()
+    prompts = zero_shot_prompts()
+    corpus.caption_texts = prompts + corpus.caption_texts[len(prompts):]
+    extra = corpus.rows("extra").tolist()
+    corpus.caption_index[extra[0], 0] = 0
+    shapes = ["circle", "square", "triangle", "diamond", "cross", "circle"]
+    for k, r in enumerate(extra):
+        corpus.attributes[r] = {"objects": [{"shape": shapes[k], "colour": list(COLOURS)[k]}]}
+    cfg = RunConfig(data=DataConfig(options=SourceOptions(label_key="kind")), score=SCORE)  # no probe label
+    embedded = rows_of(corpus, "candidate", "independent", "extra")
+    emb = Embeddings(image=clean_image(model, corpus, embedded), text=torch.empty(0),
+                     caption_table=text(model, corpus, torch.arange(2 * len(corpus.attributes))))
+    sets = [{0, 2 * extra[0] + 1}] + [{2 * r, 2 * r + 1} for r in extra[1:]]
+    expected = {**retrieval(emb.image[8:], emb.caption_table, sets),
+                **zero_shot(emb.image[8:], emb.caption_table[:len(prompts)], [corpus.attributes[r] for r in extra])}
+    assert len(expected) == 6  # R@1, R@5 both ways and the two zero-shot accuracies
+    assert evaluate_model(model, corpus, emb, embedded, cfg, CPU) == expected
