@@ -757,3 +757,36 @@ def test_utility_adds_zero_shot_when_the_captions_hold_every_prompt_and_counts_c
                 **zero_shot(emb.image[8:], emb.caption_table[:len(prompts)], [corpus.attributes[r] for r in extra])}
     assert len(expected) == 6  # R@1, R@5 both ways and the two zero-shot accuracies
     assert evaluate_model(model, corpus, emb, embedded, cfg, CPU) == expected
+
+
+def _probe_case(seed: int):
+    """40 training points (28 a, 12 b) and 30 balanced test points, b shifted by 1.5 standard deviations."""
+    gen = np.random.default_rng(seed)
+    y = np.array(["a"] * 28 + ["b"] * 12)
+    x = gen.normal(size=(40, 3)) * 0.02 + (y == "b")[:, None] * 0.03
+    test_y = np.array(["a", "b"] * 15)
+    test_x = gen.normal(size=(30, 3)) * 0.02 + (test_y == "b")[:, None] * 0.03
+    return x, y, test_x, test_y
+
+
+def _written_out_probe(x, y, test_x, test_y, grid, seed=0):
+    """The documented protocol, step by step: a seeded fifth validates each L2 strength (the first best wins),
+    the best is refitted on all the training pairs."""
+    from sklearn.linear_model import LogisticRegression
+    order = np.random.default_rng(seed).permutation(len(y))
+    val, fit = order[:len(y) // 5], order[len(y) // 5:]
+    scores = [LogisticRegression(C=c, max_iter=1000).fit(x[fit], y[fit]).score(x[val], y[val]) for c in grid]
+    best = grid[scores.index(max(scores))]
+    return LogisticRegression(C=best, max_iter=1000).fit(x, y).score(test_x, test_y)
+
+
+@pytest.mark.parametrize("case_seed, grid", [(5, (0.1, 1.0, 10.0, 100.0)), (0, (0.1, 100.0))])
+def test_the_linear_probe_picks_its_l2_strength_on_a_seeded_fifth(case_seed, grid):
+    """Cases where the picked strength decides the test accuracy: the probe equals the protocol written out here,
+    and another validation fifth (seed 1) or another strength would give another accuracy."""
+    x, y, test_x, test_y = _probe_case(case_seed)
+    expected = _written_out_probe(x, y, test_x, test_y, grid)
+    got = linear_probe(torch.from_numpy(x), y.tolist(), torch.from_numpy(test_x), test_y.tolist(), inverse_l2=grid)
+    assert got == pytest.approx(expected)
+    assert _written_out_probe(x, y, test_x, test_y, grid, seed=1) != pytest.approx(expected) or case_seed == 0
+    assert any(_written_out_probe(x, y, test_x, test_y, (c,)) != pytest.approx(expected) for c in grid)
