@@ -10,18 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from constructed import (AUGMENT, NO_AUGMENT, SCORE, WORD_CONTEXT, base_model, clean_image, make_corpus, rows_of, text,
-                         word_corpus)
+from constructed import (AUGMENT, NO_AUGMENT, SCORE, WORD_CONTEXT, base_model, clean_image, cos, make_corpus, rows_of,
+                         text, word_corpus)
 
 from clipmem.scoring.attribution import _pool, capture_blocks, draw_tower_views, image_blocks, text_blocks
+from clipmem.scoring.columns import NULL_COLUMNS
 from clipmem.scoring.config import DataConfig, RunConfig, ScoreConfig, SourceOptions
 from clipmem.scoring.data.synthetic import COLOURS, SHAPES
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.evaluate import evaluate_model, linear_probe, probe_rows, retrieval, utility, zero_shot
 from clipmem.scoring.metrics import Ranking, detection, precision_at_k, single_auroc
 from clipmem.scoring.models import apply_vocabulary, tokenize
-from clipmem.scoring.score import (Embeddings, clean_embeddings, embeddings_arrays, encode_captions, encode_images,
-                                   encode_texts, minmax, reference_set, scale_scores, view_draws, with_without)
+from clipmem.scoring.score import (NULL_STREAM, Embeddings, clean_embeddings, embeddings_arrays, encode_captions,
+                                   encode_images, encode_texts, mean_over_replicas, minmax, null_roles, reference_set,
+                                   scale_scores, score_null, score_run, scored_rows, view_draws, with_without)
 from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_kfold, plan_splits
 from clipmem.scoring.transform import augment, sample_views
 
@@ -273,6 +275,12 @@ def test_caption_table_holds_exactly_the_needed_captions_each_encoded_by_the_mod
     everything = encode_captions(model, corpus, None, batch_size=5, device=CPU)
     assert everything.rows.tolist() == list(range(52))
     torch.testing.assert_close(everything.emb, text(model, corpus, torch.arange(52)))
+
+
+def test_a_caption_table_covers_exactly_the_captions_it_encoded():
+    table = encode_captions(base_model(), make_corpus(), torch.tensor([1, 2]), batch_size=64, device=CPU)
+    assert table.covers(torch.tensor([-1, 2, 1, -1])) and table.covers(torch.tensor([2]))
+    assert not table.covers(torch.tensor([0, 1])) and not table.covers(torch.tensor([1, 3]))
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
@@ -791,3 +799,224 @@ def test_the_linear_probe_picks_its_l2_strength_on_a_seeded_fifth(case_seed, gri
     assert got == pytest.approx(expected)
     assert _written_out_probe(x, y, test_x, test_y, grid, seed=1) != pytest.approx(expected) or case_seed != 5
     assert any(_written_out_probe(x, y, test_x, test_y, (c,)) != pytest.approx(expected) for c in grid)
+
+
+
+def test_eight_training_pairs_validate_on_one_and_fit_on_seven():
+    """Eight labelled training pairs: the seeded fifth is one pair, the fit set the other seven; a validation set
+    of two, or a fit set of six, picks another strength here and gives another accuracy."""
+    gen = np.random.default_rng(39)
+    x, y = gen.normal(size=(8, 3)), np.array(["a", "b"] * 4)
+    test_x = gen.normal(size=(100, 3))
+    test_y = np.where(test_x[:, 0] + 0.5 * test_x[:, 1] > 0, "a", "b")
+    expected = _written_out_probe(x, y, test_x, test_y, (0.1, 1.0, 10.0, 100.0))
+    assert expected == pytest.approx(0.52)
+    got = linear_probe(torch.from_numpy(x), y.tolist(), torch.from_numpy(test_x), test_y.tolist())
+    assert got == pytest.approx(expected)
+
+
+def test_the_linear_probe_is_fitted_to_convergence():
+    """A strength of 100 on 40 random labels in 20 badly scaled dimensions: lbfgs needs 474 iterations, and the
+    converged probe's accuracy differs from the one stopped at sklearn's default of 100."""
+    from sklearn.linear_model import LogisticRegression
+    gen = np.random.default_rng(0)
+    scales = np.logspace(-2, 1, 20)
+    x, y = gen.normal(size=(40, 20)) * scales, (gen.random(40) < 0.5).astype(int).astype(str)
+    test_x, test_y = gen.normal(size=(200, 20)) * scales, (gen.random(200) < 0.5).astype(int).astype(str)
+    converged = LogisticRegression(C=100.0, max_iter=10_000).fit(x, y)
+    assert converged.n_iter_[0] < 1000
+    got = linear_probe(torch.from_numpy(x), y.tolist(), torch.from_numpy(test_x), test_y.tolist(), inverse_l2=(100.0,))
+    assert got == pytest.approx(converged.score(test_x, test_y)) == pytest.approx(0.51)
+
+
+# ---------------------------------------------------------------- the null (score.py)
+
+
+@torch.no_grad()
+def _null_alignments(model, corpus, cfg, train_cfg, reference, rows=None, stream=NULL_STREAM):
+    """Per-view cosine and contrastive scores, (len(rows), views), of `rows` (the S_E pairs) under `model`, computed
+    here: the views drawn from the generator seeded with score seed + `stream` (augmentation parameters, then one
+    uniform per view picking slot floor(u * count)), each view's image augmented and encoded, its caption encoded,
+    and the contrastive score the log-softmax of the positive among the `reference` captions not the pair's own."""
+    rows, n = corpus.rows("extra") if rows is None else rows, cfg.views
+    gen = torch.Generator().manual_seed(cfg.seed + stream)
+    views = sample_views(len(rows) * n, train_cfg.augment, gen)
+    slot = (torch.rand(len(rows) * n, generator=gen) * corpus.caption_count[rows].repeat_interleave(n)).long()
+    own = corpus.caption_index[rows]
+    caps = own.repeat_interleave(n, dim=0)[torch.arange(len(rows) * n), slot]
+    shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
+    image = model.encode_image(augment(corpus.pixels[rows].repeat_interleave(n, dim=0), views, shift), normalize=True)
+    cosine = (image * text(model, corpus, caps)).sum(-1)
+    scale = model.logit_scale.exp()
+    con = torch.empty_like(cosine)
+    for v in range(len(caps)):
+        negatives = [j for j in reference if j not in own[v // n].tolist()]
+        logits = torch.cat([scale * cosine[v:v + 1], scale * image[v] @ text(model, corpus, torch.tensor(negatives)).T])
+        con[v] = scale * cosine[v] - torch.logsumexp(logits, 0)
+    return cosine.view(len(rows), n), con.view(len(rows), n)
+
+
+def _expected_null(corpus, key, with_cos, without_cos, with_con, without_con, rows=None):
+    rows = (corpus.rows("extra") if rows is None else rows).tolist()
+    return pd.DataFrame({
+        "sample_id": [corpus.ids[r] for r in rows], "split": ["extra"] * len(rows), "truth": ["clean"] * len(rows),
+        "null_for": key,
+        "clipmem_raw": (with_cos.mean(1) - without_cos.mean(1)).numpy(),
+        "clipmem_contrastive_raw": (with_con.mean(1) - without_con.mean(1)).numpy(),
+        "align_f": with_cos.mean(1).numpy(), "align_g": without_cos.mean(1).numpy(),
+        "contrastive_f": with_con.mean(1).numpy(), "contrastive_g": without_con.mean(1).numpy(),
+        "views_f": list(with_cos.numpy()), "views_g": list(without_cos.numpy())})
+
+
+def _assert_null_frames_equal(got, expected):
+    assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
+    for column in got.columns:
+        if column.startswith("views_"):
+            np.testing.assert_allclose(np.stack(got[column]), np.stack(expected[column]), atol=2e-5, rtol=0)
+        elif got[column].dtype.kind == "f":
+            np.testing.assert_allclose(got[column].to_numpy(), expected[column].to_numpy(), atol=2e-5, rtol=0)
+        else:
+            assert got[column].tolist() == expected[column].tolist(), column
+
+
+def test_the_published_null_scores_each_extra_pair_as_a_candidate_then_as_an_independent_pair():
+    """Two different models f, g: the S_E pairs' "candidate" rows are A_f - A_g and their "independent" rows
+    A_g - A_f, every number computed here from the models' encodings of the null's own seeded views."""
+    corpus, cfg = make_corpus(), ScoreConfig(views=3, batch_size=5, seed=7)
+    models = {"f": base_model(0), "g": base_model(1)}
+    every = corpus.caption_index[corpus.rows("extra")].flatten().tolist()  # 12 captions, fewer than 256: all
+    (cos_f, con_f), (cos_g, con_g) = (_null_alignments(m, corpus, cfg, AUGMENT, every) for m in models.values())
+    assert (cos_f - cos_g).abs().mean(1).min() > 1e-3  # f and g differ on every pair
+    # f's table holds every caption (used as it is), g's only caption 0 (it must be re-encoded)
+    tables = {"f": encode_captions(models["f"], corpus, None, 64, CPU),
+              "g": encode_captions(models["g"], corpus, torch.tensor([0]), 64, CPU)}
+    for given in ({}, tables):
+        null = score_null(models, corpus, cfg, AUGMENT, CPU, tables=given or None)
+        expected = pd.concat([_expected_null(corpus, "candidate", cos_f, cos_g, con_f, con_g),
+                              _expected_null(corpus, "independent", cos_g, cos_f, con_g, con_f)], ignore_index=True)
+        _assert_null_frames_equal(null, expected)
+    assert null["views_f"].iloc[0].dtype == np.float32 and null["views_g"].iloc[0].dtype == np.float32
+    assert null.index.tolist() == list(range(12))
+    # no S_E pairs: an empty frame with the null's columns
+    corpus.split = ["shared" if s == "extra" else s for s in corpus.split]
+    empty = score_null(models, corpus, cfg, AUGMENT, CPU)
+    assert len(empty) == 0 and list(empty.columns) == list(NULL_COLUMNS)
+
+
+def test_a_kfold_null_has_one_key_per_fold_with_the_other_fold_models_as_with():
+    """The same with three fold models and a reference set of 8 of the 12 S_E captions (reference_set's seeded sample, tested above)."""
+    corpus, cfg = make_corpus(seed=3), ScoreConfig(views=2, batch_size=64, seed=5, reference_captions=8)
+    corpus.fold = torch.tensor([-1 if s == "extra" else r % 3 for r, s in enumerate(corpus.split)])
+    models = {f"fold{k}": base_model(k) for k in range(3)}
+    reference = reference_set(corpus, 8, seed=5).tolist()
+    assert reference != reference_set(corpus, 8, seed=0).tolist()
+    cos_, con_ = zip(*(_null_alignments(m, corpus, cfg, NO_AUGMENT, reference) for m in models.values()))
+    null = score_null(models, corpus, cfg, NO_AUGMENT, CPU)
+    expected = pd.concat([
+        _expected_null(corpus, f"fold{k}", sum(cos_[j] for j in range(3) if j != k) / 2, cos_[k],
+                       sum(con_[j] for j in range(3) if j != k) / 2, con_[k]) for k in range(3)], ignore_index=True)
+    _assert_null_frames_equal(null, expected)
+
+
+def test_null_roles_mark_the_models_that_train_on_each_keys_pairs():
+    corpus = make_corpus()
+    roles = null_roles(corpus, ("f", "g"))
+    assert list(roles) == ["candidate", "independent"]
+    assert roles["candidate"].tolist() == [True, False] and roles["independent"].tolist() == [False, True]
+    with pytest.raises(ValueError, match=r"scores models \('f', 'g'\), not \('g', 'f'\)"):
+        null_roles(corpus, ("g", "f"))
+    corpus.fold = torch.zeros(len(corpus.split), dtype=torch.long)
+    roles = null_roles(corpus, ("fold0", "fold1", "fold2", "fold3"))
+    assert list(roles) == ["fold0", "fold1", "fold2", "fold3"]
+    assert roles["fold2"].tolist() == [True, True, False, True]
+
+
+def _replica_frame(raw, views, ids=("a", "b")):
+    return pd.DataFrame({"sample_id": list(ids), "split": ["candidate", "independent"], "n_captions": [2, 3],
+                         "clipmem_raw": raw, "align_f": [raw[0] + 1.0, raw[1] + 2.0],
+                         "views_f": [np.array(v, dtype=np.float32) for v in views]})
+
+
+def test_mean_over_replicas_averages_every_float_column_and_the_views_by_hand():
+    frames = [_replica_frame([0.1, -0.4], [[1.0, 2.0], [0.0, 4.0]]),
+              _replica_frame([0.3, 0.2], [[3.0, 0.0], [2.0, 2.0]]),
+              _replica_frame([0.8, -0.1], [[2.0, 1.0], [1.0, 0.0]])]
+    frames[1]["split"] = ["x", "y"]  # not a float: replica 0's
+    frames[2]["n_captions"] = [7, 7]
+    out = mean_over_replicas(frames, spread=True)
+    np.testing.assert_allclose(out["clipmem_raw"], [0.4, -0.1], atol=1e-12)
+    np.testing.assert_allclose(out["align_f"], [1.4, 1.9], atol=1e-12)
+    np.testing.assert_allclose(np.stack(out["views_f"]), [[2.0, 1.0], [1.0, 2.0]], atol=1e-6)
+    assert out["views_f"].iloc[0].dtype == np.float32
+    assert out["split"].tolist() == ["candidate", "independent"] and out["n_captions"].tolist() == [2, 3]
+    # sample sd (n - 1): pair a 0.1, 0.3, 0.8 around 0.4: sqrt((0.09 + 0.01 + 0.16) / 2); pair b -0.4, 0.2, -0.1
+    np.testing.assert_allclose(out["clipmem_raw_sd"], [np.sqrt(0.13), np.sqrt(0.09 + 0.09 + 0.0) / np.sqrt(2)],
+                               atol=1e-12)
+    assert "clipmem_raw_sd" not in mean_over_replicas(frames)
+    assert frames[0]["clipmem_raw"].tolist() == [0.1, -0.4]  # the inputs are left as they were
+    assert mean_over_replicas(frames[:1]) is frames[0]
+    with pytest.raises(ValueError, match="^replica frames must hold the same pairs and columns in the same order$"):
+        mean_over_replicas([frames[0], _replica_frame([0.0, 0.0], [[0, 0], [0, 0]], ids=("a", "c"))])
+    with pytest.raises(ValueError, match="same pairs and columns in the same order"):
+        mean_over_replicas([frames[0], frames[1][list(reversed(frames[1].columns))]])
+
+
+def test_score_run_gives_every_column_computed_by_hand():
+    """Two different models, augmented views, a reference set of 8 of the 12 S_E captions and a candidate pair with
+    one caption (index 0, padded with -1): every score column of the scored pairs computed here, f "with" for S_C
+    and g "with" for S_I; a part from 0 to the end (or beyond) is the whole run."""
+    corpus, cfg = make_corpus(seed=2), ScoreConfig(views=2, batch_size=64, seed=5, reference_captions=8)
+    lone = corpus.rows("candidate")[0]
+    corpus.caption_index[lone] = torch.tensor([0, -1])
+    corpus.caption_count[lone] = 1
+    corpus.captions[lone] = [corpus.caption_texts[0]]
+    models = {"f": base_model(0), "g": base_model(1)}
+    result = score_run(models, corpus, cfg, AUGMENT, CPU)
+    frame, scored = result.frame, scored_rows(corpus)
+    reference = reference_set(corpus, 8, seed=5).tolist()
+    (cos_f, con_f), (cos_g, con_g) = (_null_alignments(m, corpus, cfg, AUGMENT, reference, rows=scored, stream=0)
+                                      for m in models.values())
+    candidate = torch.tensor([corpus.split[int(r)] == "candidate" for r in scored])[:, None]
+    with_cos, without_cos = torch.where(candidate, cos_f, cos_g), torch.where(candidate, cos_g, cos_f)
+    with_con, without_con = torch.where(candidate, con_f, con_g), torch.where(candidate, con_g, con_f)
+    expected = _expected_null(corpus, "", with_cos, without_cos, with_con, without_con, rows=scored).drop(
+        columns=["sample_id", "split", "truth", "null_for"])
+    _assert_null_frames_equal(frame[list(expected.columns)], expected)
+    assert frame["views_f"].iloc[0].dtype == np.float32 and frame["views_g"].iloc[0].dtype == np.float32
+    np.testing.assert_allclose(frame["clipmem"], minmax(expected["clipmem_raw"].to_numpy()), atol=1e-5)
+    np.testing.assert_allclose(frame["clipmem_contrastive"], minmax(expected["clipmem_contrastive_raw"].to_numpy()),
+                               atol=1e-5)
+    # CLIPScore baseline: 1 - the mean cosine of the clean image with each of the pair's captions (the lone one's one)
+    for name, column in (("f", "clipscore_f"), ("g", "clipscore_g")):
+        by_model = {m: torch.stack([1 - cos(clean_image(models[m], corpus, torch.tensor([int(r)])),
+                                            text(models[m], corpus, corpus.caption_index[r][corpus.caption_index[r] >= 0]))
+                                    .mean() for r in scored]) for m in models}
+        seen = by_model["f"] if name == "f" else by_model["g"]
+        unseen = by_model["g"] if name == "f" else by_model["f"]
+        np.testing.assert_allclose(frame[column], torch.where(candidate[:, 0], seen, unseen).numpy(), atol=1e-5)
+    assert result.names == ("f", "g") and result.part is None
+    assert result.embedded.tolist() == scored.tolist() + corpus.rows("extra").tolist()
+    table = text(models["g"], corpus, torch.arange(len(corpus.tokens)))
+    torch.testing.assert_close(result.clean["g"].caption_table, table)
+    torch.testing.assert_close(result.clean["g"].text, table[corpus.caption_index[result.embedded, 0]])
+    for part in (slice(0, len(scored)), slice(0, 100)):
+        whole = score_run(models, corpus, cfg, AUGMENT, CPU, part=part)
+        assert whole.part is None and whole.frame["clipmem_raw"].tolist() == frame["clipmem_raw"].tolist()
+    head = score_run(models, corpus, cfg, AUGMENT, CPU, part=slice(0, 3), embed=False)
+    assert head.clean is None and head.embedded.tolist() == scored[:3].tolist() and head.part == slice(0, 3)
+    # a part encodes only what it reads: its views' captions, the reference set, its pairs' captions and the S_S
+    # first captions the encoder-swap check fits on
+    _, view_captions = view_draws(corpus, scored, cfg, AUGMENT, part=slice(0, 3))
+    needed = set(view_captions.tolist() + reference + corpus.caption_index[scored[:3]].flatten().tolist()
+                 + corpus.caption_index[corpus.rows("shared"), 0].tolist()) - {-1}
+    assert set(torch.nonzero(head.tables["f"].rows >= 0).flatten().tolist()) == needed
+    with pytest.raises(ValueError, match=r"^clean embeddings \(embed=True\) are made for the whole scored set, "
+                                         r"not for a part$"):
+        score_run(models, corpus, cfg, AUGMENT, CPU, part=slice(0, 3))
+
+
+def test_a_kfold_run_names_each_pairs_fold():
+    corpus, cfg = make_corpus(seed=3), ScoreConfig(views=1, batch_size=64)
+    corpus.fold = torch.tensor([-1 if s == "extra" else r % 3 for r, s in enumerate(corpus.split)])
+    frame = score_run({f"fold{k}": base_model(k) for k in range(3)}, corpus, cfg, NO_AUGMENT, CPU).frame
+    assert frame["fold"].tolist() == corpus.fold[scored_rows(corpus)].tolist()
