@@ -10,8 +10,9 @@ the mutants (docs/testing.md):
     cd mutants && ../.venv/bin/python ../tests/mutation_direct.py OUT.json "clipmem.scoring.splits.x_plan_*" -- \
         test_mutation_kills:test_a_kfold_plan_deals_the_shuffled_pool_round_robin test_splits:test_bad_sizes
 
-Parametrized tests run once per parameter set; a `tmp_path` argument gets a fresh temporary folder. Fixtures
-other than tmp_path are not supported: name tests that take none.
+Parametrized tests run once per parameter set; a `tmp_path` argument gets a fresh temporary folder; any other
+argument must be a fixture of the test's own module that takes no arguments (test_score_properties' `memorized`):
+its function is called afresh for every test run, so each mutant recomputes it.
 """
 
 from __future__ import annotations
@@ -51,11 +52,25 @@ def cases(fn):
     yield {}
 
 
+def fixture_value(fn, name: str):
+    """A module fixture of `fn`'s module, computed now from its undecorated function."""
+    fixture = getattr(sys.modules[fn.__module__], name)
+    for unwrap in (lambda f: f._get_wrapped_function(), lambda f: f.__pytest_wrapped__.obj):
+        try:
+            return unwrap(fixture)()
+        except AttributeError:
+            pass
+    raise SystemExit(f"{fn.__name__}: argument {name} is neither tmp_path, a parameter nor a module fixture")
+
+
 def run_tests(tests) -> None:
     for fn in tests:
         for kwargs in cases(fn):
-            if "tmp_path" in inspect.signature(fn).parameters:
-                kwargs["tmp_path"] = Path(tempfile.mkdtemp())
+            for name in inspect.signature(fn).parameters:
+                if name == "tmp_path":
+                    kwargs["tmp_path"] = Path(tempfile.mkdtemp())
+                elif name not in kwargs:
+                    kwargs[name] = fixture_value(fn, name)
             fn(**kwargs)
 
 
