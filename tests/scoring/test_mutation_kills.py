@@ -904,7 +904,8 @@ def test_the_published_null_scores_each_extra_pair_as_a_candidate_then_as_an_ind
 
 
 def test_a_kfold_null_has_one_key_per_fold_with_the_other_fold_models_as_with():
-    """The same with three fold models and a reference set of 8 of the 12 S_E captions (reference_set's seeded sample, tested above)."""
+    """The same with three fold models, key fold{k} "with" the other two, and a reference set of 8 of the 12 S_E
+    captions (reference_set's seeded sample, tested above)."""
     corpus, cfg = make_corpus(seed=3), ScoreConfig(views=2, batch_size=64, seed=5, reference_captions=8)
     corpus.fold = torch.tensor([-1 if s == "extra" else r % 3 for r, s in enumerate(corpus.split)])
     models = {f"fold{k}": base_model(k) for k in range(3)}
@@ -987,10 +988,11 @@ def test_score_run_gives_every_column_computed_by_hand():
     np.testing.assert_allclose(frame["clipmem_contrastive"], minmax(expected["clipmem_contrastive_raw"].to_numpy()),
                                atol=1e-5)
     # CLIPScore baseline: 1 - the mean cosine of the clean image with each of the pair's captions (the lone one's one)
+    own = [corpus.caption_index[r][corpus.caption_index[r] >= 0] for r in scored]
+    by_model = {m: torch.stack([1 - cos(clean_image(models[m], corpus, torch.tensor([int(r)])),
+                                        text(models[m], corpus, caps)).mean() for r, caps in zip(scored, own)])
+                for m in models}
     for name, column in (("f", "clipscore_f"), ("g", "clipscore_g")):
-        by_model = {m: torch.stack([1 - cos(clean_image(models[m], corpus, torch.tensor([int(r)])),
-                                            text(models[m], corpus, corpus.caption_index[r][corpus.caption_index[r] >= 0]))
-                                    .mean() for r in scored]) for m in models}
         seen = by_model["f"] if name == "f" else by_model["g"]
         unseen = by_model["g"] if name == "f" else by_model["f"]
         np.testing.assert_allclose(frame[column], torch.where(candidate[:, 0], seen, unseen).numpy(), atol=1e-5)
