@@ -54,12 +54,13 @@ def cases(fn):
 
 def fixture_value(fn, name: str):
     """A module fixture of `fn`'s module, computed now from its undecorated function."""
-    fixture = getattr(sys.modules[fn.__module__], name)
+    fixture = getattr(sys.modules[fn.__module__], name, None)
     for unwrap in (lambda f: f._get_wrapped_function(), lambda f: f.__pytest_wrapped__.obj):
         try:
-            return unwrap(fixture)()
+            function = unwrap(fixture)
         except AttributeError:
-            pass
+            continue
+        return function()  # outside the try: an error of the mutated code inside the fixture kills the mutant
     raise SystemExit(f"{fn.__name__}: argument {name} is neither tmp_path, a parameter nor a module fixture")
 
 
