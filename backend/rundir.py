@@ -179,17 +179,23 @@ def _check_flags(file: Path, scores: pd.DataFrame, score_names: list[str], fdr: 
     return present
 
 
+def _locate(file: Path, frame: pd.DataFrame, lookup: pd.Index, what: str) -> np.ndarray:
+    """Each row's position in samples.parquet; refuses an empty table or a sample that is not planned."""
+    if frame.empty:
+        raise ClipmemError(f"{file} holds no {what}")
+    position = lookup.get_indexer(frame["sample_id"].to_numpy())
+    if (position < 0).any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, position < 0)} is not in samples.parquet")
+    return position
+
+
 def _read_null(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores: pd.DataFrame) -> dict[str, list[float]]:
     """null.parquet's clipmem_raw by null key, checked: S_E pairs of samples.parquet, each at most once per key,
     finite raw scores within their range, and a null for every key the scored pairs are tested against. Also sets
     scores["null_for"], each scored pair's key."""
     frame, _ = _read_parquet(file, NULL_COLUMNS, strings=("sample_id", "split", "truth", "null_for"),
                              raw=("views_f", "views_g"))
-    if frame.empty:
-        raise ClipmemError(f"{file} holds no null pairs")
-    position = lookup.get_indexer(frame["sample_id"].to_numpy())
-    if (position < 0).any():
-        raise ClipmemError(f"{file}: sample {_first_bad(frame, position < 0)} is not in samples.parquet")
+    position = _locate(file, frame, lookup, "null pairs")
     not_extra = samples["split"].to_numpy()[position] != "extra"
     if not_extra.any():
         sid = _first_bad(frame, not_extra)
@@ -434,11 +440,7 @@ def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index,
     train.remove_ids) are the only candidate or independent pairs allowed to lack a score."""
     frame, views = _read_parquet(file, SCORE_FILE_COLUMNS, strings=("sample_id", "split", "truth", "seen_by"),
                                  raw=("views_f", "views_g"))
-    if frame.empty:
-        raise ClipmemError(f"{file} holds no scored pairs")
-    position = lookup.get_indexer(frame["sample_id"].to_numpy())
-    if (position < 0).any():
-        raise ClipmemError(f"{file}: sample {_first_bad(frame, position < 0)} is not in samples.parquet")
+    position = _locate(file, frame, lookup, "scored pairs")
     dup = _duplicate(position)
     if dup.any():
         raise ClipmemError(f"{file}: sample_id {_first_bad(frame, dup)} appears more than once")
