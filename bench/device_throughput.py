@@ -33,9 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipmem.scoring.threads import prefer_passive_openmp  # noqa: E402
+from clipmem.scoring.runtime import keep_freed_memory, prefer_passive_openmp  # noqa: E402
 
 prefer_passive_openmp()  # before torch loads
+keep_freed_memory()
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 

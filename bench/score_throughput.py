@@ -21,7 +21,10 @@ Bare and scorer repeats of each stage alternate, so load from other processes on
 falls on both alike; the table shows the fastest repeat of each, and the total ratio is also given
 as the median of the per-repeat ratios.
 
-    .venv/bin/python bench/score_throughput.py RUN_DIR [--repeats 3]
+The process runs with the malloc settings the `clipmem` command applies (scoring.runtime.keep_freed_memory),
+for the bare passes and the scorer alike; `--malloc-defaults` measures both under glibc's defaults.
+
+    .venv/bin/python bench/score_throughput.py RUN_DIR [--repeats 3] [--malloc-defaults]
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipmem.scoring.attribution import draw_tower_views, swap_check, tower_similarities  # noqa: E402
+from clipmem.scoring.attribution import draw_tower_views, swap_check, tower_similarities_each  # noqa: E402
 from clipmem.scoring.columns import SCORED_SPLITS  # noqa: E402
 from clipmem.scoring.models import Vocabulary, context_length_of, create_model  # noqa: E402
 from clipmem.scoring.pipeline import load_corpus  # noqa: E402
 from clipmem.scoring.rundir import RunDir  # noqa: E402
+from clipmem.scoring.runtime import keep_freed_memory  # noqa: E402
 from clipmem.scoring.schemes import PUBLISHED_MODELS  # noqa: E402
 from clipmem.scoring.score import score_null, score_run, scored_rows, view_draws  # noqa: E402
 from clipmem.scoring.train import load_model_weights  # noqa: E402
@@ -95,8 +99,7 @@ def scorer_stages(models: dict, corpus, cfg, context_length: int, vocab, device)
 
     def towers() -> None:
         views = draw_tower_views(corpus, scored_rows(corpus), cfg.score, cfg.train, context_length, vocab)
-        for model in models.values():
-            tower_similarities(model, corpus, result.scored, views, cfg.score, device, layers=True)
+        tower_similarities_each(models, corpus, result.scored, views, cfg.score, device, layers=True)
 
     return {
         "clipmem": lambda: score_run(models, corpus, cfg.score, cfg.train, device),
@@ -147,7 +150,10 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "score_throughput.json")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="keep glibc's malloc defaults instead of the settings the clipmem command applies")
     args = parser.parse_args()
+    malloc_tuned = not args.malloc_defaults and keep_freed_memory()
     run = RunDir(args.run_dir)
     cfg = run.load_config()
     corpus, vocab, model_cfg = load_corpus(run, cfg, Vocabulary.from_json(json.loads(run.vocab.read_text())))
@@ -161,12 +167,14 @@ def main() -> None:
     results.update({"pairs": n_pairs, "null_pairs": len(corpus.rows("extra")), "views": cfg.score.views,
                     "batch_size": cfg.score.batch_size, "threads": torch.get_num_threads(),
                     "cpus": os.cpu_count(), "load_average_start": round(load_start, 2),
-                    "load_average_end": round(os.getloadavg()[0], 2), "repeats": args.repeats})
+                    "load_average_end": round(os.getloadavg()[0], 2), "repeats": args.repeats,
+                    "malloc_tuned": malloc_tuned})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"{n_pairs} scored pairs, {results['null_pairs']} null pairs, {cfg.score.views} views, "
           f"{len(models)} models; {results['threads']} threads; load average {results['load_average_start']} "
-          f"-> {results['load_average_end']}; fastest of {args.repeats}")
+          f"-> {results['load_average_end']}; fastest of {args.repeats}; "
+          f"malloc {'as the clipmem command sets it' if malloc_tuned else 'glibc defaults'}")
     print("\n| stage | image encodings | text encodings | bare s | scorer s | ratio bare/scorer |\n|---|---|---|---|---|---|")
     for s, v in results["stages"].items():
         print(f"| {s} | {v['image_encodings']:,} | {v['text_encodings']:,} | {v['bare_seconds']:.2f} | "

@@ -12,7 +12,7 @@ import typer
 from clipmem.backend import cli as backend_cli
 from clipmem.frontend import cli as frontend_cli
 from clipmem.scoring import cli as scoring_cli
-from clipmem.scoring.threads import prefer_passive_openmp
+from clipmem.scoring.runtime import keep_freed_memory, prefer_passive_openmp
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(scoring_cli.app)
@@ -27,4 +27,5 @@ scoring_cli.use_experiment_ingester(backend_cli.experiment_ingester)
 
 def main() -> None:
     prefer_passive_openmp()
+    keep_freed_memory()
     app()

@@ -22,7 +22,7 @@ per-pair layer values are aggregated afterwards (`layer_tables`).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.models import apply_vocabulary, pack, word_encodings
-from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images, minmax,
+from clipmem.scoring.score import (ScoreResult, encode_captions, encode_context, encode_images_each, minmax,
                                    scored_rows, swap_captions, to_device, with_without)
 from clipmem.scoring.significance import bootstrap_block_means
 from clipmem.scoring.transform import sample_views
@@ -151,42 +151,63 @@ def _without_word(text: str, k: int) -> list[int]:
 @torch.inference_mode()
 def tower_similarities(model, corpus: TensorCorpus, rows: torch.Tensor, views: TowerViews, cfg: ScoreConfig,
                        device, layers: bool) -> dict[str, torch.Tensor]:
-    """Cosine between the two views per (pair, view): final embedding (N, n) and, with layers, per block (B, N, n).
+    """Cosine between the two views per (pair, view): final embedding (N, n) and, with layers, per block (B, N, n)."""
+    return tower_similarities_each({"model": model}, corpus, rows, views, cfg, device, layers)["model"]
 
-    Text views repeat (each pair has a few captions and n views of them), and a text's encoding does
-    not depend on the batch it is in, so every distinct token sequence is encoded once and looked up.
+
+@torch.inference_mode()
+def tower_similarities_each(models: dict, corpus: TensorCorpus, rows: torch.Tensor, views: TowerViews,
+                            cfg: ScoreConfig, device, layers: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """`tower_similarities` under each model: {model: {"image", "text"[, "image_layers", "text_layers"]}}.
+
+    Each image view is augmented once and encoded by every model. Text views repeat (each pair has a few
+    captions and n views of them), and a text's encoding does not depend on the batch it is in, so every
+    distinct token sequence is encoded once per model and looked up.
     """
+    distinct_models = {id(m): m for m in models.values()}
+    if len(distinct_models) < len(models):  # one module under two names: hooked once, encoded once
+        sims = tower_similarities_each({i: m for i, m in distinct_models.items()}, corpus, rows, views, cfg,
+                                       device, layers)
+        return {name: sims[id(m)] for name, m in models.items()}
     n_rows = len(rows)
-    out = {}
-    for tower in TOWERS:
-        blocks = (image_blocks(model) if tower == "image" else text_blocks(model)) if layers else []
-        if tower == "image":
-            pixels = corpus.pixels[rows]
-            finals, pooled = [], []
-            for params in views.image_params:
-                with capture_blocks(blocks) as store:
-                    finals.append(encode_images(model, pixels, cfg.batch_size, device, views=params,
-                                                max_shift=views.max_shift, repeat=cfg.views))
-                pooled.append([torch.cat(parts) for parts in store])
-        else:
-            n = len(views.text_tokens[0])
-            distinct, index = torch.unique(torch.cat(views.text_tokens), dim=0, return_inverse=True)
-            mask_ref: dict = {}
-            chunks = []
-            with capture_blocks(blocks, mask_ref) as store:
-                for s in range(0, len(distinct), cfg.batch_size):
-                    chunk = to_device(distinct[s:s + cfg.batch_size], device)
-                    mask_ref["mask"] = chunk != 0
-                    with encode_context(device):
-                        chunks.append(model.encode_text(chunk, normalize=True).float().cpu())
-            final = torch.cat(chunks)
-            finals = [final[index[:n]], final[index[n:]]]
-            per_block = [torch.cat(parts) for parts in store]
-            pooled = [[p[index[:n]] for p in per_block], [p[index[n:]] for p in per_block]]
-        out[tower] = (finals[0] * finals[1]).sum(-1).view(n_rows, cfg.views)
-        if layers:
-            out[f"{tower}_layers"] = torch.stack([
-                F.cosine_similarity(a, b, dim=-1).view(n_rows, cfg.views) for a, b in zip(*pooled)])
+    finals: dict[str, list] = {name: [] for name in models}
+    pooled: dict[str, list] = {name: [] for name in models}
+    blocks = {name: image_blocks(m) if layers else [] for name, m in models.items()}
+    for params in views.image_params:
+        with ExitStack() as stack:
+            stores = {name: stack.enter_context(capture_blocks(blocks[name])) for name in models}
+            encoded = encode_images_each(list(models.values()), corpus.pixels[rows], cfg.batch_size, device,
+                                         views=params, max_shift=views.max_shift, repeat=cfg.views)
+        for name, final in zip(models, encoded):
+            finals[name].append(final)
+            pooled[name].append([torch.cat(parts) for parts in stores[name]])
+    out = {name: _view_cosines(finals[name], pooled[name], n_rows, cfg.views, "image", layers) for name in models}
+
+    n = len(views.text_tokens[0])
+    distinct, index = torch.unique(torch.cat(views.text_tokens), dim=0, return_inverse=True)
+    for name, model in models.items():
+        mask_ref: dict = {}
+        chunks = []
+        with capture_blocks(text_blocks(model) if layers else [], mask_ref) as store:
+            for s in range(0, len(distinct), cfg.batch_size):
+                chunk = to_device(distinct[s:s + cfg.batch_size], device)
+                mask_ref["mask"] = chunk != 0
+                with encode_context(device):
+                    chunks.append(model.encode_text(chunk, normalize=True).float().cpu())
+        final = torch.cat(chunks)
+        per_block = [torch.cat(parts) for parts in store]
+        out[name].update(_view_cosines([final[index[:n]], final[index[n:]]],
+                                       [[p[index[:n]] for p in per_block], [p[index[n:]] for p in per_block]],
+                                       n_rows, cfg.views, "text", layers))
+    return out
+
+
+def _view_cosines(finals: list, pooled: list, n_rows: int, n_views: int, tower: str, layers: bool) -> dict:
+    """{tower: (N, n) cosine of the two views' final embeddings[, tower_layers: (B, N, n) of each block's]}."""
+    out = {tower: (finals[0] * finals[1]).sum(-1).view(n_rows, n_views)}
+    if layers:
+        out[f"{tower}_layers"] = torch.stack([
+            F.cosine_similarity(a, b, dim=-1).view(n_rows, n_views) for a, b in zip(*pooled)])
     return out
 
 
@@ -209,12 +230,12 @@ def swap_check(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: Sco
     caption = result.view_captions
     needed = torch.cat([caption, first_caption])
     emb = {}
-    for name, model in models.items():
+    images = encode_images_each(list(models.values()), corpus.pixels[shared], cfg.batch_size, device)
+    for (name, model), image in zip(models.items(), images):
         table = result.tables.get(name)
         if table is None or not table.covers(needed):  # score_run's table holds them all: no second encoding
             table = encode_captions(model, corpus, needed, cfg.batch_size, device)
-        emb[name] = {"image": encode_images(model, corpus.pixels[shared], cfg.batch_size, device),
-                     "text": table[first_caption], "table": table}
+        emb[name] = {"image": image, "text": table[first_caption], "table": table}
     # maps from g's space to f's, fitted where both models saw the data; the inverse is the transpose
     w = {tower: orthogonal_map(emb["g"][tower], emb["f"][tower]) for tower in ("image", "text")}
     n = len(result.scored)
@@ -240,8 +261,7 @@ def tower_scores(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: S
     """The score table with per-tower (raw and scaled over these pairs) and swap scores added, and, with
     `layers`, each pair's LayerMem per block: {tower: (blocks, N)}."""
     views = draw_tower_views(corpus, scored_rows(corpus), cfg, train_cfg, context_length, vocab, result.part)
-    sims = {name: tower_similarities(m, corpus, result.scored, views, cfg, device, layers)
-            for name, m in models.items()}
+    sims = tower_similarities_each(models, corpus, result.scored, views, cfg, device, layers)
 
     def seen_minus_unseen(key: str) -> torch.Tensor:
         values = torch.stack([sims[name][key] for name in models])  # (models, [blocks,] N, n)

@@ -72,14 +72,15 @@ def prepare_model(model, device: torch.device):
 
 
 @torch.inference_mode()
-def encode_images(model, pixels: torch.Tensor, batch_size: int, device: torch.device,
-                  views=None, max_shift: int = 0, repeat: int = 1) -> torch.Tensor:
-    """Embeddings of uint8 images (clean, or through the given views), computed in batches on `device`.
+def encode_images_each(models: list, pixels: torch.Tensor, batch_size: int, device: torch.device,
+                       views=None, max_shift: int = 0, repeat: int = 1) -> list[torch.Tensor]:
+    """Embeddings of uint8 images (clean, or through the given views) under each of `models`, in batches on
+    `device`: each batch is normalised or augmented once and encoded by every model in turn.
 
     With `repeat` = n each image stands for n consecutive inputs (its n views), as if the pixels
     were repeat_interleave'd. On CUDA the pixels go to the GPU once and are augmented there.
     """
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in models]
     on_cuda = device.type == "cuda"
     if on_cuda:
         pixels = to_device(pixels, device)
@@ -95,8 +96,15 @@ def encode_images(model, pixels: torch.Tensor, batch_size: int, device: torch.de
                 source = torch.arange(s, e, device=pixels.device) // repeat - first
                 x = augment(pixels[first:(e - 1) // repeat + 1], views.select(slice(s, e)), max_shift, source)
             x = x.contiguous(memory_format=torch.channels_last) if on_cuda else x.to(device)
-            out.append(model.encode_image(x, normalize=True).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            for model, parts in zip(models, out):
+                parts.append(model.encode_image(x, normalize=True).float().cpu())
+    return [torch.cat(parts) if parts else torch.empty(0) for parts in out]
+
+
+def encode_images(model, pixels: torch.Tensor, batch_size: int, device: torch.device,
+                  views=None, max_shift: int = 0, repeat: int = 1) -> torch.Tensor:
+    """`encode_images_each` for one model."""
+    return encode_images_each([model], pixels, batch_size, device, views, max_shift, repeat)[0]
 
 
 @torch.inference_mode()
@@ -213,16 +221,16 @@ def with_without(values: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor
 @torch.inference_mode()
 def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx, cfg: ScoreConfig,
                     train_cfg: TrainConfig, device, own_captions: torch.Tensor | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-view cosine and contrastive (log-softmax vs. reference captions) scores, shape (N, n),
     and the views' image embeddings. `text_table` maps caption-table indices to embeddings.
 
     `own_captions` ((N, K) caption indices, -1 padded): captions of each row that are never its negatives
     either. The null's S_E pairs pass theirs: the reference set is drawn from S_E's captions, so it may hold
-    a null pair's other captions, which no scored pair meets."""
-    max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
-    image = encode_images(model, corpus.pixels[rows], cfg.batch_size, device, views=views, max_shift=max_shift,
-                          repeat=cfg.views)
+    a null pair's other captions, which no scored pair meets. `image`: the views' embeddings under `model`
+    when the caller has encoded them already (`view_images`)."""
+    if image is None:
+        image = view_images({"model": model}, corpus, rows, views, cfg, train_cfg, device)["model"]
     text = text_table[caption_idx]
     cos = (image * text).sum(-1)
     scale = model.logit_scale.exp().float().cpu()
@@ -235,6 +243,15 @@ def view_alignments(model, corpus, rows, views, caption_idx, text_table, ref_idx
     positive = scale * cos
     contrastive = positive - torch.logsumexp(torch.cat([positive[:, None], ref_logits], dim=1), dim=1)
     return cos.view(len(rows), cfg.views), contrastive.view(len(rows), cfg.views), image
+
+
+def view_images(models: dict, corpus, rows, views, cfg: ScoreConfig, train_cfg: TrainConfig,
+                device) -> dict[str, torch.Tensor]:
+    """(N * n, D) image embeddings of the rows' n views under each model, each view augmented once for all."""
+    max_shift = train_cfg.augment.max_shift if train_cfg.augment.enabled else 0
+    images = encode_images_each(list(models.values()), corpus.pixels[rows], cfg.batch_size, device, views=views,
+                                max_shift=max_shift, repeat=cfg.views)
+    return dict(zip(models, images))
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -289,15 +306,18 @@ def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: Trai
     # a part encodes only the captions it looks at; the whole run encodes the table once
     needed = None if whole else torch.cat([caption_idx, ref_idx, cap_idx.flatten(), swap_captions(corpus)])
 
-    cos, con, clipscore, emb, view_images, tables = [], [], [], {}, {}, {}
+    cos, con, clipscore, emb, tables = [], [], [], {}, {}
     valid = cap_idx >= 0
+    images = view_images(models, corpus, scored, views, cfg, train_cfg, device)
+    clean = dict(zip(names, encode_images_each(list(models.values()), corpus.pixels[embedded], cfg.batch_size,
+                                               device)))
     for name, model in models.items():
         table = tables[name] = encode_captions(model, corpus, needed, cfg.batch_size, device)
-        c, k, view_images[name] = view_alignments(model, corpus, scored, views, caption_idx, table, ref_idx,
-                                                  cfg, train_cfg, device)
+        c, k, _ = view_alignments(model, corpus, scored, views, caption_idx, table, ref_idx, cfg, train_cfg, device,
+                                  image=images[name])
         cos.append(c)
         con.append(k)
-        image = encode_images(model, corpus.pixels[embedded], cfg.batch_size, device)
+        image = clean[name]
         if embed:
             emb[name] = Embeddings(image=image, text=table[corpus.caption_index[embedded, 0]], caption_table=table.emb)
         # CLIPScore-style baseline on the clean image against every caption the pair trains with
@@ -341,7 +361,7 @@ def _score(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg: Trai
         "views_g": list(without_cos.numpy().astype(np.float32)),
     })
     return ScoreResult(frame=pd.DataFrame(columns), clean=emb if embed else None, embedded=embedded, scored=scored,
-                       view_images=view_images, view_captions=caption_idx, seen=seen, names=names,
+                       view_images=images, view_captions=caption_idx, seen=seen, names=names,
                        part=None if whole else part, tables=tables)
 
 
@@ -383,12 +403,13 @@ def _score_null(models: dict, corpus: TensorCorpus, cfg: ScoreConfig, train_cfg:
     own = corpus.caption_index[rows]
     needed = torch.cat([caption_idx, ref_idx, own.flatten()])
     cos, con = [], []
+    images = view_images(models, corpus, rows, views, cfg, train_cfg, device)
     for name, model in models.items():
         table = tables.get(name)
         if table is None or not table.covers(needed):  # the scored pairs' table, when it holds every one
             table = encode_captions(model, corpus, needed, cfg.batch_size, device)
         c, k, _ = view_alignments(model, corpus, rows, views, caption_idx, table, ref_idx, cfg, train_cfg, device,
-                                  own_captions=own)
+                                  own_captions=own, image=images[name])
         cos.append(c)
         con.append(k)
     cos, con = torch.stack(cos), torch.stack(con)

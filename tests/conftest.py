@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from clipmem.scoring.threads import prefer_passive_openmp  # noqa: I001
+from clipmem.scoring.runtime import keep_freed_memory, prefer_passive_openmp  # noqa: I001
 
 prefer_passive_openmp()  # first: it only takes effect before torch loads
+keep_freed_memory()
 import torch  # noqa: I001
 from run_fixtures import TINY_SYNTH, tiny_run_config
 from clipmem.scoring.data.synthetic import write
