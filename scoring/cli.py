@@ -122,6 +122,7 @@ class TrainOverrides:
     no_augment: bool = False
     full_vocab: bool = False
     text_noise: Optional[float] = None
+    text_noise_on: Optional[str] = None
     image_views: Optional[int] = None
     remove_ids: Optional[Path] = None
     replicas: Optional[int] = None
@@ -135,8 +136,10 @@ class TrainOverrides:
         """cfg with these options applied to its training settings, checked before anything is written."""
         from clipmem.scoring.config import AugmentConfig
 
+        from clipmem.scoring.config import TEXT_NOISE_PLACEMENTS
+
         same_names = ("model", "epochs", "batch_size", "lr", "captions_per_image", "device", "text_noise",
-                      "image_views", "replicas")
+                      "text_noise_on", "image_views", "replicas")
         t = replace(cfg.train, **{k: getattr(self, k) for k in same_names if getattr(self, k) is not None})
         if self.seed is not None:
             t = replace(t, init_seed=self.seed, data_seed=self.seed)
@@ -150,6 +153,9 @@ class TrainOverrides:
             raise ClipmemError(f"--epochs must be >= 1 and --batch-size >= 2 (got {t.epochs}, {t.batch_size})")
         if t.replicas < 1:
             raise ClipmemError(f"--replicas must be >= 1, got {t.replicas}")
+        if t.text_noise_on not in TEXT_NOISE_PLACEMENTS:
+            raise ClipmemError(f"--text-noise-on must be one of {', '.join(TEXT_NOISE_PLACEMENTS)}, "
+                               f"got '{t.text_noise_on}'")
         if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
             raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
                                f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
@@ -218,8 +224,15 @@ InjectOpt = typer.Option(None, "--inject", help="Corrupt a fraction of S_C and o
 SizesOpt = typer.Option(None, "--sizes", help=SIZES_HELP)
 LabelKeyOpt = typer.Option(None, "--label-key", help="A per-image label for the linear-probe utility metric: a CSV "
                            "column or a key of a folder dataset's attributes (the built-in set uses shape and colour).")
-TextNoiseOpt = typer.Option(None, "--text-noise", help="σ of Gaussian noise added to the text embeddings during "
-                            "training, a memorization mitigation (default 0: none; 0.15 was best published).")
+TextNoiseOpt = typer.Option(None, "--text-noise", help="σ of Gaussian noise N(0, σ²) added to the text embeddings "
+                            "during training, a memorization mitigation (default 0: none; 0.15 was best published). "
+                            "Where it is added: --text-noise-on.")
+TextNoiseOnOpt = typer.Option(None, "--text-noise-on", help="Where --text-noise is added: normalized (default): to "
+                              "the unit-length text embedding, not renormalised, so each image-text cosine moves "
+                              "by N(0, σ²) at any width (the published reading); projection: to the text "
+                              "projection's output before normalisation (clipmem's earlier placement; a cosine moves "
+                              "by about σ / (RMS · sqrt(width)), σ / 9.3 for clipmem-demo). Runs saved without "
+                              "this setting were trained with projection and keep it.")
 ImageViewsOpt = typer.Option(None, "--image-views", help="0 (default): a fresh augmentation of each image at every "
                              "step; k: k fixed augmented views per image, one drawn per step.")
 RemoveIdsOpt = typer.Option(None, "--remove-ids", help="File of sample ids (one per line, or a CSV with a sample_id "
@@ -324,6 +337,7 @@ def train(
     no_augment: bool = NoAugOpt,
     full_vocab: bool = FullVocabOpt,
     text_noise: Optional[float] = TextNoiseOpt,
+    text_noise_on: Optional[str] = TextNoiseOnOpt,
     image_views: Optional[int] = ImageViewsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     replicas: Optional[int] = ReplicasOpt,
@@ -439,6 +453,7 @@ def run(
     full_vocab: bool = FullVocabOpt,
     views: Optional[int] = ViewsOpt,
     text_noise: Optional[float] = TextNoiseOpt,
+    text_noise_on: Optional[str] = TextNoiseOnOpt,
     image_views: Optional[int] = ImageViewsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     replicas: Optional[int] = ReplicasOpt,
@@ -603,6 +618,7 @@ def experiment(
     model: Optional[str] = ModelOpt,
     batch_size: Optional[int] = BatchOpt,
     device: Optional[str] = DeviceOpt,
+    text_noise_on: Optional[str] = TextNoiseOnOpt,
     views: Optional[int] = ViewsOpt,
     label_key: Optional[str] = LabelKeyOpt,
     csv_img_key: Optional[str] = CsvImgOpt,

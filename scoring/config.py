@@ -10,6 +10,7 @@ import platform
 import runpy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.splits import SplitSizes
@@ -79,6 +80,10 @@ class SplitConfig:
     folds: int = 0                   # kfold: number of folds K >= 2 (K models)
 
 
+# where training adds the text-embedding noise (TrainConfig.text_noise_on; scoring.train.noisy_text_forward)
+TEXT_NOISE_PLACEMENTS = ("normalized", "projection")
+
+
 @dataclass
 class TrainConfig:
     model: str = "clipmem-demo"
@@ -91,6 +96,7 @@ class TrainConfig:
     data_seed: int = 0               # batch order, caption draws and augmentations
     captions_per_image: int = 0      # 0: all of a pair's captions; k: the first k, one drawn per step
     text_noise: float = 0.0          # σ of Gaussian noise added to text embeddings in training (0: none)
+    text_noise_on: str = "normalized"  # normalized: on the unit text embedding | projection: before normalising
     image_views: int = 0             # 0: a fresh augmentation every step; k: k fixed views per pair, one drawn per step
     remove_ids: list[str] = field(default_factory=list)  # pairs left out of training (and of scoring)
     compact_vocab: bool = True       # shrink the token table to the tokens the data uses
@@ -98,6 +104,10 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     keep_checkpoints: int = 2        # per-epoch checkpoints kept for --resume
     replicas: int = 1                # independently seeded sets of the models on the same split; scores: their mean
+
+    # what a field missing from a saved config means, where that differs from the default of new runs: runs
+    # saved before the field existed were trained the old way
+    MISSING_MEANS: ClassVar[dict] = {"text_noise_on": "projection"}
 
 
 @dataclass
@@ -142,8 +152,11 @@ def _build(cls, raw: dict, where: str = "the settings"):
     if not isinstance(raw, dict):
         raise TypeError(f"{where} should be a JSON object, not {raw!r}")
     kwargs = {}
+    missing_means = getattr(cls, "MISSING_MEANS", {})
     for f in fields(cls):
         if f.name not in raw:
+            if f.name in missing_means:
+                kwargs[f.name] = missing_means[f.name]
             continue
         value = raw[f.name]
         sub = f.default_factory if f.default_factory is not None else None  # type: ignore[misc]

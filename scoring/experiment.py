@@ -35,7 +35,7 @@ from clipmem.scoring.processes import stop_processes
 from clipmem.scoring.rundir import RunDir, write_json
 
 CAPTIONS = (1, 2, 3, 5)
-TEXT_NOISE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+TEXT_NOISE = (0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # the published σ grid
 REMOVAL_COUNTS = (50, 150)
 SHARED_FILES = ("split.json", "samples.parquet", "data_root.json", "skipped.jsonl")
 
@@ -105,11 +105,15 @@ def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], r
     manifest = exp.path / "experiment.json"
     if manifest.is_file():
         saved = json.loads(manifest.read_text())
-        old, new = saved.get("base", {}), exp.to_json()["base"]
+        # through RunConfig, so a setting the saved recipe predates reads as what its runs were trained with
+        old, new = asdict(RunConfig.from_json(saved.get("base", {}))), asdict(base)
         for section in ("data", "split", "train", "score"):
-            if old.get(section) != new.get(section):
+            if old[section] != new[section]:
+                differ = sorted(k for k in old[section].keys() | new[section].keys()
+                                if old[section].get(k) != new[section].get(k))
                 raise ClipmemError(f"{exp.path} holds experiment '{saved.get('experiment')}' made with other "
-                                   f"{section} settings; use another --out, or --overwrite to start again")
+                                   f"{section} settings ({', '.join(differ)}); use another --out, or --overwrite "
+                                   "to start again")
         if saved.get("experiment") != name:
             raise ClipmemError(f"{exp.path} holds experiment '{saved.get('experiment')}', not '{name}'")
     exp.path.mkdir(parents=True, exist_ok=True)

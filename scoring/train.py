@@ -28,7 +28,7 @@ import torch
 from open_clip import ClipLoss
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from clipmem.scoring.config import TrainConfig
+from clipmem.scoring.config import TEXT_NOISE_PLACEMENTS, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.distributed import SINGLE, Dist, RaggedClipLoss, pick_device, share_sizes
 from clipmem.scoring.errors import ClipmemError
@@ -65,16 +65,23 @@ def fixed_image_views(n_rows: int, cfg: TrainConfig):
     return sample_views(n_rows * cfg.image_views, cfg.augment, step_generator(cfg.data_seed + VIEW_STREAM, -1, -1))
 
 
-def noisy_text_forward(model, images: torch.Tensor, text: torch.Tensor, noise: torch.Tensor):
-    """The model's forward with Gaussian noise added to the text embeddings before normalisation.
+def noisy_text_forward(model, images: torch.Tensor, text: torch.Tensor, noise: torch.Tensor, on: str = "normalized"):
+    """The model's forward with Gaussian noise added to the text embeddings.
 
-    The noise goes on the projection's output, whose entries start at roughly unit
-    scale at any width under open_clip's initialisation, so σ means about the same
-    for a tiny model and a ViT-B; on the normalised vector σ = 0.15 would swamp a
-    512-d embedding.
+    on="normalized" (the default): the noise goes on the L2-normalised text embedding and the sum is not
+    normalised again, so each image-text cosine (image embedding v, unit length) moves by v·noise ~ N(0, σ²)
+    at any embedding width; renormalising would shrink that to about σ / sqrt(1 + dσ²), which depends on the
+    width d again. on="projection" (clipmem before issue 16): the noise goes on the projection's output before
+    normalisation, whose coordinates have RMS r (about 1 under open_clip's initialisation), so a cosine moves
+    by about σ / (r·sqrt(d)): σ / 9.3 for clipmem-demo (r = 1.16 trained, d = 64).
     """
     image_features = model.encode_image(images, normalize=True)
-    text_features = torch.nn.functional.normalize(model.encode_text(text) + noise, dim=-1)
+    if on == "normalized":
+        text_features = model.encode_text(text, normalize=True) + noise
+    elif on == "projection":
+        text_features = torch.nn.functional.normalize(model.encode_text(text) + noise, dim=-1)
+    else:
+        raise ClipmemError(f"unknown text-noise placement '{on}'; known: {', '.join(TEXT_NOISE_PLACEMENTS)}")
     return image_features, text_features, model.logit_scale.exp()
 
 
@@ -131,14 +138,14 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 class TrainForward(torch.nn.Module):
     """One model's training forward (optionally with text-embedding noise) as a module, so DDP can wrap it."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, noise_on: str = "normalized"):
         super().__init__()
-        self.model = model
+        self.model, self.noise_on = model, noise_on
 
     def forward(self, images: torch.Tensor, text: torch.Tensor, noise: torch.Tensor | None = None):
         if noise is None:
             return self.model(images, text)[:3]
-        return noisy_text_forward(self.model, images, text, noise)
+        return noisy_text_forward(self.model, images, text, noise, on=self.noise_on)
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,7 @@ class Lockstep:
             if self.on_cuda:
                 model.visual.to(memory_format=torch.channels_last)
             self.optimizers[name] = make_optimizer(model, cfg, fused=self.on_cuda)
-            self.forwards[name] = TrainForward(model)
+            self.forwards[name] = TrainForward(model, cfg.text_noise_on)
         if ctx.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -224,6 +231,9 @@ class Lockstep:
         self.fixed_views = fixed_image_views(len(corpus.ids), cfg) if cfg.image_views > 0 else None
         if cfg.text_noise < 0:
             raise ClipmemError(f"text noise σ must be >= 0, got {cfg.text_noise}")
+        if cfg.text_noise_on not in TEXT_NOISE_PLACEMENTS:
+            raise ClipmemError(f"unknown text-noise placement '{cfg.text_noise_on}'; known: "
+                               f"{', '.join(TEXT_NOISE_PLACEMENTS)}")
         self.embed_dim = 0
         if cfg.text_noise > 0:
             with torch.no_grad():

@@ -23,8 +23,9 @@ runner = CliRunner()
 
 def test_default_grid_has_each_setting_once():
     settings = grid_settings(["captions", "text-noise", "removal"], removal_counts=(50, 150))
-    # baseline + captions 2, 3, 5 + σ 0.05..0.3 + 3 methods x 2 counts
-    assert len(settings) == 1 + 3 + 5 + 6
+    # baseline + captions 2, 3, 5 + the published σ 0.01..0.3 + 3 methods x 2 counts
+    assert len(settings) == 1 + 3 + 7 + 6
+    assert sorted(s.text_noise for s in settings if s.text_noise) == [0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
     assert len({s.slug for s in settings}) == len(settings)
     with pytest.raises(ClipmemError, match="unknown grid"):
         grid_settings(["captions", "dropout"])
@@ -114,6 +115,30 @@ def test_reopening_with_another_recipe_is_refused(experiment_dir, tiny_data):
     other.score = exp.base.score
     with pytest.raises(ClipmemError, match="other train settings"):
         open_experiment(exp.path, "tiny-exp", ["captions"], [0], [5], other)
+
+
+def test_a_saved_recipe_without_the_noise_placement_reads_as_the_projection_placement(tmp_path, tiny_data):
+    """Configs written before text_noise_on existed were trained with the noise on the projection output: they
+    load as that (a run's config.json and an experiment's recipe alike), while new runs default to normalized."""
+    from clipmem.scoring.config import RunConfig
+
+    assert RunConfig().train.text_noise_on == "normalized"
+    saved = RunConfig().to_json()
+    assert RunConfig.from_json(saved).train.text_noise_on == "normalized"
+    del saved["train"]["text_noise_on"]
+    assert RunConfig.from_json(saved).train.text_noise_on == "projection"
+
+    base = tiny_run_config(tiny_data, epochs=1)
+    base.train = replace(base.train, text_noise_on="projection")
+    open_experiment(tmp_path / "old", "old", ["text-noise"], [0], [5], base)
+    manifest = tmp_path / "old" / "experiment.json"
+    raw = json.loads(manifest.read_text())
+    del raw["base"]["train"]["text_noise_on"]  # as an experiment made before the field existed wrote it
+    manifest.write_text(json.dumps(raw))
+    open_experiment(tmp_path / "old", "old", ["text-noise"], [0], [5], base)  # the same recipe: accepted
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(ClipmemError, match=r"other train settings \(text_noise_on\)"):
+        open_experiment(tmp_path / "old", "old", ["text-noise"], [0], [5], tiny_run_config(tiny_data, epochs=1))
 
 
 def test_report_has_tables_figures_and_findings(experiment_dir, tmp_path):

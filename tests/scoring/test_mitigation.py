@@ -77,6 +77,58 @@ def test_zero_text_noise_is_bit_identical_and_positive_noise_is_not(planned, tmp
         assert not torch.allclose(weights(base[name]), weights(noisy[name]))
 
 
+def test_noise_placements_train_differently_and_zero_noise_is_plain_under_both(planned, tmp_path):
+    """One epoch: the same σ and seed on the normalised embedding and on the projection output give other
+    weights; σ = 0 gives the weights of training without the option under either placement."""
+    plain, _, _ = train(planned, tmp_path / "plain", epochs=1)
+    for on in ("normalized", "projection"):
+        zero, _, _ = train(planned, tmp_path / f"zero-{on}", epochs=1, text_noise=0.0, text_noise_on=on)
+        assert all(torch.equal(weights(plain[n]), weights(zero[n])) for n in PUBLISHED_MODELS)
+    on_unit, _, _ = train(planned, tmp_path / "unit", epochs=1, text_noise=0.15, text_noise_on="normalized")
+    on_projection, _, _ = train(planned, tmp_path / "proj", epochs=1, text_noise=0.15, text_noise_on="projection")
+    for name in PUBLISHED_MODELS:
+        assert not torch.allclose(weights(on_unit[name]), weights(on_projection[name]))
+        assert not torch.allclose(weights(on_unit[name]), weights(plain[name]))
+
+
+def test_an_unknown_noise_placement_is_refused(planned, tmp_path):
+    with pytest.raises(ClipmemError, match="'unit'.*normalized, projection"):
+        train(planned, tmp_path, epochs=1, text_noise=0.1, text_noise_on="unit")
+
+
+def test_noise_on_the_unit_embedding_moves_each_cosine_by_sigma_and_on_the_projection_by_sigma_over_its_norm():
+    """The two placements in numbers, with vectors built to the shape of clipmem-demo's (64-d, per-coordinate RMS
+    1.16 before normalisation): over many noise draws the image-text cosine moves by σ (normalized) and by about
+    σ / (1.16 · 8) = σ / 9.28 (projection), the relation docs/experiments.md states."""
+    from clipmem.scoring.train import noisy_text_forward
+
+    gen = torch.Generator().manual_seed(0)
+    d, rms, sigma, draws = 64, 1.16, 0.3, 20000
+    direction = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
+    text = direction * rms * d ** 0.5  # the projection output: RMS 1.16 per coordinate
+    image = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
+
+    class Fixed(torch.nn.Module):  # a model whose towers return the fixed vectors above
+        logit_scale = torch.nn.Parameter(torch.zeros(()))
+
+        def encode_image(self, images, normalize=False):
+            return image.expand(len(images), d)
+
+        def encode_text(self, tokens, normalize=False):
+            out = text.expand(len(tokens), d)
+            return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    noise = sigma * torch.randn(draws, d, generator=gen)
+    clean = float(image @ direction)
+    shift = {}
+    for on in ("normalized", "projection"):
+        v, t, _ = noisy_text_forward(Fixed(), torch.zeros(draws), torch.zeros(draws), noise, on=on)
+        shift[on] = (v * t).sum(-1) - clean
+    assert torch.allclose(shift["normalized"], noise @ image, atol=1e-5)  # exactly v·n, not renormalised
+    assert shift["normalized"].std().item() == pytest.approx(sigma, rel=0.03)
+    assert shift["projection"].std().item() == pytest.approx(sigma / (rms * d ** 0.5), rel=0.05)
+
+
 def test_text_noise_draws_are_shared_by_f_and_g_and_seeded(planned, tmp_path, monkeypatch):
     """Every noise vector a model's forward receives, recorded with the batch it goes with: in each step f and g
     get the same draw in the same slot (a shared pair, or candidate i for f and independent i for g), the draws
@@ -88,9 +140,9 @@ def test_text_noise_draws_are_shared_by_f_and_g_and_seeded(planned, tmp_path, mo
     def recorded():
         calls = []
 
-        def spy(model, images, text, noise):
+        def spy(model, images, text, noise, **placement):
             calls.append((model, noise.detach().clone()))
-            return real(model, images, text, noise)
+            return real(model, images, text, noise, **placement)
 
         monkeypatch.setattr(train_module, "noisy_text_forward", spy)
         return calls
@@ -203,3 +255,18 @@ def test_finished_run_reports_probe_accuracy(tiny_run):
     for name in PUBLISHED_MODELS:
         # fitted on S_S, tested on S_E's single-object images: colour (8 classes) is far above chance
         assert metrics[name]["probe_colour"] > 0.6 and metrics[name]["probe_shape"] > 0.2
+
+
+def test_the_noise_placement_option_is_checked_and_kept_in_the_run_config(planned, tmp_path):
+    from clipmem.scoring.cli import TrainOverrides
+    from clipmem.scoring.rundir import RunDir
+
+    run, cfg = planned
+    with pytest.raises(ClipmemError, match="--text-noise-on must be one of normalized, projection, got 'unit'"):
+        TrainOverrides(text_noise_on="unit").apply(replace(cfg))
+    chosen = TrainOverrides(text_noise=0.1, text_noise_on="projection").apply(replace(cfg))
+    saved = RunDir(tmp_path / "run")
+    saved.path.mkdir()
+    saved.save_config(chosen)
+    assert saved.load_config().train.text_noise_on == "projection"
+    assert TrainOverrides(text_noise=0.1).apply(replace(cfg)).train.text_noise_on == "normalized"
