@@ -36,7 +36,6 @@ from clipmem.scoring.rundir import RunDir, write_json
 
 CAPTIONS = (1, 2, 3, 5)
 TEXT_NOISE = (0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # the published σ grid
-REMOVAL_COUNTS = (50, 150)
 SHARED_FILES = ("split.json", "samples.parquet", "data_root.json", "skipped.jsonl")
 
 
@@ -53,7 +52,41 @@ class Setting:
         return name + (f"-{self.removal_method}-{self.removal_count}" if self.removal_count else "")
 
 
-def grid_settings(grids: list[str], removal_counts=REMOVAL_COUNTS) -> list[Setting]:
+def parse_removal_counts(text: str) -> list[int | float]:
+    """'50,150' or '1%,8%,64%': pair counts (int), or fractions of the removable pool (float in (0, 1])."""
+    out: list[int | float] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = float(item[:-1]) / 100 if item.endswith("%") else int(item)
+        except ValueError:
+            raise ClipmemError(f"removal count '{item}': expected a number of pairs (50) or a percentage of the "
+                               "scored pairs (8%)") from None
+        if (item.endswith("%") and not 0 < value <= 1) or (not item.endswith("%") and value < 1):
+            raise ClipmemError(f"removal count '{item}': a count must be >= 1, a percentage in (0%, 100%]")
+        out.append(value)
+    if not out:
+        raise ClipmemError(f"removal counts '{text}' name no count")
+    return out
+
+
+def resolve_removal_counts(counts: list[int | float], pool: int) -> list[int]:
+    """Pair counts from counts and fractions of a pool of `pool` removable pairs (each at least 1), ascending."""
+    return sorted({n if isinstance(n, int) else max(1, round(n * pool)) for n in counts})
+
+
+def removable_pool(split_path: Path) -> int:
+    """The pairs a baseline run scores, whose removal the grid sweeps: S_C ∪ S_I, or every pair but S_E (k-fold)."""
+    from clipmem.scoring.columns import SCORED_SPLITS, SPLITS
+    from clipmem.scoring.splits import SplitPlan
+
+    plan = SplitPlan.load(split_path)
+    scored = SCORED_SPLITS if plan.folds is None else [s for s in SPLITS if s != "extra"]
+    return sum(len(plan.ids[s]) for s in scored)
+
+
+def grid_settings(grids: list[str], removal_counts=(50, 150)) -> list[Setting]:
     """The distinct settings of the named grids; the baseline appears once."""
     unknown = [g for g in grids if g not in GRIDS]
     if unknown:
@@ -97,10 +130,14 @@ class Experiment:
                 "removal_counts": self.removal_counts, "base": self.base.to_json()}
 
 
-def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], removal_counts: list[int],
+def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], removal_counts: list[int | float],
                     base: RunConfig) -> Experiment:
-    """Start an experiment directory, or reopen one made with the same recipe (to resume or extend it)."""
-    exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=removal_counts, base=base)
+    """Start an experiment directory, or reopen one made with the same recipe (to resume or extend it).
+
+    A float in `removal_counts` is a fraction of the pairs the baseline scores: with the removal grid the base
+    split is planned first to count them (parse_removal_counts reads '8%' as 0.08)."""
+    counts = [n for n in removal_counts if isinstance(n, int)]
+    exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=counts or [1], base=base)
     exp.settings()  # validates grids and counts before anything is written
     manifest = exp.path / "experiment.json"
     if manifest.is_file():
@@ -117,6 +154,10 @@ def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], r
         if saved.get("experiment") != name:
             raise ClipmemError(f"{exp.path} holds experiment '{saved.get('experiment')}', not '{name}'")
     exp.path.mkdir(parents=True, exist_ok=True)
+    exp.removal_counts = counts
+    if "removal" in grids and any(isinstance(n, float) for n in removal_counts):
+        prepare_base(exp)
+        exp.removal_counts = resolve_removal_counts(removal_counts, removable_pool(exp.base_run.split))
     write_json(manifest, exp.to_json())
     return exp
 
@@ -297,19 +338,21 @@ def report_rows(exp_path: Path) -> list[dict]:
     """One row per finished run of the experiment directory (see experiment_report.run_row)."""
     import pandas as pd
 
-    from clipmem.scoring.experiment_report import run_row
+    from clipmem.scoring.experiment_report import common_pair_means, run_row
 
-    rows = []
+    rows, frames = [], {}
     for run_path in sorted((Path(exp_path) / "runs").glob("*")):
         run = RunDir(run_path)
         if not run.is_finished() or not run.experiment.is_file():
             continue
-        scores = pd.read_parquet(run.scores, columns=["clipmem_raw", "clipmem"])
+        scores = pd.read_parquet(run.scores, columns=["sample_id", "clipmem_raw", "clipmem"])
         metrics = json.loads(run.metrics.read_text())
         row = run_row(json.loads(run.experiment.read_text()), scores["clipmem_raw"].mean(), scores["clipmem"].mean(),
                       {m: metrics.get(m, {}) for m in ("f", "g")})
         row["run"] = run_path.name
         row["train_seconds"] = metrics.get("timings", {}).get("train_seconds")
         rows.append(row)
+        frames[run_path.name] = scores
+    common_pair_means(rows, frames)
     return rows
 

@@ -21,11 +21,14 @@ GRIDS = ("captions", "text-noise", "removal")
 REMOVAL_METHODS = ("top-clipmem", "lowest-similarity", "random")
 KNOB_LABELS = {"captions": "captions per image", "text-noise": "σ of text-embedding noise",
                "removal": "pairs removed from training"}
-MEMORIZATION_METRICS = ("mean_clipmem_raw", "mean_clipmem")
+MEMORIZATION_METRICS = ("mean_clipmem_raw", "mean_clipmem", "mean_clipmem_raw_common")
+# metrics that compare runs only within one grid (common_pair_means): left out of the other grids' points
+GRID_METRICS = {"mean_clipmem_raw_common": "removal"}
 # utility on S_E, averaged over f and g; the probe keys depend on the labels the data has
 UTILITY_METRICS = ("probe_shape", "probe_colour", "i2t_r1", "t2i_r1", "i2t_r5", "zeroshot_shape", "zeroshot_colour")
 METRIC_LABELS = {
     "mean_clipmem_raw": "mean raw CLIPMem", "mean_clipmem": "mean CLIPMem (min-max scaled per run)",
+    "mean_clipmem_raw_common": "mean raw CLIPMem, pairs scored in every run",
     "probe_shape": "linear probe: shape", "probe_colour": "linear probe: colour",
     "i2t_r1": "image→text R@1", "t2i_r1": "text→image R@1", "i2t_r5": "image→text R@5",
     "zeroshot_shape": "zero-shot shape", "zeroshot_colour": "zero-shot colour",
@@ -68,6 +71,29 @@ def grid_points(row: dict) -> list[tuple[str, str | None, float]]:
     return points
 
 
+def common_pair_means(rows: list[dict], scores: dict[str, pd.DataFrame]) -> None:
+    """Add to each run of the removal grid its mean raw CLIPMem over the pairs that every run of the grid with its
+    seed scores (`mean_clipmem_raw_common`), and how many those are (`common_pairs`).
+
+    The plain mean is over the pairs a run scores, and a removal run scores none of the pairs it removed: removing
+    the top-CLIPMem pairs lowers that mean by construction. On one fixed set of pairs the runs are comparable.
+    `scores[row["run"]]` holds the run's `sample_id` and `clipmem_raw`.
+    """
+    by_seed: dict[int, list[dict]] = {}
+    for row in rows:
+        if any(grid == "removal" for grid, _, _ in grid_points(row)):
+            by_seed.setdefault(row["seed"], []).append(row)
+    for members in by_seed.values():
+        if len(members) < 2:  # the baseline alone: no removal to compare with
+            continue
+        common = set.intersection(*(set(scores[r["run"]]["sample_id"]) for r in members))
+        for r in members:
+            frame = scores[r["run"]]
+            values = frame.loc[frame["sample_id"].isin(common), "clipmem_raw"]
+            r["mean_clipmem_raw_common"] = float(values.mean()) if len(values) else float("nan")
+            r["common_pairs"] = len(common)
+
+
 def metric_names(rows: list[dict]) -> list[str]:
     present = {k for row in rows for k in row}
     utility = [m for m in UTILITY_METRICS if m in present]
@@ -82,6 +108,8 @@ def summarize(rows: list[dict]) -> pd.DataFrame:
     for row in rows:
         for grid, method, value in grid_points(row):
             for metric in metrics:
+                if GRID_METRICS.get(metric, grid) != grid:
+                    continue
                 if row.get(metric) is not None and not _is_nan(row[metric]):
                     records.append({"grid": grid, "method": method or "", "value": value, "metric": metric,
                                     "seed": row["seed"], "x": float(row[metric])})
@@ -105,14 +133,17 @@ def _is_nan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def headline_metrics(metrics) -> list[str]:
+def headline_metrics(metrics, grid: str | None = None) -> list[str]:
     """The panels of a figure: memorization, the linear probe (the published utility measure), retrieval.
 
-    Of several probes the shape one is preferred on the built-in data, where colour saturates at 1.0.
+    Of several probes the shape one is preferred on the built-in data, where colour saturates at 1.0. The removal
+    grid's memorization panel is the mean over the pairs every run scores (common_pair_means); without it that
+    panel is left out, since the mean over the pairs a run keeps drops by construction when the top ones go.
     """
     present = list(dict.fromkeys(metrics))
     probes = sorted((m for m in present if m.startswith("probe_")), key=lambda m: (m != "probe_shape", m))
-    chosen = ["mean_clipmem_raw"] + probes[:1] + [m for m in ("i2t_r1",) if m in present]
+    memorization = "mean_clipmem_raw_common" if grid == "removal" else "mean_clipmem_raw"
+    chosen = [memorization] + probes[:1] + [m for m in ("i2t_r1",) if m in present]
     return [m for m in chosen if m in present]
 
 
@@ -127,11 +158,11 @@ def figures(summary: pd.DataFrame):
     out = {}
     if summary.empty:
         return out
-    panels = headline_metrics(summary["metric"])
     for grid in GRIDS:
         part = summary[summary["grid"] == grid]
         if part.empty:
             continue
+        panels = headline_metrics(part["metric"], grid)
         fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08,
                             subplot_titles=[METRIC_LABELS.get(m, m) for m in panels])
         for col, metric in enumerate(panels, start=1):

@@ -14,8 +14,9 @@ from run_fixtures import TINY_SIZES, tiny_run_config
 from clipmem.cli import app
 from clipmem.scoring.cli import read_id_list
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.experiment import Setting, grid_settings, open_experiment, report_rows, run_experiment
-from clipmem.scoring.experiment_report import figures, run_row, summarize, write_report
+from clipmem.scoring.experiment import (Setting, grid_settings, open_experiment, parse_removal_counts, report_rows,
+                                        resolve_removal_counts, run_experiment)
+from clipmem.scoring.experiment_report import common_pair_means, figures, run_row, summarize, write_report
 from tests.prerequisites import skip_or_fail
 
 runner = CliRunner()
@@ -54,6 +55,65 @@ def test_summary_averages_over_seeds_and_puts_the_baseline_in_every_grid():
     figs = figures(summary)
     assert set(figs) == {"captions", "text-noise", "removal"}
     assert any(trace.error_y.array is not None for trace in figs["captions"].data)
+
+
+def test_removal_runs_are_compared_on_the_pairs_every_run_of_their_seed_scores():
+    """A constructed grid: the baseline scores a, b, c, d; top-CLIPMem removal of 1 drops d (its top pair), random
+    removal of 1 drops a. Pairs scored in every run: b and c, so each run's common mean is over b and c alone,
+    while the plain mean of the top-CLIPMem run falls only because d is gone."""
+    runs = {
+        "base": (row(0, raw=0.25), {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}),
+        "top": (row(0, method="top-clipmem", count=1), {"a": 0.1, "b": 0.1, "c": 0.3}),
+        "random": (row(0, method="random", count=1), {"b": 0.5, "c": 0.5, "d": 0.2}),
+        "captions": (row(0, captions=5), {"a": 9.0}),  # not a point of the removal grid: left alone
+        "base-s1": (row(1), {"a": 0.7}),  # seed 1 has no removal run to compare with
+    }
+    rows, scores = [], {}
+    for name, (r, values) in runs.items():
+        r["run"] = name
+        rows.append(r)
+        scores[name] = pd.DataFrame({"sample_id": list(values), "clipmem_raw": list(values.values())})
+    common_pair_means(rows, scores)
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["base"]["mean_clipmem_raw_common"] == pytest.approx(0.25)  # (0.2 + 0.3) / 2
+    assert by_run["top"]["mean_clipmem_raw_common"] == pytest.approx(0.2)
+    assert by_run["random"]["mean_clipmem_raw_common"] == pytest.approx(0.5)
+    assert all(by_run[n]["common_pairs"] == 2 for n in ("base", "top", "random"))
+    assert "mean_clipmem_raw_common" not in by_run["captions"] and "mean_clipmem_raw_common" not in by_run["base-s1"]
+    summary = summarize(rows)
+    common = summary[summary.metric == "mean_clipmem_raw_common"]
+    assert set(common.grid) == {"removal"}  # the baseline's common mean belongs to the removal grid only
+    assert common[(common.method == "top-clipmem") & (common.value == 1)]["mean"].item() == pytest.approx(0.2)
+    figs = figures(summary)
+    removal_panels = [a.text for a in figs["removal"].layout.annotations]
+    assert removal_panels[0] == "mean raw CLIPMem, pairs scored in every run"
+    assert "mean raw CLIPMem" in [a.text for a in figs["captions"].layout.annotations]
+
+
+def test_the_removal_panel_of_mean_clipmem_is_left_out_without_the_common_pairs():
+    summary = summarize([row(0, raw=0.3), row(0, method="top-clipmem", count=5, raw=0.1)])
+    panels = [a.text for a in figures(summary)["removal"].layout.annotations]
+    assert "mean raw CLIPMem" not in panels and "linear probe: shape" in panels
+
+
+def test_removal_counts_are_counts_or_percentages_of_the_scored_pairs():
+    default = parse_removal_counts("1%,2%,4%,8%,16%,32%,64%")
+    # the published N = 50 ... 3200 of 5,000, on the built-in set's 600 scored pairs
+    assert resolve_removal_counts(default, 5000) == [50, 100, 200, 400, 800, 1600, 3200]
+    assert resolve_removal_counts(default, 600) == [6, 12, 24, 48, 96, 192, 384]
+    assert resolve_removal_counts(parse_removal_counts("150, 50,1%"), 100) == [1, 50, 150]
+    for bad, message in (("0", "'0'.*>= 1"), ("120%", "'120%'"), ("ten", "'ten'"), (",", "name no count")):
+        with pytest.raises(ClipmemError, match=message):
+            parse_removal_counts(bad)
+
+
+def test_percentage_removal_counts_resolve_against_the_planned_split(tmp_path, tiny_data):
+    base = tiny_run_config(tiny_data, epochs=1)
+    exp = open_experiment(tmp_path / "e", "e", ["removal"], [0], parse_removal_counts("1%,50%,64%"), base)
+    # the tiny split scores 120 + 120 pairs: 2.4 -> 2, 120, 153.6 -> 154
+    assert exp.removal_counts == [2, 120, 154]
+    assert json.loads((exp.path / "experiment.json").read_text())["removal_counts"] == [2, 120, 154]
+    assert {s.removal_count for s in exp.settings()} == {0, 2, 120, 154}
 
 
 def test_a_grid_holding_only_the_baseline_is_left_out():
@@ -216,6 +276,10 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_
         assert [(e["name"], e["runs"]) for e in listed] == [("tiny-exp", 7)]
         detail = client.get("/experiments/tiny-exp").json()
     expected = summarize(report_rows(exp.path))
+    # the API's rows are built from each run's stored means: the removal grid's mean over the pairs every run
+    # scores (common_pair_means) is the report's alone
+    assert set(expected.metric) - {m["metric"] for m in detail["summary"]} == {"mean_clipmem_raw_common"}
+    expected = expected[expected.metric != "mean_clipmem_raw_common"]
     served = pd.DataFrame(detail["summary"])
     merged = expected.merge(served, on=["grid", "method", "value", "metric"], suffixes=("", "_api"))
     assert len(merged) == len(expected)
