@@ -58,7 +58,8 @@ class Run(Base):
     embedding_dim: Mapped[int] = mapped_column(Integer)
     map_method: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # layers.parquet rows (tower, layer, truth, pairs, layer_mem, delta_layer_mem); null when the run has none
+    # layers.parquet rows (tower, layer, truth, pairs, layer_mem, delta_layer_mem, their intervals and UnitMem where
+    # the run has them: JSON, so new optional columns need no migration); null when the run has none
     layers: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # layer_curves.parquet as {sample_id: {tower: [layer_mem per block]}}; null when the run has none
     layer_curves: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from clipmem.scoring.columns import (COSINE, COSINE_GAP, CURVE_COLUMNS, EMBEDDING_ARRAYS, FLAG_COLUMNS,
-                                     LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS, MEMORIZED, NULL_COLUMNS, RANGE_TOLERANCE,
+                                     LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS, LAYER_UNIT_COLUMNS,
+                                     MEMORIZED, NULL_COLUMNS, RANGE_TOLERANCE,
                                      SAMPLE_COLUMNS, SCORE_BY_NAME, SCORE_COLUMNS, SCORE_FILE_COLUMNS, SCORED_SPLITS,
                                      SEEN_BY, SPLITS, null_key)
 from clipmem.scoring.config import RunConfig
@@ -91,9 +92,11 @@ def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
                 row = frame[outside].iloc[0]
                 raise ClipmemError(f"{run.layers}: the interval [{name}_lo, {name}_hi] of tower {row.tower}, layer "
                                    f"{int(row.layer)}, truth {row.truth} does not contain {name}")
+        units = _layer_units(run.layers, frame)
         layers = [{"tower": str(r.tower), "layer": int(r.layer), "truth": str(r.truth), "pairs": int(r.pairs),
                    "layer_mem": float(r.layer_mem), "delta_layer_mem": float(r.delta_layer_mem),
-                   **{name: float(getattr(r, name)) for name in intervals}}
+                   **{name: float(getattr(r, name)) for name in intervals},
+                   **{name: None if np.isnan(getattr(r, name)) else float(getattr(r, name)) for name in units}}
                   for r in frame.itertuples()]
     if run.layer_curves.is_file():
         frame, _ = _read_parquet(run.layer_curves, CURVE_COLUMNS, strings=("sample_id", "tower"))
@@ -102,6 +105,26 @@ def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
         for (sid, tower), group in frame.groupby(["sample_id", "tower"], sort=False):
             curves.setdefault(str(sid), {})[str(tower)] = [float(v) for v in group["layer_mem"]]
     return layers, curves
+
+
+def _layer_units(file: Path, frame: pd.DataFrame) -> list[str]:
+    """The UnitMem columns of newer runs' layers.parquet (all three or none): numeric, null where UnitMem is not
+    defined (truth groups, k-fold and replica runs), otherwise in [0, 1]."""
+    units = [c for c in LAYER_UNIT_COLUMNS if c in frame.columns]
+    if units and len(units) < len(LAYER_UNIT_COLUMNS):
+        missing = sorted(set(LAYER_UNIT_COLUMNS) - set(units))
+        raise ClipmemError(f"{file} has UnitMem column(s) {', '.join(units)} but lacks {', '.join(missing)}")
+    for name in units:
+        try:
+            values = frame[name].to_numpy(dtype=float)
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{file}: column {name} should be numeric") from None
+        bad = ~np.isnan(values) & ~((values >= -RANGE_TOLERANCE) & (values <= 1 + RANGE_TOLERANCE))
+        if bad.any():
+            row = frame[bad].iloc[0]
+            raise ClipmemError(f"{file}: {name} of tower {row.tower}, layer {int(row.layer)}, truth {row.truth} is "
+                               f"{float(row[name])!r}, outside UnitMem's range [0, 1]")
+    return units
 
 
 def read_run(path: Path) -> RunContents:

@@ -164,6 +164,32 @@ def layer_curves(layers: Sequence[Mapping], value: str, title: str,
     return fig
 
 
+def unit_mem_curves(layers: Sequence[Mapping], title: str) -> go.Figure:
+    """UnitMem per block, one line per tower (the mean of f's and g's), with each model's own value as open
+    markers: f over the S_C pairs it trained on, g over S_I. `layers`: rows with tower, layer, unit_mem,
+    unit_mem_f and unit_mem_g; rows whose unit_mem is null are left out."""
+    fig = go.Figure()
+    for tower in ("image", "text"):
+        rows = sorted((r for r in layers if r["tower"] == tower and r.get("unit_mem") is not None),
+                      key=lambda r: r["layer"])
+        if not rows:
+            continue
+        x = [r["layer"] for r in rows]
+        colour = TOWER_COLOURS[tower]
+        fig.add_trace(go.Scatter(x=x, y=[r["unit_mem"] for r in rows], mode="lines+markers", name=f"{tower} tower",
+                                 line=dict(color=colour, width=3),
+                                 hovertemplate=f"{tower} block %{{x}}: UnitMem %{{y:.4f}}<extra></extra>"))
+        for model, symbol in (("f", "triangle-up-open"), ("g", "triangle-down-open")):
+            fig.add_trace(go.Scatter(x=x, y=[r.get(f"unit_mem_{model}") for r in rows], mode="markers",
+                                     name=f"{tower}, model {model}", marker=dict(color=colour, symbol=symbol, size=10),
+                                     hovertemplate=f"{tower} block %{{x}}, {model}: %{{y:.4f}}<extra></extra>"))
+    blocks = max([r["layer"] for r in layers] + [1])
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), title=title, xaxis_title="block",
+                      yaxis_title="unit_mem", xaxis=dict(dtick=1, range=[0.6, blocks + 0.4]), yaxis=dict(range=[0, 1]),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, title_text=""))
+    return fig
+
+
 def pair_layer_curves(curves: Mapping[str, Sequence[float]], run_layers: Sequence[Mapping], title: str) -> go.Figure:
     """One pair's memorization per block of each tower, against the run's mean curves (truth "all")."""
     rows = [{"tower": tower, "layer": i + 1, "layer_mem": v} for tower, values in curves.items()

@@ -8,6 +8,13 @@ caption and a seeded one-word dropout of it. LayerMem applies the same score to
 the mean-pooled output of every block (ViT/text resblocks, ResNet stages), read
 with forward hooks during the same passes.
 
+UnitMem (clipmem's extension, after Wang et al., "Localizing Memorization in SSL Vision Encoders", NeurIPS
+2024) is read in the same passes: per unit (a transformer block's MLP hidden unit after its activation,
+token-averaged; a ResNet stage's output channel, spatially averaged) each pair's mean activation over its
+augmented views under the model that trained on it, then per model over the pairs it trained on (f: S_C,
+g: S_I) the unit's selectivity to one of them, (mu_max - mu_-max) / (mu_max + mu_-max), averaged over the
+block's units (`unit_mem`; docs/layers.md).
+
 The swap check fits orthogonal maps between g's and f's spaces on the shared
 pairs (which both models saw) and recomputes the alignment with one tower taken
 from the model that did not see the pair: the drop tells which tower carried
@@ -30,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from clipmem.scoring.columns import LAYER_UNIT_COLUMNS
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.models import apply_vocabulary, pack, word_encodings
@@ -87,6 +95,73 @@ def capture_blocks(blocks: list[torch.nn.Module], mask_ref: dict | None = None):
     finally:
         for h in handles:
             h.remove()
+
+
+def unit_modules(blocks: list[torch.nn.Module]) -> list[torch.nn.Module] | None:
+    """Per block, the module whose output channels are the block's units for UnitMem, or None when some block has
+    none that clipmem knows (UnitMem is then left out for that tower).
+
+    A transformer block's units are its MLP's hidden units after the activation (open_clip: `mlp.gelu`, timm:
+    `mlp.act`), where the paper finds a ViT's memorization; the residual stream is a sum of every block's writes,
+    not one unit's response. A ResNet stage's units are its output channels: the stage ends in a ReLU.
+    """
+    found = []
+    for block in blocks:
+        mlp = getattr(block, "mlp", None)
+        act = next((getattr(mlp, name) for name in ("gelu", "act") if hasattr(mlp, name)), None)
+        if act is not None:
+            found.append(act)
+        elif isinstance(block, torch.nn.Sequential) and len(block) and all(hasattr(b, "act3") for b in block):
+            found.append(block)  # open_clip's ModifiedResNet stage of Bottlenecks
+        else:
+            return None
+    return found
+
+
+@contextmanager
+def capture_unit_sums(modules: list[torch.nn.Module], n_rows: int, repeat: int):
+    """Per module, the (n_rows, units) sum of its pooled output over each row's `repeat` consecutive inputs.
+
+    Summed in the hook, so a pass holds one row per pair rather than one per view."""
+    sums: list[torch.Tensor | None] = [None] * len(modules)
+    count = [0] * len(modules)
+    handles = []
+    for i, module in enumerate(modules):
+        def hook(_module, _inputs, output, i=i):
+            pooled = _pool(output, None).cpu()
+            rows = torch.arange(count[i], count[i] + len(pooled)) // repeat
+            if sums[i] is None:
+                sums[i] = torch.zeros(n_rows, pooled.shape[1])
+            sums[i].index_add_(0, rows, pooled)
+            count[i] += len(pooled)
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield sums
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def unit_mem(activations) -> np.ndarray:
+    """UnitMem of each unit from its per-sample mean activations, (samples, units) -> (units,).
+
+    mu_max is the unit's highest per-sample mean, mu_-max its mean over the other samples; UnitMem =
+    (mu_max - mu_-max) / (mu_max + mu_-max): 1 for a unit that responds to one sample only, 0 for one that responds
+    to all alike. Means below 0 (GELU dips to -0.17) count as 0, so the ratio stays in [0, 1]; a unit silent on
+    every sample is selective to none of them: 0.
+    """
+    a = np.clip(np.asarray(activations, dtype=np.float64), 0.0, None)
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"UnitMem needs a (samples, units) matrix of at least two samples, got shape {a.shape}")
+    top = a.max(0)
+    rest = (a.sum(0) - top) / (a.shape[0] - 1)
+    total = top + rest
+    return np.divide(top - rest, total, out=np.zeros_like(top), where=total > 0)
+
+
+def unit_key(tower: str, layer: int) -> str:
+    """The per_pair key of a block's unit activations under the model that saw each pair: (units, N)."""
+    return f"units_{tower}_{layer}"
 
 
 @dataclass
@@ -158,7 +233,9 @@ def tower_similarities(model, corpus: TensorCorpus, rows: torch.Tensor, views: T
 @torch.inference_mode()
 def tower_similarities_each(models: dict, corpus: TensorCorpus, rows: torch.Tensor, views: TowerViews,
                             cfg: ScoreConfig, device, layers: bool) -> dict[str, dict[str, torch.Tensor]]:
-    """`tower_similarities` under each model: {model: {"image", "text"[, "image_layers", "text_layers"]}}.
+    """`tower_similarities` under each model: {model: {"image", "text"[, "image_layers", "text_layers"]}}; with
+    layers also "image_units" / "text_units" where the tower has units (`unit_modules`): per block, each pair's
+    (N, units) mean activation over its two views of each of its n view pairs.
 
     Each image view is augmented once and encoded by every model. Text views repeat (each pair has a few
     captions and n views of them), and a text's encoding does not depend on the batch it is in, so every
@@ -173,22 +250,35 @@ def tower_similarities_each(models: dict, corpus: TensorCorpus, rows: torch.Tens
     finals: dict[str, list] = {name: [] for name in models}
     pooled: dict[str, list] = {name: [] for name in models}
     blocks = {name: image_blocks(m) if layers else [] for name, m in models.items()}
+    units = {name: unit_modules(blocks[name]) if layers else None for name in models}
+    unit_sums: dict[str, list] = {name: [] for name in models}
     for params in views.image_params:
         with ExitStack() as stack:
             stores = {name: stack.enter_context(capture_blocks(blocks[name])) for name in models}
+            sums = {name: stack.enter_context(capture_unit_sums(units[name] or [], n_rows, cfg.views))
+                    for name in models}
             encoded = encode_images_each(list(models.values()), corpus.pixels[rows], cfg.batch_size, device,
                                          views=params, max_shift=views.max_shift, repeat=cfg.views)
         for name, final in zip(models, encoded):
             finals[name].append(final)
             pooled[name].append([torch.cat(parts) for parts in stores[name]])
+            unit_sums[name].append(sums[name])
     out = {name: _view_cosines(finals[name], pooled[name], n_rows, cfg.views, "image", layers) for name in models}
+    for name in models:
+        if units[name] is not None:
+            out[name]["image_units"] = [sum(parts) / (len(views.image_params) * cfg.views)
+                                        for parts in zip(*unit_sums[name])]
 
     n = len(views.text_tokens[0])
     distinct, index = torch.unique(torch.cat(views.text_tokens), dim=0, return_inverse=True)
+    # the pair of each text view: both halves of `index` run over (pair, view) in order
+    view_rows = (torch.arange(2 * n) % n) // cfg.views
     for name, model in models.items():
         mask_ref: dict = {}
         chunks = []
-        with capture_blocks(text_blocks(model) if layers else [], mask_ref) as store:
+        tower_blocks = text_blocks(model) if layers else []
+        text_units = unit_modules(tower_blocks) if layers else None
+        with capture_blocks(tower_blocks, mask_ref) as store, capture_blocks(text_units or [], mask_ref) as unit_store:
             for s in range(0, len(distinct), cfg.batch_size):
                 chunk = to_device(distinct[s:s + cfg.batch_size], device)
                 mask_ref["mask"] = chunk != 0
@@ -199,6 +289,10 @@ def tower_similarities_each(models: dict, corpus: TensorCorpus, rows: torch.Tens
         out[name].update(_view_cosines([final[index[:n]], final[index[n:]]],
                                        [[p[index[:n]] for p in per_block], [p[index[n:]] for p in per_block]],
                                        n_rows, cfg.views, "text", layers))
+        if text_units is not None:
+            out[name]["text_units"] = [
+                torch.zeros(n_rows, parts[0].shape[1]).index_add_(0, view_rows, torch.cat(parts)[index])
+                / (2 * cfg.views) for parts in unit_store]
     return out
 
 
@@ -259,7 +353,8 @@ def swap_check(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: Sco
 def tower_scores(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,
                  context_length: int, vocab, device, layers: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The score table with per-tower (raw and scaled over these pairs) and swap scores added, and, with
-    `layers`, each pair's LayerMem per block: {tower: (blocks, N)}."""
+    `layers`, each pair's LayerMem per block: {tower: (blocks, N)}, and in the published scheme each block's unit
+    activations under the model that saw the pair: {unit_key(tower, layer): (units, N)}."""
     views = draw_tower_views(corpus, scored_rows(corpus), cfg, train_cfg, context_length, vocab, result.part)
     sims = tower_similarities_each(models, corpus, result.scored, views, cfg, device, layers)
 
@@ -278,13 +373,29 @@ def tower_scores(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: S
         frame[f"mem_{tower}"] = minmax(raw)
     frame = frame.assign(**swap_check(models, corpus, result, cfg, device))
     per_pair = {tower: seen_minus_unseen(f"{tower}_layers").numpy() for tower in TOWERS} if layers else {}
+    if layers and tuple(models) == ("f", "g"):
+        per_pair.update(_seen_units(sims, result.seen_by_f))
     return frame, per_pair
+
+
+def _seen_units(sims: dict, seen_f: torch.Tensor) -> dict[str, np.ndarray]:
+    """{unit_key(tower, layer): (units, N)}: each pair's unit activations under the model that trained on it.
+
+    Published scheme only: in a k-fold run every pair is seen by several models, whose units do not correspond."""
+    out = {}
+    for tower in TOWERS:
+        key = f"{tower}_units"
+        if key in sims["f"] and key in sims["g"]:
+            for layer, (f_acts, g_acts) in enumerate(zip(sims["f"][key], sims["g"][key]), start=1):
+                out[unit_key(tower, layer)] = torch.where(seen_f[:, None], f_acts, g_acts).T.numpy()
+    return out
 
 
 def layer_tables(frame: pd.DataFrame, per_pair: dict[str, np.ndarray],
                  top_k_curves: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
     """LayerMem and ΔLayerMem per tower, block and truth tag, each with its bootstrap 95% interval over the group's
-    pairs (columns.LAYER_INTERVAL_COLUMNS); per-pair curves of the top_k most memorized pairs.
+    pairs (columns.LAYER_INTERVAL_COLUMNS), and UnitMem per tower and block (columns.LAYER_UNIT_COLUMNS, on the
+    truth "all" rows; `block_unit_mem`); per-pair curves of the top_k most memorized pairs.
 
     ΔLayerMem's interval is the bootstrap of the per-pair difference of consecutive blocks, resampled with the same
     pairs as LayerMem's, so it reflects that a pair's blocks move together. per_pair: {tower: (blocks, N)} in frame
@@ -300,6 +411,8 @@ def layer_tables(frame: pd.DataFrame, per_pair: dict[str, np.ndarray],
         groups = {"all": np.ones(len(frame), bool), **{t: truth == t for t in np.unique(truth)}}
         # a pair's increase at each block; block 1's increase is its LayerMem
         deltas = np.diff(values, axis=0, prepend=np.zeros((1, values.shape[1])))
+        units = block_unit_mem(frame, per_pair, tower, len(values))
+        no_units = dict.fromkeys(LAYER_UNIT_COLUMNS, float("nan"))
         for group, mask in groups.items():
             means = values[:, mask].mean(1)
             # the same seed for both: LayerMem and ΔLayerMem come from the same resampled pairs
@@ -311,12 +424,39 @@ def layer_tables(frame: pd.DataFrame, per_pair: dict[str, np.ndarray],
                                    "delta_layer_mem": float(value - (means[layer - 1] if layer else 0.0)),
                                    "layer_mem_lo": float(mem_lo[layer]), "layer_mem_hi": float(mem_hi[layer]),
                                    "delta_layer_mem_lo": float(delta_lo[layer]),
-                                   "delta_layer_mem_hi": float(delta_hi[layer])})
+                                   "delta_layer_mem_hi": float(delta_hi[layer]),
+                                   # a property of a model's units over all the pairs it trained on, not of a group
+                                   **(units[layer] if group == "all" else no_units)})
         for j in top:
             for layer, value in enumerate(values[:, j]):
                 curve_rows.append({"sample_id": frame["sample_id"].iloc[j], "tower": tower, "layer": layer + 1,
                                    "layer_mem": float(value)})
     return pd.DataFrame(layer_rows), pd.DataFrame(curve_rows)
+
+
+def block_unit_mem(frame: pd.DataFrame, per_pair: dict[str, np.ndarray], tower: str, blocks: int) -> list[dict]:
+    """Per block of the tower, {"unit_mem_f": f's UnitMem over the pairs it trained on (S_C), "unit_mem_g": g's
+    over S_I, "unit_mem": their mean}, each the mean over the block's units of `unit_mem`; NaN where it is not
+    defined: no unit activations in per_pair (k-fold runs, towers without known units, runs scored without
+    layers), a model with fewer than two of its pairs, or a mean over replicas."""
+    nan = float("nan")
+    missing = dict.fromkeys(LAYER_UNIT_COLUMNS, nan)
+    # replica runs average per_pair over independently seeded models, whose unit k are unrelated units
+    if "clipmem_raw_sd" in frame or not any(unit_key(tower, b) in per_pair for b in range(1, blocks + 1)):
+        return [dict(missing) for _ in range(blocks)]
+    seen_by = frame["seen_by"].to_numpy()
+    rows = []
+    for layer in range(1, blocks + 1):
+        acts = per_pair.get(unit_key(tower, layer))  # (units, N)
+        if acts is None:
+            rows.append(dict(missing))
+            continue
+        per_model = {model: float(unit_mem(acts[:, seen_by == model].T).mean()) if (seen_by == model).sum() >= 2
+                     else nan for model in ("f", "g")}
+        defined = [v for v in per_model.values() if not np.isnan(v)]
+        rows.append({"unit_mem": float(np.mean(defined)) if defined else nan,
+                     "unit_mem_f": per_model["f"], "unit_mem_g": per_model["g"]})
+    return rows
 
 
 def attribute(models: dict, corpus: TensorCorpus, result: ScoreResult, cfg: ScoreConfig, train_cfg: TrainConfig,

@@ -111,6 +111,9 @@ NULL_COLUMNS = ("sample_id", "split", "truth", "null_for", "clipmem_raw", "clipm
                 "align_g", "contrastive_f", "contrastive_g", "views_f", "views_g")
 # the columns of layers.parquet beyond LAYER_COLUMNS written by newer runs: bootstrap 95% intervals over pairs
 LAYER_INTERVAL_COLUMNS = ("layer_mem_lo", "layer_mem_hi", "delta_layer_mem_lo", "delta_layer_mem_hi")
+# and UnitMem per tower and block (docs/layers.md): of literal f over the S_C pairs, of g over S_I, and their mean;
+# in [0, 1], on the truth "all" rows only (null on the others, and where it is not defined: k-fold and replica runs)
+LAYER_UNIT_COLUMNS = ("unit_mem", "unit_mem_f", "unit_mem_g")
 
 
 def null_key(split: str, fold: int | None = None) -> str:

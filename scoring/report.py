@@ -1,12 +1,13 @@
 """Detection quality of each score against the recorded truth tags, per-tag means with their bootstrap intervals,
-the pairs flagged memorized per tag, and which tower memorizes (stated only when the interval says so)."""
+the pairs flagged memorized per tag, which tower memorizes (stated only when the interval says so), and the
+per-layer tables (LayerMem, UnitMem)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from clipmem.scoring.columns import DETECTOR_SCORES
+from clipmem.scoring.columns import DETECTOR_SCORES, LAYER_UNIT_COLUMNS
 from clipmem.scoring.metrics import detection, single_auroc
 from clipmem.scoring.significance import flagged_by_truth, group_means, tower_verdicts
 
@@ -80,6 +81,15 @@ def tower_rows(scores: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def unit_mem_rows(layers: pd.DataFrame) -> list[dict]:
+    """UnitMem per tower and block (layers.parquet's truth "all" rows): unit_mem, unit_mem_f and unit_mem_g; empty
+    for runs without it (scored before UnitMem, k-fold and replica runs)."""
+    if not set(LAYER_UNIT_COLUMNS) <= set(layers.columns):
+        return []
+    rows = layers[(layers["truth"] == "all") & layers["unit_mem"].notna()].sort_values(["tower", "layer"])
+    return rows[["tower", "layer", *LAYER_UNIT_COLUMNS]].to_dict("records")
+
+
 def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
     """Everything `clipmem report` prints, as plain data. Runs scored before significance testing (no `memorized`
     column) get an empty "flagged_by_truth"."""
@@ -94,6 +104,7 @@ def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
     }
     if layers is not None and len(layers):
         out["layers"] = layers[layers["truth"].isin(["all", "clean", "swapped"])].to_dict("records")
+        out["unit_mem"] = unit_mem_rows(layers)
     if "fold" in scores:
         # k-fold runs: a fold's mean raw score carries the quality gap between its held-out model and the others
         out["by_fold"] = (scores.groupby("fold").agg(pairs=("clipmem_raw", "size"),

@@ -111,6 +111,7 @@ def layer_section(run: dict, summary: dict) -> None:
             else "This run's layer means have no intervals (scored before they were measured).")
     st.caption(f"Means over {pairs:,} pairs. {bars} Blocks are numbered from the input; the last block feeds the "
                "projection into the joint space.")
+    unit_section([r for r in layers if r["truth"] == "all"])
     curve_ids = summary["curve_sample_ids"]
     if curve_ids:
         with st.expander(f"One pair's curve ({len(curve_ids)} of the most memorized pairs have one)"):
@@ -121,6 +122,23 @@ def layer_section(run: dict, summary: dict) -> None:
                                 key="pair_curve_chart")
                 st.page_link("views/sample.py", label=f"Open {sample_id}", icon=":material/open_in_full:",
                              query_params={"run": run["name"], "sample": sample_id})
+
+
+def unit_section(overall: list[dict]) -> None:
+    """UnitMem per block beside LayerMem: a property of each model's units over all the pairs it trained on, so
+    one curve per tower whatever truth tag is chosen above."""
+    if not any(r.get("unit_mem") is not None for r in overall):
+        st.caption("This run has no UnitMem: it was scored before clipmem measured it, or it is a k-fold or "
+                   "replica run, where UnitMem is not defined (docs/layers.md).")
+        return
+    left, right = st.columns(2, gap="large")
+    left.plotly_chart(charts.unit_mem_curves(overall, "UnitMem per block"), key="unit_mem_chart")
+    right.markdown("**UnitMem** (clipmem's extension, after Wang et al., *Localizing Memorization in SSL Vision "
+                   "Encoders*, NeurIPS 2024): for each unit of a block (an MLP hidden unit; a channel of a ResNet "
+                   "stage), its highest mean activation on one training pair against its mean on the model's other "
+                   "training pairs, (μ_max − μ_−max) / (μ_max + μ_−max), averaged over the block's units. 1: the "
+                   "units each respond to a single pair; 0: they respond to all pairs alike. The line is the mean of "
+                   "f (over the S_C pairs it trained on) and g (over S_I), the triangles each model's own value.")
 
 
 def maps_section(run: dict) -> None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clipmem.backend.ingest import ingest
-from clipmem.scoring.columns import LAYER_INTERVAL_COLUMNS
+from clipmem.scoring.columns import LAYER_INTERVAL_COLUMNS, LAYER_UNIT_COLUMNS
 from clipmem.scoring.report import summarize
 
 
@@ -104,6 +104,13 @@ def test_encoder_summary_and_layer_curves(db, client, tiny_run):
                 expected = getattr(row, name, None)
                 assert points[(row.tower, row.layer, row.truth)][name] == (None if expected is None
                                                                             else pytest.approx(expected))
+            # UnitMem: the file's value on the "all" rows, null (NaN in the file) on the truth-tag rows
+            for name in LAYER_UNIT_COLUMNS:
+                served = points[(row.tower, row.layer, row.truth)][name]
+                if row.truth == "all":
+                    assert 0 <= served <= 1 and served == pytest.approx(getattr(row, name))
+                else:
+                    assert served is None and np.isnan(getattr(row, name))
         assert {(p["tower"], p["layer"]) for p in summary["layers"]} == set(zip(layers["tower"], layers["layer"]))
         top = scores.nlargest(1, "clipmem")["sample_id"].iloc[0]
         assert top in summary["curve_sample_ids"]

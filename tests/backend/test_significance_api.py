@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from clipmem.backend.ingest import ingest
-from clipmem.scoring.columns import LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS
+from clipmem.scoring.columns import LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS, LAYER_UNIT_COLUMNS
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.rundir import RunDir
 from clipmem.scoring.significance import Interval, bootstrap_difference, bootstrap_mean, verdict
@@ -191,6 +191,8 @@ def test_layer_points_carry_the_files_intervals(client, constant_image_run):
         point = served[(row.tower, row.layer)]
         for name in LAYER_INTERVAL_COLUMNS:
             assert point[name] == pytest.approx(getattr(row, name))
+        # written before UnitMem: the file has no UnitMem columns, the points null ones
+        assert all(point[name] is None for name in LAYER_UNIT_COLUMNS)
 
 
 def test_older_run_serves_with_the_new_fields_null(client):
@@ -265,6 +267,22 @@ def test_inconsistent_significance_files_are_refused(db, fake_runs, tmp_path):
     RunDir(run).mark_finished()
     with pytest.raises(ClipmemError, match="interval \\[layer_mem_lo, layer_mem_hi\\] of tower image, layer 1, "
                                            "truth all does not contain layer_mem"):
+        ingest(db.engine, run)
+
+    row = {"tower": "text", "layer": 2, "truth": "all", "pairs": 3, "layer_mem": 0.5, "delta_layer_mem": 0.5,
+           "layer_mem_lo": 0.4, "layer_mem_hi": 0.6, "delta_layer_mem_lo": 0.4, "delta_layer_mem_hi": 0.6}
+    run = _copy(fake_runs, tmp_path, "unit-mem-range")
+    pd.DataFrame([{**row, "unit_mem": 0.7, "unit_mem_f": 1.4, "unit_mem_g": 0.0}]).to_parquet(
+        run / "layers.parquet", index=False)
+    RunDir(run).mark_finished()
+    with pytest.raises(ClipmemError, match="unit_mem_f of tower text, layer 2, truth all is 1.4, outside UnitMem's "
+                                           "range \\[0, 1\\]"):
+        ingest(db.engine, run)
+
+    run = _copy(fake_runs, tmp_path, "unit-mem-partial")
+    pd.DataFrame([{**row, "unit_mem": 0.7}]).to_parquet(run / "layers.parquet", index=False)
+    RunDir(run).mark_finished()
+    with pytest.raises(ClipmemError, match="has UnitMem column\\(s\\) unit_mem but lacks unit_mem_f, unit_mem_g"):
         ingest(db.engine, run)
 
 

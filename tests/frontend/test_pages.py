@@ -329,8 +329,8 @@ def test_encoders_page_compares_the_towers_and_their_layers(open_page, api, tiny
     assert summary["has_tower_scores"] and summary["layers"] and summary["curve_sample_ids"]
     at = open_page("encoders", run=TINY)
     assert not at.info
-    # the per-pair scatter, means per truth tag, LayerMem and ΔLayerMem, one pair's layer curve, the two maps
-    assert len(at.get("plotly_chart")) == 7
+    # the per-pair scatter, means per truth tag, LayerMem, ΔLayerMem and UnitMem, one pair's layer curve, the maps
+    assert len(at.get("plotly_chart")) == 8
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Pearson r, image vs text"] == f"{summary['pearson']:.3f}"
     means = next(d.value for d in at.dataframe if "image side" in d.value.columns)
@@ -385,7 +385,15 @@ def test_encoders_page_compares_the_towers_and_their_layers(open_page, api, tiny
             (rows["layer_mem_hi"] - rows["layer_mem"]).tolist())
         assert plotly_array(trace["error_y"]["arrayminus"]) == pytest.approx(
             (rows["layer_mem"] - rows["layer_mem_lo"]).tolist())
+    # UnitMem per block from layers.parquet: the mean as the line, f's and g's values as markers
+    drawn = {trace["name"]: trace for trace in chart_data(at, "unit_mem_chart")}
+    for tower in ("image", "text"):
+        rows = layers[(layers["tower"] == tower) & (layers["truth"] == "all")].sort_values("layer")
+        for name, column in ((f"{tower} tower", "unit_mem"), (f"{tower}, model f", "unit_mem_f"),
+                             (f"{tower}, model g", "unit_mem_g")):
+            assert plotly_array(drawn[name]["y"]) == pytest.approx(rows[column].tolist()), name
     at.selectbox(key="layer_truth").select("clean").run()
+    assert chart_data(at, "unit_mem_chart")  # not a truth-tag quantity: the same chart for every tag
     at.button_group(key="side_scale").set_value("raw").run()
     assert not at.exception
     last = summary["curve_sample_ids"][-1]

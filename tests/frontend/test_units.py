@@ -196,6 +196,16 @@ def test_layer_curves_draw_the_interval_of_each_block():
     assert charts.layer_curves(older, "layer_mem", "t").data[0].error_y.array is None
 
 
+def test_unit_mem_curves_draw_the_mean_and_each_models_value_per_block():
+    rows = [{"tower": "text", "layer": 2, "unit_mem": 0.5, "unit_mem_f": 0.4, "unit_mem_g": 0.6},
+            {"tower": "text", "layer": 1, "unit_mem": 0.3, "unit_mem_f": 0.2, "unit_mem_g": 0.4},
+            {"tower": "image", "layer": 1, "unit_mem": None, "unit_mem_f": None, "unit_mem_g": None}]
+    traces = {t.name: t for t in charts.unit_mem_curves(rows, "t").data}
+    assert set(traces) == {"text tower", "text, model f", "text, model g"}  # no image UnitMem: no image trace
+    assert list(traces["text tower"].x) == [1, 2] and list(traces["text tower"].y) == [0.3, 0.5]
+    assert list(traces["text, model f"].y) == [0.2, 0.4] and list(traces["text, model g"].y) == [0.4, 0.6]
+
+
 def test_the_null_histogram_counts_every_null_pair_and_shows_a_pair_in_the_far_tail():
     null = np.array([-0.02, -0.01, -0.01, 0.0, 0.0, 0.0, 0.01, 0.02])
     figure = charts.null_histogram(null, 0.5, 0.45, 0.6, "A_f − A_g", bins=4)

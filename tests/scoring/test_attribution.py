@@ -5,6 +5,7 @@ import pandas as pd
 import torch
 
 from clipmem.scoring.attribution import attribute, capture_blocks, image_blocks, orthogonal_map, text_blocks
+from clipmem.scoring.columns import LAYER_UNIT_COLUMNS
 from clipmem.scoring.config import ScoreConfig
 from clipmem.scoring.models import Vocabulary, create_model, resolve_config
 from clipmem.scoring.pipeline import load_corpus
@@ -74,6 +75,12 @@ def test_run_outputs_tower_columns_and_layer_tables(tiny_run):
         rows = layers[(layers["tower"] == tower) & (layers["truth"] == "all")]
         assert rows["layer"].tolist() == list(range(1, count + 1))
     assert {"all", "clean", "swapped"} <= set(layers["truth"])
+    # UnitMem per block on the "all" rows: each model's in [0, 1], their mean beside them; null per truth group
+    overall = layers[layers["truth"] == "all"]
+    for name in LAYER_UNIT_COLUMNS:
+        assert overall[name].between(0, 1).all(), name
+    np.testing.assert_allclose(overall["unit_mem"], (overall["unit_mem_f"] + overall["unit_mem_g"]) / 2, atol=1e-12)
+    assert layers.loc[layers["truth"] != "all", list(LAYER_UNIT_COLUMNS)].isna().all().all()
     curves = pd.read_parquet(run.layer_curves)
     top = scores.nlargest(cfg.score.layer_curves_top_k, "clipmem")["sample_id"]
     assert set(curves["sample_id"]) == set(top)

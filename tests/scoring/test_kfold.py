@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from clipmem.cli import app
+from clipmem.scoring.columns import LAYER_UNIT_COLUMNS
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.splits import SplitPlan, SplitSizes, plan_kfold, plan_splits
 
@@ -148,6 +149,9 @@ def test_outputs_follow_the_run_contract(kfold_run):
     assert set(log[0]) >= {"loss_fold0", "loss_fold1", "loss_fold2"}
     scores = pd.read_parquet(out / "scores.parquet")
     assert {"mem_image", "mem_text"} <= set(scores.columns) and "mem_swap_text" not in scores
+    # UnitMem is not defined when every pair is seen by several models: null columns (docs/layers.md)
+    layers = pd.read_parquet(out / "layers.parquet")
+    assert layers["layer_mem"].notna().all() and layers[list(LAYER_UNIT_COLUMNS)].isna().all().all()
     # the null of fold k's pairs: S_E pairs with the other fold models as "with" and model k as "without"
     null = pd.read_parquet(out / "null.parquet")
     assert sorted(null["null_for"].unique()) == ["fold0", "fold1", "fold2"] and len(null) == 3 * 60

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from run_fixtures import split_tiny_run
 from clipmem.cli import app
+from clipmem.scoring.columns import LAYER_UNIT_COLUMNS
 from clipmem.scoring.models import Vocabulary, create_model
 from clipmem.scoring.pipeline import load_corpus, run_all
 from clipmem.scoring.score import score_null, score_run
@@ -73,6 +74,11 @@ def test_replicas_average_independent_pairs_and_resume(tmp_path, tiny_data):
     np.testing.assert_allclose(scores["clipmem_raw"], scores["align_f"] - scores["align_g"], atol=1e-6)
     np.testing.assert_allclose(pd.read_parquet(two.null)["clipmem_raw"], (null[0] + null[1]) / 2, atol=1e-7, rtol=0)
     assert "clipmem_raw_sd" not in single and scores["clipmem_p"].notna().all()
+    # UnitMem is per model: a mean over replicas' unrelated units has none; the R = 1 run's is defined
+    units = list(LAYER_UNIT_COLUMNS)
+    assert pd.read_parquet(two.layers)[units].isna().all().all()
+    one_layers = pd.read_parquet(one.layers)
+    assert one_layers.loc[one_layers["truth"] == "all", units].notna().all().all()
     metrics = json.loads(two.metrics.read_text())
     assert metrics["scoring"]["replicas"] == 2
     assert json.loads((two.path / "train_summary.json").read_text())["replicas"] == 2

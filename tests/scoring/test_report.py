@@ -121,6 +121,23 @@ def test_a_run_scored_before_significance_still_reports(tmp_path):
     summary = json.loads(_report(out, "--json"))
     assert summary["flagged_by_truth"] == [] and summary["fdr"] is None and summary["towers_by_truth"] == []
     assert "layer_mem_lo" not in summary["layers"][0]
+    assert summary["unit_mem"] == []  # scored before UnitMem
+
+
+def test_report_json_carries_unit_mem_per_tower_and_block(tmp_path):
+    """UnitMem from the truth "all" rows of layers.parquet, in tower and block order; null on a truth-tag row."""
+    layers = pd.DataFrame({"tower": ["text", "image", "image", "image"], "layer": [1, 2, 1, 1],
+                           "truth": ["all", "all", "all", "clean"], "pairs": [100, 100, 100, 60],
+                           "layer_mem": [0.003, 0.002, 0.001, 0.001], "delta_layer_mem": [0.003, 0.001, 0.001, 0.001],
+                           "unit_mem": [0.45, 0.62, 0.51, np.nan], "unit_mem_f": [0.4, 0.6, 0.5, np.nan],
+                           "unit_mem_g": [0.5, 0.64, 0.52, np.nan]})
+    summary = json.loads(_report(_run(tmp_path, _scores(), {"significance": {"fdr": 0.05}}, layers), "--json"))
+    assert summary["unit_mem"] == [
+        {"tower": "image", "layer": 1, "unit_mem": 0.51, "unit_mem_f": 0.5, "unit_mem_g": 0.52},
+        {"tower": "image", "layer": 2, "unit_mem": 0.62, "unit_mem_f": 0.6, "unit_mem_g": 0.64},
+        {"tower": "text", "layer": 1, "unit_mem": 0.45, "unit_mem_f": 0.4, "unit_mem_g": 0.5}]
+    clean = next(row for row in summary["layers"] if row["truth"] == "clean")
+    assert clean["unit_mem"] is None
 
 
 def test_a_run_without_a_null_says_why(tmp_path):

@@ -38,7 +38,7 @@ from constructed import (
 )
 
 from clipmem.scoring.attribution import attribute, draw_tower_views, layer_tables, tower_scores
-from clipmem.scoring.columns import LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS
+from clipmem.scoring.columns import LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS, LAYER_UNIT_COLUMNS
 from clipmem.scoring.score import reference_set, score_run, scored_rows, view_draws
 from clipmem.scoring.transform import augment
 
@@ -240,7 +240,8 @@ def test_layer_tables_give_mean_layer_mem_and_its_increase_per_block():
         np.testing.assert_allclose(rows["layer_mem"], layer_mem, atol=1e-12, err_msg=f"{tower} {truth}")
         np.testing.assert_allclose(rows["delta_layer_mem"], delta, atol=1e-12, err_msg=f"{tower} {truth}")
     assert table.loc[("image", "swapped", 1), "pairs"] == 2
-    assert list(layers.columns) == [*LAYER_COLUMNS, *LAYER_INTERVAL_COLUMNS]
+    assert list(layers.columns) == [*LAYER_COLUMNS, *LAYER_INTERVAL_COLUMNS, *LAYER_UNIT_COLUMNS]
+    assert layers[list(LAYER_UNIT_COLUMNS)].isna().all().all()  # no unit activations given: no UnitMem
     assert layers["layer"].tolist() == [1, 2, 3] * 6  # two towers, three groups (all, clean, swapped)
     # bootstrap intervals: reproducible, around the mean; block 1's increase is its LayerMem, resampled alike
     again, _ = layer_tables(frame, per_pair, top_k_curves=2)
@@ -284,22 +285,24 @@ def test_layer_mem_of_two_blocks_moves_only_where_the_models_differ(first_text_b
 
 def test_a_part_of_the_scored_pairs_gets_the_whole_runs_layer_values(first_text_block_differs):
     """Scoring pairs 0-2 and 3-7 as two parts gives the single pass's per-pair scores and, merged, the same
-    LayerMem and ΔLayerMem tables (two blocks per tower)."""
+    LayerMem, ΔLayerMem and UnitMem tables (two blocks per tower); UnitMem, a max over each model's pairs, is
+    computed only after the merge."""
     corpus, models, frame, layers = first_text_block_differs
-    frames, per_pair = [], {"image": [], "text": []}
+    frames, per_pair = [], {}
     for part in (slice(0, 3), slice(3, 8)):
         res = score_run(models, corpus, SCORE, NO_AUGMENT, CPU, part=part, embed=False)
         part_frame, part_layers = tower_scores(models, corpus, res, SCORE, NO_AUGMENT, CONTEXT, VOCAB, CPU)
         frames.append(part_frame)
-        for tower, values in per_pair.items():
-            values.append(part_layers[tower])
+        for key, values in part_layers.items():
+            per_pair.setdefault(key, []).append(values)
     merged = pd.concat(frames, ignore_index=True)
     for col in ("clipmem_raw", "clipmem_contrastive_raw", "mem_image_raw", "mem_text_raw", "mem_swap_text",
                 "mem_swap_image"):
         np.testing.assert_allclose(merged[col], frame[col], atol=1e-5, err_msg=col)
     merged_layers, _ = layer_tables(frame, {t: np.concatenate(v, axis=1) for t, v in per_pair.items()})
-    for col in ("layer_mem", "delta_layer_mem"):
+    for col in ("layer_mem", "delta_layer_mem", *LAYER_UNIT_COLUMNS):
         np.testing.assert_allclose(merged_layers[col], layers[col], atol=1e-6, err_msg=col)
+    assert layers.loc[layers["truth"] == "all", "unit_mem"].notna().all()
     assert (np.abs(layers.loc[layers["tower"] == "text", "delta_layer_mem"]) > 1e-4).all()
 
 

@@ -57,6 +57,14 @@ class LayerPoint(BaseModel):
                                                                "interval.")
     delta_layer_mem_hi: float | None = Field(None, description="Upper end of delta_layer_mem's 95% bootstrap "
                                                                "interval.")
+    unit_mem: float | None = Field(None, description="UnitMem of this block (clipmem's extension, docs/layers.md): "
+                                                     "per unit (MLP hidden unit or ResNet channel) its selectivity to "
+                                                     "one training pair, (mu_max - mu_-max) / (mu_max + mu_-max), "
+                                                     "averaged over the block's units; the mean of unit_mem_f and "
+                                                     "unit_mem_g. Null on truth-tag rows, in k-fold and replica runs "
+                                                     "and runs scored before UnitMem.")
+    unit_mem_f: float | None = Field(None, description="UnitMem of model f over the S_C pairs it trained on.")
+    unit_mem_g: float | None = Field(None, description="UnitMem of model g over the S_I pairs it trained on.")
 
 
 class EncoderSummary(BaseModel):
