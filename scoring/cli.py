@@ -129,6 +129,7 @@ class TrainOverrides:
     text_noise: Optional[float] = None
     text_noise_on: Optional[str] = None
     image_views: Optional[int] = None
+    renderings: Optional[int] = None
     remove_ids: Optional[Path] = None
     replicas: Optional[int] = None
 
@@ -144,7 +145,7 @@ class TrainOverrides:
         from clipmem.scoring.config import TEXT_NOISE_PLACEMENTS
 
         same_names = ("model", "epochs", "batch_size", "lr", "captions_per_image", "device", "text_noise",
-                      "text_noise_on", "image_views", "replicas")
+                      "text_noise_on", "image_views", "renderings", "replicas")
         t = replace(cfg.train, **{k: getattr(self, k) for k in same_names if getattr(self, k) is not None})
         if self.seed is not None:
             t = replace(t, init_seed=self.seed, data_seed=self.seed)
@@ -161,6 +162,11 @@ class TrainOverrides:
         if t.text_noise_on not in TEXT_NOISE_PLACEMENTS:
             raise ClipmemError(f"--text-noise-on must be one of {', '.join(TEXT_NOISE_PLACEMENTS)}, "
                                f"got '{t.text_noise_on}'")
+        if t.renderings < 1:
+            raise ClipmemError(f"--renderings must be >= 1 (the image itself), got {t.renderings}")
+        if cfg.data.kind == "synthetic" and cfg.data.path is None and t.renderings > cfg.data.synth.renderings:
+            # the built-in set, generated in the run directory, is written with the renderings training draws from
+            cfg.data = replace(cfg.data, synth=replace(cfg.data.synth, renderings=t.renderings))
         if t.text_noise < 0 or t.image_views < 0 or t.captions_per_image < 0:
             raise ClipmemError("--text-noise, --image-views and --captions-per-image must be >= 0 "
                                f"(got {t.text_noise}, {t.image_views}, {t.captions_per_image})")
@@ -238,6 +244,11 @@ TextNoiseOnOpt = typer.Option(None, "--text-noise-on", help="Where --text-noise 
                               "projection's output before normalisation (clipmem's earlier placement; a cosine moves "
                               "by about σ / (RMS · sqrt(width)), σ / 9.3 for clipmem-demo). Runs saved without "
                               "this setting were trained with projection and keep it.")
+RenderingsOpt = typer.Option(None, "--renderings", help="Renderings of each scene used in training: 1 (default) = "
+                              "the image alone; k = renderings 0..k-1, one drawn per pair and step (the analogue of "
+                              "the paper's generated images; scoring, the null and utility use rendering 0, the "
+                              "image). The built-in set is then generated with k renderings; other data needs "
+                              "them listed under 'renderings' in a folder's metadata.jsonl.")
 ImageViewsOpt = typer.Option(None, "--image-views", help="0 (default): a fresh augmentation of each image at every "
                              "step; k: k fixed augmented views per image, one drawn per step.")
 RemoveIdsOpt = typer.Option(None, "--remove-ids", help="File of sample ids (one per line, or a CSV with a sample_id "
@@ -277,13 +288,16 @@ def synth(
                                               "swapped=0.015,vague=0.005 (tags: swapped, wrong_attribute, vague, "
                                               "atypical, duplicate). Default: the demo mix."),
     image_size: int = typer.Option(32, "--image-size", help="Image side in pixels."),
+    renderings: int = typer.Option(1, "--renderings", help="Renderings of each scene: 1 (default) = the image "
+                                   "alone; k = k-1 more (new noise, position and size jitter, same captions) under "
+                                   "renderings/, listed in metadata.jsonl, for training with --renderings."),
 ):
     """Write the built-in synthetic dataset: PNG images plus metadata.jsonl with captions and truth tags."""
     from clipmem.scoring.config import SynthConfig
     from clipmem.scoring.data.synthetic import parse_rates, write
 
     try:
-        cfg = SynthConfig(n_pairs=n, seed=seed, image_size=image_size)
+        cfg = SynthConfig(n_pairs=n, seed=seed, image_size=image_size, renderings=renderings)
         if faults is not None:
             cfg.faults = parse_rates(faults)
         path = write(cfg, out)
@@ -344,6 +358,7 @@ def train(
     text_noise: Optional[float] = TextNoiseOpt,
     text_noise_on: Optional[str] = TextNoiseOnOpt,
     image_views: Optional[int] = ImageViewsOpt,
+    renderings: Optional[int] = RenderingsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     replicas: Optional[int] = ReplicasOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint, with the saved "
@@ -460,6 +475,7 @@ def run(
     text_noise: Optional[float] = TextNoiseOpt,
     text_noise_on: Optional[str] = TextNoiseOnOpt,
     image_views: Optional[int] = ImageViewsOpt,
+    renderings: Optional[int] = RenderingsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     replicas: Optional[int] = ReplicasOpt,
     label_key: Optional[str] = LabelKeyOpt,
@@ -608,8 +624,8 @@ def experiment(
                                        "(default: the directory's name)."),
     grids: str = typer.Option("captions,text-noise,removal", "--grids", help="Comma-separated grids: captions "
                               "(1, 2, 3, 5 captions per image), text-noise (σ 0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, "
-                              "0.3), removal "
-                              "(retrain without the top-CLIPMem, lowest-similarity or random N scored pairs)."),
+                              "0.3), removal (retrain without the top-CLIPMem, lowest-similarity or random N scored "
+                              "pairs), images-captions (1 or 5 renderings per scene × 1 or 5 captions; on request)."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per setting (0..SEEDS-1); every setting uses the same ones."),
     removal_counts: str = typer.Option(DEFAULT_REMOVAL_COUNTS, "--removal-counts", help="The sweep of N for the "
                                        "removal grid: pair counts (50,150) or percentages of the pairs the baseline "
@@ -639,7 +655,8 @@ def experiment(
     inject: Optional[str] = InjectOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the experiment directory and start again."),
 ):
-    """Run a mitigation grid (captions per image, text-embedding noise, removal of pairs) over several seeds.
+    """Run a mitigation grid (captions per image, text-embedding noise, removal of pairs, images × captions) over
+    several seeds.
 
     Every setting is an ordinary run with the same split and seeds; a finished run is never retrained, so
     rerunning the command resumes it. Writes OUT/report/report.md with figures; the dashboard's Runs page shows

@@ -25,6 +25,9 @@ class SynthConfig:
     captions_per_image: int = 5
     two_object_rate: float = 0.25
     seed: int = 0
+    # renderings of each scene: 1 = the image alone; k > 1 adds k - 1 more (new noise, position and size jitter,
+    # the same scene and captions), written beside it for training with TrainConfig.renderings
+    renderings: int = 1
     # Fault rates are fractions of all pairs; the split plan places every faulty
     # pair in the scored splits (S_C and S_I), so with the default demo split
     # (2,400 / 300 / 300 / 300) 1.5% of all pairs is 8% of the scored ones.
@@ -98,6 +101,7 @@ class TrainConfig:
     text_noise: float = 0.0          # σ of Gaussian noise added to text embeddings in training (0: none)
     text_noise_on: str = "normalized"  # normalized: on the unit text embedding | projection: before normalising
     image_views: int = 0             # 0: a fresh augmentation every step; k: k fixed views per pair, one drawn per step
+    renderings: int = 1              # 1: each pair's image; k: its first k renderings (data with them), one per step
     remove_ids: list[str] = field(default_factory=list)  # pairs left out of training (and of scoring)
     compact_vocab: bool = True       # shrink the token table to the tokens the data uses
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from clipmem.scoring.config import RunConfig
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.experiment_report import GRIDS, REMOVAL_METHODS
+from clipmem.scoring.experiment_report import GRIDS, IMAGES_CAPTIONS_VALUES, REMOVAL_METHODS
 from clipmem.scoring.processes import stop_processes
 from clipmem.scoring.rundir import RunDir, write_json
 
@@ -45,10 +45,12 @@ class Setting:
     text_noise: float = 0.0
     removal_method: str | None = None
     removal_count: int = 0
+    renderings: int = 1
 
     @property
     def slug(self) -> str:
         name = f"c{self.captions_per_image}-n{self.text_noise:g}"
+        name += f"-r{self.renderings}" if self.renderings != 1 else ""  # the names runs always had when 1
         return name + (f"-{self.removal_method}-{self.removal_count}" if self.removal_count else "")
 
 
@@ -96,6 +98,10 @@ def grid_settings(grids: list[str], removal_counts=(50, 150)) -> list[Setting]:
         settings += [Setting(captions_per_image=k) for k in CAPTIONS]
     if "text-noise" in grids:
         settings += [Setting(text_noise=s) for s in TEXT_NOISE]
+    if "images-captions" in grids:
+        # the published 1 or 5 images x 1 or 5 captions, with renderings of the scene as the images
+        settings += [Setting(renderings=r, captions_per_image=c)
+                     for r in IMAGES_CAPTIONS_VALUES for c in IMAGES_CAPTIONS_VALUES]
     if "removal" in grids:
         if any(n < 1 for n in removal_counts):
             raise ClipmemError(f"removal counts must be >= 1, got {list(removal_counts)}")
@@ -137,6 +143,7 @@ def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], r
     A float in `removal_counts` is a fraction of the pairs the baseline scores: with the removal grid the base
     split is planned first to count them (parse_removal_counts reads '8%' as 0.08)."""
     counts = [n for n in removal_counts if isinstance(n, int)]
+    base = with_renderings(base, grids, Path(path) / "experiment.json")
     exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=counts or [1], base=base)
     exp.settings()  # validates grids and counts before anything is written
     manifest = exp.path / "experiment.json"
@@ -160,6 +167,20 @@ def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], r
         exp.removal_counts = resolve_removal_counts(removal_counts, removable_pool(exp.base_run.split))
     write_json(manifest, exp.to_json())
     return exp
+
+
+def with_renderings(base: RunConfig, grids: list[str], manifest: Path) -> RunConfig:
+    """The base recipe with the built-in set rendering each scene as often as the grids train on (or as often as
+    the experiment's data already does, when it is reopened): renderings beyond the first leave it unchanged."""
+    if base.data.kind != "synthetic" or base.data.path is not None:
+        return base  # the user's data: it has the renderings or training says it lacks them
+    wanted = max(IMAGES_CAPTIONS_VALUES) if "images-captions" in grids else 1
+    if manifest.is_file():
+        saved = RunConfig.from_json(json.loads(manifest.read_text()).get("base", {}))
+        wanted = max(wanted, saved.data.synth.renderings)
+    if wanted <= base.data.synth.renderings:
+        return base
+    return replace(base, data=replace(base.data, synth=replace(base.data.synth, renderings=wanted)))
 
 
 def prepare_base(exp: Experiment) -> None:
@@ -216,8 +237,8 @@ def plan_run(exp: Experiment, setting: Setting, seed: int) -> RunDir:
         baseline.require_finished()
         remove = removal_ids(baseline, setting.removal_method, setting.removal_count, seed)
     cfg = replace(cfg, train=replace(cfg.train, captions_per_image=setting.captions_per_image,
-                                     text_noise=setting.text_noise, remove_ids=remove,
-                                     init_seed=seed, data_seed=seed))
+                                     text_noise=setting.text_noise, renderings=setting.renderings,
+                                     remove_ids=remove, init_seed=seed, data_seed=seed))
     params = {"experiment": exp.name, "seed": seed, **asdict(setting)}
     if run.config.is_file():
         saved = run.load_config()

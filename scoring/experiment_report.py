@@ -6,7 +6,8 @@ same `summarize` and `figures`, so the report and the dashboard's Runs page show
 the same numbers.
 
 A run belongs to a grid by its parameters, and the baseline (1 caption, σ = 0,
-nothing removed) belongs to all three: it is captions = 1, σ = 0 and N = 0.
+nothing removed, 1 rendering per scene) belongs to all four: it is captions = 1,
+σ = 0, N = 0 and the 1 × 1 point of images × captions.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-GRIDS = ("captions", "text-noise", "removal")
+GRIDS = ("captions", "text-noise", "removal", "images-captions")
 REMOVAL_METHODS = ("top-clipmem", "lowest-similarity", "random")
 KNOB_LABELS = {"captions": "captions per image", "text-noise": "σ of text-embedding noise",
-               "removal": "pairs removed from training"}
+               "removal": "pairs removed from training",
+               "images-captions": "captions per image (one line per renderings per scene)"}
 MEMORIZATION_METRICS = ("mean_clipmem_raw", "mean_clipmem", "mean_clipmem_raw_common")
 # metrics that compare runs only within one grid (common_pair_means): left out of the other grids' points
 GRID_METRICS = {"mean_clipmem_raw_common": "removal"}
@@ -33,7 +35,8 @@ METRIC_LABELS = {
     "i2t_r1": "image→text R@1", "t2i_r1": "text→image R@1", "i2t_r5": "image→text R@5",
     "zeroshot_shape": "zero-shot shape", "zeroshot_colour": "zero-shot colour",
 }
-PARAMETERS = ("captions_per_image", "text_noise", "removal_method", "removal_count")
+PARAMETERS = ("captions_per_image", "text_noise", "removal_method", "removal_count", "renderings")
+IMAGES_CAPTIONS_VALUES = (1, 5)  # renderings per scene and captions per image of the images-captions grid
 
 
 def run_row(experiment: dict, mean_clipmem_raw: float, mean_clipmem: float, utility: dict) -> dict:
@@ -43,6 +46,7 @@ def run_row(experiment: dict, mean_clipmem_raw: float, mean_clipmem: float, util
     row["captions_per_image"] = int(row["captions_per_image"] or 0)
     row["text_noise"] = float(row["text_noise"] or 0.0)
     row["removal_count"] = int(row["removal_count"] or 0)
+    row["renderings"] = int(row["renderings"] or 1)  # runs from before the knob trained on the image alone
     row["mean_clipmem_raw"] = float(mean_clipmem_raw)
     row["mean_clipmem"] = float(mean_clipmem)
     keys = sorted({k for model in ("f", "g") for k, v in (utility.get(model) or {}).items()
@@ -58,7 +62,13 @@ def grid_points(row: dict) -> list[tuple[str, str | None, float]]:
     baseline_captions = row["captions_per_image"] == 1
     clean_text = row["text_noise"] == 0
     removed = row["removal_count"] > 0
+    renderings = row.get("renderings", 1)
     points = []
+    if clean_text and not removed and renderings in IMAGES_CAPTIONS_VALUES \
+            and row["captions_per_image"] in IMAGES_CAPTIONS_VALUES:
+        points.append(("images-captions", rendering_line(renderings), float(row["captions_per_image"])))
+    if renderings != 1:  # the other grids vary their knob on the image alone
+        return points
     if clean_text and not removed:
         points.append(("captions", None, float(row["captions_per_image"])))
     if baseline_captions and not removed:
@@ -69,6 +79,11 @@ def grid_points(row: dict) -> list[tuple[str, str | None, float]]:
         else:  # N = 0 is the start of every removal method's curve
             points.extend(("removal", method, 0.0) for method in REMOVAL_METHODS)
     return points
+
+
+def rendering_line(renderings: int) -> str:
+    """The images-captions grid's line (its `method`) for runs with this many renderings per scene."""
+    return f"{renderings} rendering{'s' if renderings != 1 else ''}"
 
 
 def common_pair_means(rows: list[dict], scores: dict[str, pd.DataFrame]) -> None:
@@ -117,9 +132,12 @@ def summarize(rows: list[dict]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame(columns=columns)
     long = pd.DataFrame(records)
-    # a grid made of the baseline alone (not asked for) says nothing
+    # a grid made of the baseline alone (not asked for) says nothing; nor does images-captions without renderings
+    # (its 1 x 5 point is the captions grid's)
     spread = long.groupby("grid")["value"].nunique()
     long = long[long["grid"].isin(spread[spread > 1].index)]
+    if not (long[long["grid"] == "images-captions"]["method"] != rendering_line(1)).any():
+        long = long[long["grid"] != "images-captions"]
     if long.empty:
         return pd.DataFrame(columns=columns)
     out = (long.groupby(["grid", "method", "value", "metric"], sort=True)["x"]
@@ -147,7 +165,8 @@ def headline_metrics(metrics, grid: str | None = None) -> list[str]:
     return [m for m in chosen if m in present]
 
 
-METHOD_COLOURS = {"": "#1f77b4", "top-clipmem": "#d62728", "lowest-similarity": "#2ca02c", "random": "#7f7f7f"}
+METHOD_COLOURS = {"": "#1f77b4", "top-clipmem": "#d62728", "lowest-similarity": "#2ca02c", "random": "#7f7f7f",
+                  rendering_line(1): "#1f77b4", rendering_line(5): "#ff7f0e"}
 
 
 def figures(summary: pd.DataFrame):
@@ -179,7 +198,7 @@ def figures(summary: pd.DataFrame):
         fig.update_xaxes(title_text=KNOB_LABELS[grid])
         fig.update_layout(title=f"{grid}: mean ± std over seeds (utility on S_E, mean of f and g)", height=420,
                           legend=dict(orientation="h", y=-0.3), margin=dict(t=80),
-                          showlegend=grid == "removal")
+                          showlegend=grid in ("removal", "images-captions"))
         out[grid] = fig
     return out
 
@@ -239,6 +258,45 @@ def findings(summary: pd.DataFrame, utility_metric: str | None = None) -> list[s
     return out
 
 
+def axis_comparison(rows: list[dict], metric: str = "mean_clipmem_raw", level: float = 0.95) -> str | None:
+    """Which axis of the images-captions grid lowers `metric` more: per seed, the change from 1 × 1 to 5 renderings
+    × 1 caption and to 1 rendering × 5 captions, and their difference, each as a mean with a t-interval over the
+    seeds that have all three runs (paired: a seed's runs share the split, initialisation and data order)."""
+    import numpy as np
+    from scipy import stats
+
+    points: dict[int, dict[tuple, float]] = {}
+    for row in rows:
+        for grid, line, captions in grid_points(row):
+            if grid == "images-captions" and row.get(metric) is not None and not _is_nan(row[metric]):
+                points.setdefault(row["seed"], {})[(row.get("renderings", 1), int(captions))] = float(row[metric])
+    base, images, captions = (1, 1), (max(IMAGES_CAPTIONS_VALUES), 1), (1, max(IMAGES_CAPTIONS_VALUES))
+    seeds = sorted(s for s, p in points.items() if {base, images, captions} <= set(p))
+    if not seeds:
+        return None
+    by_images = np.array([points[s][images] - points[s][base] for s in seeds])
+    by_captions = np.array([points[s][captions] - points[s][base] for s in seeds])
+
+    def interval(x):
+        if len(x) < 2:
+            return f"{x.mean():+.4f} (one seed: no interval)", None
+        half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+        return f"{x.mean():+.4f} [{x.mean() - half:+.4f}, {x.mean() + half:+.4f}]", (x.mean() - half, x.mean() + half)
+
+    images_text, _ = interval(by_images)
+    captions_text, _ = interval(by_captions)
+    difference_text, bounds = interval(by_images - by_captions)
+    label = METRIC_LABELS.get(metric, metric)
+    if bounds is None or bounds[0] <= 0 <= bounds[1]:
+        verdict = "the two axes are not distinguishable"
+    else:
+        verdict = f"more {'captions' if bounds[0] > 0 else 'renderings'} lower it more"
+    k = max(IMAGES_CAPTIONS_VALUES)
+    return (f"Images × captions, change of {label} from 1 × 1 ({level:.0%} t-intervals over {len(seeds)} seeds): "
+            f"{k} renderings × 1 caption {images_text}; 1 rendering × {k} captions {captions_text}; "
+            f"renderings minus captions {difference_text}: {verdict}.")
+
+
 def markdown_table(summary: pd.DataFrame, grid: str, metrics: list[str]) -> str:
     part = summary[(summary.grid == grid) & summary.metric.isin(metrics)]
     if part.empty:
@@ -287,7 +345,8 @@ def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (),
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     metrics = metric_names(rows)
     lines = [f"# {title}", "", *notes, "", "## Findings", ""]
-    lines += [f"- {s}" for s in findings(summary)] or ["- No grid has both a baseline and another setting yet."]
+    found = findings(summary) + [line for line in (axis_comparison(rows),) if line]
+    lines += [f"- {s}" for s in found] or ["- No grid has both a baseline and another setting yet."]
     png_problem, png_missing = None, []
     for grid, fig in figures(summary).items():
         html = out / f"{grid}.html"

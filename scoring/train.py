@@ -36,7 +36,9 @@ from clipmem.scoring.rundir import atomic_write, checksum_path, verify_checksum,
 from clipmem.scoring.schemes import PUBLISHED_MODELS, model_names, slot_batch_size, slot_table
 from clipmem.scoring.transform import ViewParams, augment, sample_views
 
-NOISE_STREAM, VIEW_STREAM = 7919, 104729  # seed offsets: text noise and fixed image views draw from streams of their own
+# seed offsets: text noise, fixed image views and rendering picks draw from streams of their own, so a knob left
+# at its default leaves every other draw as it was
+NOISE_STREAM, VIEW_STREAM, RENDERING_STREAM = 7919, 104729, 1299709
 # seed offset of replica r (--replicas): r * REPLICA_STREAM, far from the seeds users pick (--seed 0, 1, 2, ...), so the
 # replicas of one run are not the models of a run with another seed
 REPLICA_STREAM = 1_000_033
@@ -173,12 +175,14 @@ def plan_slots(names: list[str], corpus: TensorCorpus, cfg: TrainConfig) -> Slot
 
 
 class StepDraws(NamedTuple):
-    """One step's random draws, shared by every model: augmentations, caption picks, fixed-view picks, noise."""
+    """One step's random draws, shared by every model: augmentations, caption picks, fixed-view picks, noise,
+    rendering picks."""
 
     views: ViewParams
     caption_u: torch.Tensor
     view_pick: torch.Tensor | None
     noise: torch.Tensor | None
+    rendering: torch.Tensor | None = None
 
 
 def draw_step(cfg: TrainConfig, epoch: int, step: int, n_slots: int, fixed_views: bool, embed_dim: int) -> StepDraws:
@@ -192,7 +196,11 @@ def draw_step(cfg: TrainConfig, epoch: int, step: int, n_slots: int, fixed_views
     if cfg.text_noise > 0:
         noise_gen = step_generator(cfg.data_seed + NOISE_STREAM, epoch, step)
         noise = torch.randn(n_slots, embed_dim, generator=noise_gen)
-    return StepDraws(views, caption_u, view_pick, noise)
+    rendering = None
+    if cfg.renderings > 1:
+        rendering_gen = step_generator(cfg.data_seed + RENDERING_STREAM, epoch, step)
+        rendering = (torch.rand(n_slots, generator=rendering_gen) * cfg.renderings).long()
+    return StepDraws(views, caption_u, view_pick, noise, rendering)
 
 
 class Lockstep:
@@ -224,7 +232,11 @@ class Lockstep:
         else:
             self.loss_fn = ClipLoss()
         self.min_rows = max(2, ctx.world_size)  # a contrastive loss needs a negative, and every rank a row
-        self.pixels, self.tokens = corpus.pixels, corpus.tokens
+        if cfg.renderings < 1:
+            raise ClipmemError(f"renderings per scene must be >= 1, got {cfg.renderings}")
+        # with k > 1 renderings, the pixels trained on are (N, k, 3, H, W): one rendering drawn per slot and step
+        self.pixels = corpus.pixels if cfg.renderings == 1 else corpus.renderings(cfg.renderings)
+        self.tokens = corpus.tokens
         if self.on_cuda:  # uint8 pixels and tokens live on the GPU; augmentation runs there
             self.pixels, self.tokens = _to_device(self.pixels, device), _to_device(self.tokens, device)
         self.max_shift = cfg.augment.max_shift if cfg.augment.enabled else 0
@@ -290,17 +302,22 @@ class Lockstep:
             drawn = self.fixed_views.select(rows * cfg.image_views + draws.view_pick[keep])
         captions = self.corpus.pick_captions(rows, draws.caption_u[keep])
         picked_noise = None if draws.noise is None else draws.noise[keep]
+        rendering = None if draws.rendering is None else draws.rendering[keep]
         if ctx.active:  # this rank's share of the global batch
             share = ctx.share(n_rows)
             self.loss_fn.set_sizes(share_sizes(n_rows, ctx.world_size))
             rows, drawn, captions = rows[share], drawn.select(share), captions[share]
             picked_noise = None if picked_noise is None else picked_noise[share]
+            rendering = None if rendering is None else rendering[share]
+        # each row's image, or its drawn rendering
+        index = (rows,) if rendering is None else (rows, rendering)
         if self.on_cuda:
-            images = augment(self.pixels[_to_device(rows, device)], drawn.to(device), self.max_shift)
+            pixels = self.pixels[tuple(_to_device(i, device) for i in index)]
+            images = augment(pixels, drawn.to(device), self.max_shift)
             images = images.contiguous(memory_format=torch.channels_last)
             text = self.tokens[_to_device(captions, device)]
         else:
-            images = augment(self.pixels[rows], drawn, self.max_shift)
+            images = augment(self.pixels[index], drawn, self.max_shift)
             text = self.tokens[captions]
         if self.batch_hook is not None:
             self.batch_hook(name, rows, images, text)

@@ -87,6 +87,8 @@ class PairDataset:
     skipped: list[dict] = field(default_factory=list)
     # refs that are plain files under root (False for members of tar shards)
     plain_files: bool = True
+    # per pair, refs of further renderings of its scene (a folder's `renderings`); empty when the source has none
+    renderings: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -97,7 +99,8 @@ class PairDataset:
     def subset(self, keep: list[int]) -> "PairDataset":
         pick = lambda xs: [xs[i] for i in keep] if xs else xs  # noqa: E731
         return replace(self, ids=pick(self.ids), captions=pick(self.captions), truth=pick(self.truth),
-                       image_refs=pick(self.image_refs), attributes=pick(self.attributes))
+                       image_refs=pick(self.image_refs), attributes=pick(self.attributes),
+                       renderings=pick(self.renderings))
 
     def image_path(self, i: int) -> Path:
         return Path(self.root) / self.image_refs[i]
@@ -106,14 +109,32 @@ class PairDataset:
         """Decode the given pairs' images as one uint8 tensor (N, 3, size, size)."""
         out = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
         for row, i in enumerate(indices):
-            img = self.open_checked(int(i))
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BICUBIC)
-            out[row] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            out[row] = self._pixels(int(i), self.image_refs[int(i)], size)
         return out
 
-    def open_checked(self, i: int) -> Image.Image:
-        ref = self.image_refs[i]
+    def load_renderings(self, indices: list[int] | np.ndarray, k: int, size: int) -> torch.Tensor:
+        """Renderings 1 .. k-1 of the given pairs' scenes as one uint8 tensor (N, k - 1, 3, size, size)."""
+        out = torch.empty((len(indices), k - 1, 3, size, size), dtype=torch.uint8)
+        for row, i in enumerate(indices):
+            refs = self.renderings[int(i)] if self.renderings else []
+            if len(refs) < k - 1:
+                raise ClipmemError(
+                    f"pair {self.ids[int(i)]} has {len(refs) + 1} rendering(s) of its scene, but training asks for "
+                    f"{k} (--renderings): the built-in set has them when written with --renderings {k}, a folder "
+                    "when its metadata.jsonl lists them under 'renderings'")
+            for j, ref in enumerate(refs[: k - 1]):
+                out[row, j] = self._pixels(int(i), ref, size)
+        return out
+
+    def _pixels(self, i: int, ref: str, size: int) -> torch.Tensor:
+        img = self.open_checked(i, ref)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def open_checked(self, i: int, ref: str | None = None) -> Image.Image:
+        """Pair i's image (or the image `ref` of its scene), with a message naming the pair when it fails."""
+        ref = self.image_refs[i] if ref is None else ref
         try:
             return self.open_image(ref)
         except FileNotFoundError:

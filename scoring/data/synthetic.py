@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from clipmem.scoring.config import SynthConfig
-from clipmem.scoring.data.folder import MANIFEST_NAME
+from clipmem.scoring.data.folder import MANIFEST_NAME, RENDERINGS_KEY
+
+RENDERINGS_DIR = "renderings"
 from clipmem.scoring.errors import ClipmemError
 
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
@@ -78,6 +80,8 @@ def check_config(cfg: SynthConfig) -> None:
         raise ClipmemError(f"fault rates must be >= 0 and sum to at most 0.5, got {cfg.faults}")
     if cfg.image_size < 16:
         raise ClipmemError(f"image_size must be at least 16 pixels, got {cfg.image_size}")
+    if cfg.renderings < 1:
+        raise ClipmemError(f"renderings must be at least 1 (the image itself), got {cfg.renderings}")
 
 
 def parse_rates(text: str) -> dict[str, float]:
@@ -154,6 +158,12 @@ def _render(objects: list[dict], background: str, size: int, rng: np.random.Gene
     return (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
 
 
+def _noisy_copy(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A near-copy of an image: per-pixel Gaussian noise of 4 grey levels."""
+    noise = rng.normal(0, 4, pixels.shape)
+    return np.clip(pixels.astype(np.float32) + noise, 0, 255).round().astype(np.uint8)
+
+
 def _background_for(objects: list[dict], rng: np.random.Generator, weights: np.ndarray) -> str:
     names = list(BACKGROUNDS)
     while True:
@@ -185,7 +195,8 @@ def _sample_scene(rng: np.random.Generator, cfg: SynthConfig, colour_names: list
 
 
 def generate(cfg: SynthConfig) -> list[dict]:
-    """Return one record per pair: id, captions, truth, attributes, pixels (HxWx3 uint8)."""
+    """Return one record per pair: id, captions, truth, attributes, pixels (HxWx3 uint8), and renderings (the
+    cfg.renderings - 1 further renderings of its scene, HxWx3 uint8 each; none by default)."""
     check_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     # 'pink' only ever appears in atypical pairs: the rarest colour of the set
@@ -276,12 +287,23 @@ def generate(cfg: SynthConfig) -> list[dict]:
                 donor = records[donor_index]
                 pixels = _render(donor["objects"], donor["background"], cfg.image_size,
                                  np.random.default_rng([cfg.seed, donor_index]), None)
-            noise = np.random.default_rng(rec.pop("duplicate_seed")).normal(0, 4, pixels.shape)
-            rec["pixels"] = np.clip(pixels.astype(np.float32) + noise, 0, 255).round().astype(np.uint8)
+            duplicate_seed = rec.pop("duplicate_seed")
+            rec["pixels"] = _noisy_copy(pixels, np.random.default_rng(duplicate_seed))
+            # rendering j of a duplicate: its donor's rendering j, with noise of its own
+            rec["renderings"] = [
+                _noisy_copy(_render(rec["objects"], rec["background"], cfg.image_size,
+                                    np.random.default_rng([cfg.seed, donor_index, j]), None),
+                            np.random.default_rng([duplicate_seed, j]))
+                for j in range(1, cfg.renderings)]
         else:
             # per-pair stream so a pair's pixels do not depend on the fault draw
             rec["pixels"] = _render(rec["objects"], rec["background"], cfg.image_size,
                                     np.random.default_rng([cfg.seed, i]), unusual)
+            # rendering j >= 1: the same scene from a stream of its own (new noise, position and size jitter
+            # within the ranges every image has, so the captions stay true); rendering 0 is unchanged by it
+            rec["renderings"] = [_render(rec["objects"], rec["background"], cfg.image_size,
+                                         np.random.default_rng([cfg.seed, i, j]), unusual)
+                                 for j in range(1, cfg.renderings)]
     return records
 
 
@@ -303,10 +325,15 @@ def write(cfg: SynthConfig, out: Path) -> Path:
 
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
+    if cfg.renderings > 1:
+        (tmp / RENDERINGS_DIR).mkdir()
     with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
         for rec in records:
             file_name = f"images/{rec['id']}.png"
             Image.fromarray(rec["pixels"]).save(tmp / file_name, optimize=False, compress_level=1)
+            extra = [f"{RENDERINGS_DIR}/{rec['id']}-{j}.png" for j in range(1, len(rec["renderings"]) + 1)]
+            for name, pixels in zip(extra, rec["renderings"]):
+                Image.fromarray(pixels).save(tmp / name, optimize=False, compress_level=1)
             row = {
                 "file_name": file_name,
                 "id": rec["id"],
@@ -321,6 +348,8 @@ def write(cfg: SynthConfig, out: Path) -> Path:
             }
             if "wrong_attribute" in rec:
                 row["wrong_attribute"] = rec["wrong_attribute"]
+            if extra:  # absent without renderings: the manifest is the one clipmem always wrote
+                row[RENDERINGS_KEY] = extra
             fh.write(json.dumps(row) + "\n")
     (tmp / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if out.exists():

@@ -5,6 +5,7 @@ each pair's caption indices. Training, scoring and evaluation all read this one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -30,6 +31,8 @@ class TensorCorpus:
     truncated: int                 # captions longer than the context length
     removed: frozenset[int] = frozenset()  # rows left out of training and scoring (TrainConfig.remove_ids)
     fold: torch.Tensor | None = None       # k-fold scheme: (N,) fold of each row, -1 for S_E; None otherwise
+    # k -> (N, k - 1, 3, H, W) uint8: renderings 1 .. k-1 of each row's scene, decoded only when training asks
+    load_renderings: Callable[[int], torch.Tensor] | None = None
 
     @property
     def n_folds(self) -> int:
@@ -51,6 +54,16 @@ class TensorCorpus:
                 raise ClipmemError(f"pair '{sid}' in the removal list is in S_E, which no model trains on")
             rows.add(row_of[sid])
         self.removed = frozenset(rows)
+
+    def renderings(self, k: int) -> torch.Tensor:
+        """(N, k, 3, H, W) uint8: each row's first k renderings, rendering 0 being `pixels`, the image that scoring,
+        the null and evaluation use."""
+        if k == 1:
+            return self.pixels.unsqueeze(1)
+        if self.load_renderings is None:
+            raise ClipmemError(f"training asks for {k} renderings per scene (--renderings), but this corpus was "
+                               "built without access to its source's renderings")
+        return torch.cat([self.pixels.unsqueeze(1), self.load_renderings(k)], dim=1)
 
     def pick_captions(self, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Caption table index for each row, drawn uniformly from its captions with u in [0, 1)."""
@@ -128,6 +141,7 @@ def build_corpus(
         caption_count=torch.tensor([len(c) for c in used]),
         truncated=tokenized.truncated,
         fold=fold,
+        load_renderings=lambda k: dataset.load_renderings(rows, k, image_size),
     )
     return corpus, vocab
 

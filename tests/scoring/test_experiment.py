@@ -116,6 +116,54 @@ def test_percentage_removal_counts_resolve_against_the_planned_split(tmp_path, t
     assert {s.removal_count for s in exp.settings()} == {0, 2, 120, 154}
 
 
+def test_images_captions_grid_is_one_or_five_renderings_by_one_or_five_captions():
+    settings = grid_settings(["images-captions"])
+    assert {(s.renderings, s.captions_per_image) for s in settings} == {(1, 1), (5, 1), (1, 5), (5, 5)}
+    assert sorted(s.slug for s in settings) == ["c1-n0", "c1-n0-r5", "c5-n0", "c5-n0-r5"]
+    # 1 rendering x 5 captions is the captions grid's 5-caption run: trained once
+    both = grid_settings(["captions", "images-captions"])
+    assert len(both) == 1 + 3 + 2
+
+
+def test_images_captions_report_says_which_axis_lowers_clipmem_more_with_t_intervals():
+    """Per seed, 1 x 1 -> 5 renderings x 1 caption changes raw CLIPMem by -0.01, and 1 x 1 -> 1 x 5 captions by
+    -0.03, -0.04, -0.03: renderings minus captions is 0.02, 0.03, 0.02, mean 0.02333, standard error 0.00333,
+    t(0.975, 2) = 4.3027, so the 95% interval is [0.0090, 0.0377]: more captions lower it more."""
+    from clipmem.scoring.experiment_report import axis_comparison
+
+    def run(seed, renderings, captions, raw):
+        r = row(seed, captions=captions, raw=raw)
+        r["renderings"] = renderings
+        return r
+
+    base = (0.10, 0.12, 0.11)
+    rows = [run(s, 1, 1, base[s]) for s in range(3)]
+    rows += [run(s, 5, 1, base[s] - 0.01) for s in range(3)]
+    rows += [run(s, 1, 5, base[s] - d) for s, d in enumerate((0.03, 0.04, 0.03))]
+    rows += [run(s, 5, 5, base[s] - 0.05) for s in range(3)]
+    line = axis_comparison(rows)
+    assert "renderings minus captions +0.0233 [+0.0090, +0.0377]" in line
+    assert "5 renderings × 1 caption -0.0100 [-0.0100, -0.0100]" in line and "more captions lower it more" in line
+    summary = summarize(rows)
+    grid = summary[(summary.grid == "images-captions") & (summary.metric == "mean_clipmem_raw")]
+    assert set(zip(grid.method, grid.value)) == {("1 rendering", 1), ("1 rendering", 5), ("5 renderings", 1),
+                                                 ("5 renderings", 5)}
+    assert grid[(grid.method == "5 renderings") & (grid.value == 5)]["mean"].item() == pytest.approx(0.06)
+    # runs with renderings are points of no other grid; the captions grid keeps its two 1-rendering runs
+    captions = summary[(summary.grid == "captions") & (summary.metric == "mean_clipmem_raw")]
+    assert sorted(captions.value) == [1, 5] and set(captions.n) == {3}
+    assert "images-captions" in figures(summary)
+    # equal changes on both axes: not distinguishable
+    same = [r if r["renderings"] == 1 or r["captions_per_image"] == 5 else {**r, "mean_clipmem_raw": r[
+        "mean_clipmem_raw"] - 0.02} for r in rows]
+    assert "not distinguishable" in axis_comparison(same)
+
+
+def test_images_captions_grid_needs_a_run_with_renderings():
+    # the captions grid's 1 and 5 captions are that grid's points alone until a run has renderings
+    assert set(summarize([row(0), row(0, captions=5)]).grid) == {"captions"}
+
+
 def test_a_grid_holding_only_the_baseline_is_left_out():
     summary = summarize([row(0), row(0, captions=2)])
     assert set(summary.grid) == {"captions"}
