@@ -836,6 +836,14 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
             table.add_row(row["tower"], str(row["layer"]), row["truth"], _interval_text(row["layer_mem"], mem, digits),
                           _interval_text(row["delta_layer_mem"], delta, digits))
         console.print(table)
+    if summary.get("unit_mem"):
+        table = Table("tower", "layer", "UnitMem", "f (over S_C)", "g (over S_I)",
+                      title="UnitMem per layer (docs/layers.md): each unit's selectivity to one training pair, "
+                            "averaged over the block's units")
+        for row in summary["unit_mem"]:
+            table.add_row(row["tower"], str(row["layer"]),
+                          *(f"{row[c]:.4f}" for c in ("unit_mem", "unit_mem_f", "unit_mem_g")))
+        console.print(table)
     table = Table("model", *sorted(next(iter(summary["utility"].values()), {})), title="Utility on S_E")
     for name, values in summary["utility"].items():
         table.add_row(name, *(f"{values[k]:.3f}" for k in sorted(values)))

@@ -138,6 +138,9 @@ def test_report_json_carries_unit_mem_per_tower_and_block(tmp_path):
         {"tower": "text", "layer": 1, "unit_mem": 0.45, "unit_mem_f": 0.4, "unit_mem_g": 0.5}]
     clean = next(row for row in summary["layers"] if row["truth"] == "clean")
     assert clean["unit_mem"] is None
+    (tmp_path / "printed").mkdir()
+    printed = _report(_run(tmp_path / "printed", _scores(), {"significance": {"fdr": 0.05}}, layers))
+    assert "UnitMem per layer" in printed and "0.6200" in printed and "0.5200" in printed
 
 
 def test_a_run_without_a_null_says_why(tmp_path):
