@@ -7,6 +7,8 @@ built-in synthetic data; the other commands run one step each.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from clipmem.backend import cli as backend_cli
@@ -25,7 +27,13 @@ for register in (backend_cli.register, frontend_cli.register):
 scoring_cli.use_experiment_ingester(backend_cli.experiment_ingester)
 
 
+# the commands that run the models keep freed memory for their next batch (scoring.runtime.keep_freed_memory);
+# the API server and the dashboard keep glibc's defaults, which hand memory back between requests
+MODEL_COMMANDS = ("run", "train", "score", "experiment", "experiment-worker")
+
+
 def main() -> None:
     prefer_passive_openmp()
-    keep_freed_memory()
+    if sys.argv[1:2] and sys.argv[1] in MODEL_COMMANDS:
+        keep_freed_memory()
     app()
