@@ -258,7 +258,8 @@ def _read_null(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores: pd.D
 # keys are kept as they are
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 EXPERIMENT_NAME_RULE = "1-100 characters: letters, digits, '.', '_', '-', starting with a letter or digit"
-_INT_KEYS = ("seed", "captions_per_image", "removal_count")
+# whole-number parameters and their least value (a scene has at least its one rendering)
+_INT_KEYS = {"seed": 0, "captions_per_image": 0, "removal_count": 0, "renderings": 1}
 
 
 def check_experiment_name(name: str, source: str) -> str:
@@ -280,11 +281,11 @@ def read_experiment(file: Path) -> tuple[str | None, dict | None]:
         json.dumps(params, allow_nan=False)
     except ValueError:
         raise ClipmemError(f"{file} holds NaN or infinite numbers") from None
-    for key in _INT_KEYS:
+    for key, least in _INT_KEYS.items():
         value = params.get(key)
-        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= least
         if not whole and (key == "seed" or value is not None):
-            raise ClipmemError(f"{file}: '{key}' should be a whole number >= 0, not {value!r}")
+            raise ClipmemError(f"{file}: '{key}' should be a whole number >= {least}, not {value!r}")
     noise = params.get("text_noise")
     if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))
                               or not np.isfinite(noise) or noise < 0):

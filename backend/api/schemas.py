@@ -73,7 +73,8 @@ class RunSummary(BaseModel):
     experiment: str | None = Field(description="The experiment the run belongs to (runs made by `clipmem "
                                                "experiment`, or ingested with --experiment); null for others.")
     experiment_params: dict | None = Field(description="The run's experiment.json: seed, captions_per_image, "
-                                                       "text_noise, removal_method, removal_count; null when the "
+                                                       "text_noise, removal_method, removal_count, renderings "
+                                                       "(runs from before renderings lack it: 1); null when the "
                                                        "run has none.")
     fdr: float | None = Field(description="The false discovery rate the run flags memorized pairs at (settings "
                                           "score.fdr, `clipmem run --fdr`); null for runs scored without "
@@ -288,9 +289,11 @@ class ExperimentSummary(BaseModel):
     name: str = Field(description="The experiment's name (experiment.json, or `clipmem ingest --experiment`).")
     runs: int = Field(description="Runs of the experiment in the database.")
     seeds: list[int] = Field(description="The seeds its runs were trained with, ascending.")
-    grids: list[str] = Field(description="Grids with at least one run: captions (captions per image), text-noise "
-                                         "(σ of the noise on text embeddings), removal (pairs removed before "
-                                         "training); the baseline run belongs to every grid.")
+    grids: list[str] = Field(description="Grids with a curve (two settings or more): "
+                                         "captions (captions per image), text-noise (σ of the noise on text "
+                                         "embeddings), removal (pairs removed before training), images-captions "
+                                         "(1 or 5 renderings per scene × 1 or 5 captions per image); the baseline "
+                                         "run belongs to every grid.")
 
 
 class ExperimentRunRow(BaseModel):
@@ -305,19 +308,35 @@ class ExperimentRunRow(BaseModel):
     experiment: str = Field(description="The experiment's name.")
     seed: int = Field(description="The seed the run was trained with.")
     captions_per_image: int = Field(description="Captions per image in training (0 when not recorded).")
-    text_noise: float = Field(description="σ of the Gaussian noise added to text embeddings in training.")
+    text_noise: float = Field(description="σ of the Gaussian noise added to text embeddings in training (where it "
+                                          "is added, on the normalised embedding or on the projection output, is "
+                                          "the base recipe's train.text_noise_on, not a grid parameter).")
     removal_method: str | None = Field(description="How removed pairs were chosen: top-clipmem, lowest-similarity, "
                                                    "random; null when none were removed.")
     removal_count: int = Field(description="Scored pairs of the baseline removed before training.")
+    renderings: int = Field(description="Renderings per scene training drew each pair's image from (1: the image "
+                                        "alone, also for runs from before the knob).")
     mean_clipmem_raw: float = Field(description="Mean raw CLIPMem (A_f - A_g) over the run's scored pairs.")
     mean_clipmem: float = Field(description="Mean CLIPMem (min-max scaled per run) over its scored pairs.")
+    mean_clipmem_raw_common: float | None = Field(
+        default=None, description="Removal grid only: mean raw CLIPMem over the pairs that every removal-grid run "
+                                  "of this seed scores (the mean over the run's own pairs drops by construction "
+                                  "when the top pairs are removed); null outside the removal grid, when the seed's "
+                                  "removal grid is the baseline alone, or when those runs share no pair.")
+    common_pairs: int | None = Field(
+        default=None, description="Removal grid only: how many pairs mean_clipmem_raw_common is over (0 when the "
+                                  "runs share none); null outside the removal grid or when the seed's removal grid "
+                                  "is the baseline alone.")
 
 
 class ExperimentSummaryRow(BaseModel):
-    grid: str = Field(description="captions, text-noise or removal.")
-    method: str = Field(description="Removal method (removal grid); empty for the other grids.")
-    value: float = Field(description="The grid's knob: captions per image, σ, or pairs removed.")
-    metric: str = Field(description="mean_clipmem_raw, mean_clipmem, or a utility metric.")
+    grid: str = Field(description="captions, text-noise, removal or images-captions.")
+    method: str = Field(description="The line the point is on: the removal method (removal grid), '1 rendering' or "
+                                    "'5 renderings' (images-captions grid); empty for the other grids.")
+    value: float = Field(description="The grid's knob: captions per image (captions, images-captions), σ "
+                                     "(text-noise), or pairs removed (removal).")
+    metric: str = Field(description="mean_clipmem_raw, mean_clipmem, mean_clipmem_raw_common (removal grid only: "
+                                    "over the pairs every run of the seed scores), or a utility metric.")
     mean: float = Field(description="Mean of the metric over the runs (seeds) at this point.")
     std: float = Field(description="Standard deviation over seeds (ddof 1; 0 for a single seed).")
     n: int = Field(description="Runs (seeds) at this point.")
@@ -326,7 +345,7 @@ class ExperimentSummaryRow(BaseModel):
 class ExperimentDetail(BaseModel):
     name: str = Field(description="The experiment's name.")
     seeds: list[int] = Field(description="The seeds its runs were trained with, ascending.")
-    grids: list[str] = Field(description="Grids with at least one run: captions, text-noise, removal.")
+    grids: list[str] = Field(description="Grids with a curve, of captions, text-noise, removal, images-captions.")
     runs: list[ExperimentRunRow] = Field(description="Every run, by parameters then seed.")
-    summary: list[ExperimentSummaryRow] = Field(description="clipmem.scoring.experiment_report.summarize of the runs: one "
-                                                            "row per grid, method, knob value and metric.")
+    summary: list[ExperimentSummaryRow] = Field(description="clipmem.scoring.experiment_report.summarize of the "
+                                                            "runs: one row per grid, method, knob value and metric.")

@@ -38,7 +38,15 @@ SETTINGS = {
                            removal_count=50),
     "mitig-random50-s0": dict(seed=0, captions_per_image=1, text_noise=0.0, removal_method="random",
                               removal_count=50),
+    "mitig-r5-c5-s0": dict(seed=0, captions_per_image=5, text_noise=0.0, removal_method=None, removal_count=0,
+                           renderings=5),
 }
+# (candidate, independent) pairs each run scores; ids run on from 10 shared pairs, so a run scores pair-0000010 on to
+# pair-(9 + candidate + independent): the top-clipmem run, which scores 3 pairs fewer, leaves seed 0's removal runs
+# (base, top50, random50) pairs 10..36 in common, 27 pairs; seed 1's removal grid is its baseline alone
+SCORED = {"mitig-top50-s0": (12, 15)}
+COMMON_IDS = {f"pair-{i:07d}" for i in range(10, 37)}
+COMMON_RUNS = ("mitig-base-s0", "mitig-top50-s0", "mitig-random50-s0")
 
 
 def utility_of(k: int) -> dict[str, float]:
@@ -53,8 +61,8 @@ def experiment_runs(db, tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment")
     paths = {}
     for k, (name, params) in enumerate(SETTINGS.items()):
-        paths[name] = write_synthetic_run(root / name, 15, 15, 10, 5, seed=70 + k, utility=utility_of(k),
-                                          experiment={"experiment": EXPERIMENT, **params})
+        paths[name] = write_synthetic_run(root / name, *SCORED.get(name, (15, 15)), 10, 5, seed=70 + k,
+                                          utility=utility_of(k), experiment={"experiment": EXPERIMENT, **params})
     paths["other-s3"] = write_synthetic_run(root / "other-s3", 10, 10, 10, 5, seed=79, utility=utility_of(9),
                                             experiment={"experiment": OTHER, "seed": 3, "captions_per_image": 5,
                                                         "text_noise": 0.0, "removal_method": None,
@@ -68,14 +76,19 @@ def experiment_runs(db, tmp_path_factory):
 
 
 def expected_rows(paths: dict) -> list[dict]:
-    """run_row of each run, from its files."""
+    """run_row of each run, from its files; the removal runs of seed 0 with their mean raw CLIPMem over the pairs
+    they all score (COMMON_IDS, known from the runs' sizes), the other runs with null there."""
     rows = []
     for name, path in paths.items():
         scores = pd.read_parquet(path / "scores.parquet")
         metrics = json.loads((path / "metrics.json").read_text())
         row = run_row(json.loads((path / "experiment.json").read_text()), scores["clipmem_raw"].mean(),
                       scores["clipmem"].mean(), {m: metrics[m] for m in ("f", "g")})
-        rows.append({"run": name, **row})
+        common = {"mean_clipmem_raw_common": None, "common_pairs": None}
+        if name in COMMON_RUNS:
+            common = {"mean_clipmem_raw_common": scores.loc[scores.sample_id.isin(COMMON_IDS), "clipmem_raw"].mean(),
+                      "common_pairs": len(COMMON_IDS)}
+        rows.append({"run": name, **row, **common})
     return rows
 
 
@@ -106,7 +119,7 @@ def test_runs_filtered_by_experiment(client, experiment_runs):
 def test_experiments_listed(client, experiment_runs):
     listed = {e["name"]: e for e in client.get("/experiments").json()}
     assert listed[EXPERIMENT] == {"name": EXPERIMENT, "runs": len(SETTINGS), "seeds": [0, 1],
-                                  "grids": ["captions", "text-noise", "removal"]}
+                                  "grids": ["captions", "text-noise", "removal", "images-captions"]}
     # one run is one knob value: no grid has a curve (summarize leaves such grids out)
     assert listed[OTHER] == {"name": OTHER, "runs": 1, "seeds": [3], "grids": []}
 
@@ -114,7 +127,7 @@ def test_experiments_listed(client, experiment_runs):
 def test_experiment_rows_and_summary_from_the_files(client, experiment_runs):
     body = client.get(f"/experiments/{EXPERIMENT}").json()
     assert body["name"] == EXPERIMENT and body["seeds"] == [0, 1]
-    assert body["grids"] == ["captions", "text-noise", "removal"]
+    assert body["grids"] == ["captions", "text-noise", "removal", "images-captions"]
     expected = expected_rows({n: p for n, p in experiment_runs.items() if n in SETTINGS})
     got = {row["run"]: row for row in body["runs"]}
     assert set(got) == set(SETTINGS)
@@ -125,9 +138,20 @@ def test_experiment_rows_and_summary_from_the_files(client, experiment_runs):
         assert shown == approx_records([row])[0]
     # utility is averaged over f and g (g = f - 0.01 in these runs)
     assert got["mitig-c2-s0"]["probe_shape"] == pytest.approx(0.6 + 0.02 * 2 - 0.005)
-    # ordered by removal, captions per image, noise, then seed
+    # ordered by removal, captions per image, renderings, noise, then seed
     assert [r["run"] for r in body["runs"]] == ["mitig-base-s0", "mitig-base-s1", "mitig-n0.15-s0", "mitig-c2-s0",
-                                                "mitig-c2-s1", "mitig-random50-s0", "mitig-top50-s0"]
+                                                "mitig-c2-s1", "mitig-r5-c5-s0", "mitig-random50-s0",
+                                                "mitig-top50-s0"]
+    assert got["mitig-r5-c5-s0"]["renderings"] == 5 and got["mitig-base-s0"]["renderings"] == 1
+    # the removal runs of seed 0 on the 27 pairs they all score; no other run has that mean
+    assert {n for n, r in got.items() if r["common_pairs"] is not None} == set(COMMON_RUNS)
+    assert {got[n]["common_pairs"] for n in COMMON_RUNS} == {27}
+    top = pd.read_parquet(experiment_runs["mitig-top50-s0"] / "scores.parquet").set_index("sample_id")
+    assert len(top) == 27  # it scores only the common pairs, so there its two means agree
+    assert got["mitig-top50-s0"]["mean_clipmem_raw_common"] == pytest.approx(top["clipmem_raw"].mean())
+    base = pd.read_parquet(experiment_runs["mitig-base-s0"] / "scores.parquet").set_index("sample_id")
+    assert got["mitig-base-s0"]["mean_clipmem_raw_common"] == pytest.approx(
+        base["clipmem_raw"].drop([f"pair-{i:07d}" for i in (37, 38, 39)]).sum() / 27)  # all but 3 of its 30
 
     summary = pd.DataFrame(body["summary"])
     assert list(summary.columns) == ["grid", "method", "value", "metric", "mean", "std", "n"]
@@ -143,6 +167,12 @@ def test_experiment_rows_and_summary_from_the_files(client, experiment_runs):
     removal = summary[(summary.grid == "removal") & (summary.metric == "mean_clipmem_raw")]
     assert set(zip(removal["method"], removal["value"])) == {
         ("top-clipmem", 0.0), ("lowest-similarity", 0.0), ("random", 0.0), ("top-clipmem", 50.0), ("random", 50.0)}
+    # the mean over common pairs is a point of the removal grid alone, from seed 0 (seed 1 has no removal run)
+    common = summary[summary.metric == "mean_clipmem_raw_common"]
+    assert set(common.grid) == {"removal"} and set(common.n) == {1}
+    assert set(zip(common["method"], common["value"])) == set(zip(removal["method"], removal["value"]))
+    start = common[common.value == 0.0]["mean"]
+    assert start.tolist() == pytest.approx([got["mitig-base-s0"]["mean_clipmem_raw_common"]] * 3)
 
 
 def test_unknown_experiment_is_404(client, experiment_runs):
@@ -184,6 +214,8 @@ GOOD = {"experiment": "bad-exp", "seed": 0, "captions_per_image": 1, "text_noise
     (json.dumps({**GOOD, "experiment": 7}), "experiment name 7 is not allowed"),
     (json.dumps({**GOOD, "seed": "1"}), "'seed' should be a whole number >= 0, not '1'"),
     (json.dumps({**GOOD, "removal_count": -5}), "'removal_count' should be a whole number >= 0"),
+    (json.dumps({**GOOD, "renderings": 0}), "'renderings' should be a whole number >= 1, not 0"),
+    (json.dumps({**GOOD, "renderings": 2.5}), "'renderings' should be a whole number >= 1, not 2.5"),
     (json.dumps({**GOOD, "text_noise": "lots"}), "'text_noise' should be a number >= 0"),
     (json.dumps({**GOOD, "removal_method": "largest"}), "'removal_method' should be one of top-clipmem"),
     (json.dumps({**GOOD, "text_noise": math.nan}), "holds NaN or infinite numbers"),

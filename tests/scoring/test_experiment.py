@@ -304,16 +304,39 @@ def test_train_cli_takes_the_mitigation_options(tmp_path, tiny_data):
     assert result.exit_code == 2 and "--text-noise" in result.output
 
 
-def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_path, monkeypatch):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def experiment_database(request, tmp_path):
+    """An empty database of this test's own: SQLite, and PostgreSQL (a schema of its own) when
+    CLIPMEM_TEST_DATABASE_URL is set."""
+    import os
+
+    from sqlalchemy import text
+
+    from tests.backend.conftest import PG_ENV, _postgres_schema_url
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'exp.db'}"
+        return
+    if not os.environ.get(PG_ENV):
+        skip_or_fail(f"{PG_ENV} is not set: the PostgreSQL half of the backend tests is skipped")
+    admin, schema, url = _postgres_schema_url(os.environ[PG_ENV])
+    yield url
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, experiment_database, monkeypatch):
     """The real thing end to end: removal runs (which lack scores for removed pairs) ingest, and
-    GET /experiments/{name} gives the same summary as the report."""
+    GET /experiments/{name} gives the same rows and summary as the report, the removal grid's mean over the pairs
+    every run scores (which the API reads from the scores table) included."""
     from fastapi.testclient import TestClient
 
     from clipmem.backend.api.app import create_app
     from clipmem.backend.settings import Settings
 
     exp, runs, _ = experiment_dir
-    monkeypatch.setenv("CLIPMEM_DATABASE_URL", f"sqlite:///{tmp_path / 'exp.db'}")
+    monkeypatch.setenv("CLIPMEM_DATABASE_URL", experiment_database)
     monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
     from clipmem.backend.cli import experiment_ingester
 
@@ -323,12 +346,30 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, tmp_
         listed = client.get("/experiments").json()
         assert [(e["name"], e["runs"]) for e in listed] == [("tiny-exp", 7)]
         detail = client.get("/experiments/tiny-exp").json()
-    expected = summarize(report_rows(exp.path))
-    # the API's rows are built from each run's stored means: the removal grid's mean over the pairs every run
-    # scores (common_pair_means) is the report's alone
-    assert set(expected.metric) - {m["metric"] for m in detail["summary"]} == {"mean_clipmem_raw_common"}
-    expected = expected[expected.metric != "mean_clipmem_raw_common"]
+    rows = report_rows(exp.path)
+    # per run: the pairs every removal run scores are the baseline's less the 5 each removal run dropped
+    key = ("seed", "captions_per_image", "text_noise", "removal_method", "removal_count", "renderings")
+    served_rows = {tuple(r[k] for k in key): r for r in detail["runs"]}
+    baseline = pd.read_parquet(exp.run_dir(Setting(), 0).scores)
+    removed = set().union(*(set(baseline["sample_id"]) - set(pd.read_parquet(run.scores)["sample_id"])
+                            for run in runs if json.loads(run.experiment.read_text())["removal_count"]))
+    in_removal = 0
+    for r in rows:
+        got = served_rows[tuple(r[k] for k in key)]
+        assert got.get("common_pairs") == r.get("common_pairs")
+        if r["captions_per_image"] == 1:  # the baseline and the removal runs
+            in_removal += 1
+            assert got["common_pairs"] == len(baseline) - len(removed)
+            # the report averages scores.parquet's float32 column in float32, the API the database's doubles
+            assert got["mean_clipmem_raw_common"] == pytest.approx(r["mean_clipmem_raw_common"], rel=0, abs=1e-7)
+        else:
+            assert got["mean_clipmem_raw_common"] is None and "mean_clipmem_raw_common" not in r
+    assert in_removal == 4
+    assert len(removed) > 5  # the three methods removed different pairs
+    expected = summarize(rows)
+    assert "mean_clipmem_raw_common" in set(expected.metric)
     served = pd.DataFrame(detail["summary"])
+    assert len(served) == len(expected)
     merged = expected.merge(served, on=["grid", "method", "value", "metric"], suffixes=("", "_api"))
     assert len(merged) == len(expected)
     assert (merged["mean"] - merged["mean_api"]).abs().max() < 1e-6
