@@ -15,7 +15,7 @@ from clipmem.scoring.experiment_report import figures as experiment_figures
 ROC_BINS = 200
 EXPERIMENT_PICKER = "experiment_picker"
 SUMMARY_COLUMNS = ["grid", "method", "value", "metric", "mean", "std", "n"]
-EXPERIMENT_INT_COLUMNS = ("seed", "captions_per_image", "removal_count")
+EXPERIMENT_INT_COLUMNS = ("seed", "captions_per_image", "removal_count", "renderings", "common_pairs")
 KINDS = {"faulty": "faulty pairs (every truth tag but clean)", "swapped": "swapped captions"}
 
 
@@ -102,8 +102,10 @@ if experiments:
         summary = pd.DataFrame(detail["summary"], columns=SUMMARY_COLUMNS)
         grid_figures = experiment_figures(summary)
         st.caption("Mean raw CLIPMem and utility on S_E (averaged over f and g) against each grid's knob, "
-                   "± one standard deviation over seeds. The baseline (1 caption per image, σ = 0, nothing "
-                   "removed) is a point of every grid.")
+                   "± one standard deviation over seeds. The removal grid's CLIPMem is the mean over the pairs "
+                   "every run of the seed scores (a run scores none of the pairs it removed, so its own mean "
+                   "would drop by construction). The baseline (1 caption per image, σ = 0, nothing removed, 1 "
+                   "rendering per scene) is a point of every grid.")
         if grid_figures:
             for tab, (grid, figure) in zip(st.tabs([f"{g}: {KNOB_LABELS[g]}" for g in grid_figures]),
                                            grid_figures.items()):
@@ -113,6 +115,8 @@ if experiments:
             st.info("No grid of this experiment has two settings yet: each figure needs the baseline and at least "
                     "one other setting.", icon=":material/info:")
         per_run = pd.DataFrame(detail["runs"]).drop(columns=["run_id", "experiment"], errors="ignore")
+        # whole numbers stay whole where some runs have none (common_pairs outside the removal grid)
+        per_run = per_run.astype({c: "Int64" for c in EXPERIMENT_INT_COLUMNS if c in per_run.columns})
         numbers = [c for c in per_run.columns if c not in EXPERIMENT_INT_COLUMNS and c not in ("run", "removal_method")
                    and pd.api.types.is_float_dtype(per_run[c])]
         st.dataframe(per_run, hide_index=True, width="stretch", key="experiment_runs_table",

@@ -628,12 +628,17 @@ def test_picking_another_run_starts_its_view_unfiltered(open_page):
 
 EXPERIMENT = "mitig"
 OTHER_EXPERIMENT = "noise"
+REMOVAL_EXPERIMENT = "removal"
+# ids run on from the 20 shared pairs: the baseline scores pair-0000020..59, the run without its top 3 pairs (3 fewer
+# candidates) pair-0000020..56, so both runs' removal-grid CLIPMem is over those 37 pairs
+REMOVAL_COMMON = [f"pair-{i:07d}" for i in range(20, 57)]
 
 
 @pytest.fixture(scope="module")
 def experiment_backend(tmp_path_factory):
     """A backend of its own holding three runs of one experiment (baseline on two seeds, 2 captions per image),
-    two of another (text noise) and a run outside both; yields its URL."""
+    two of another (text noise), two of a third (a baseline and 3 pairs removed) and a run outside them; yields its
+    URL and the folder of the run directories."""
     from clipmem.backend.db import make_engine, migrate
     from clipmem.backend.ingest import ingest
     from clipmem.backend.synthetic_run import write_synthetic_run
@@ -651,10 +656,16 @@ def experiment_backend(tmp_path_factory):
         ingest(engine, write_synthetic_run(root / name, 20, 20, 20, 10, seed=85 + int(noise * 10),
                                            experiment={**base, "experiment": OTHER_EXPERIMENT, "seed": 0,
                                                        "captions_per_image": 1, "text_noise": noise}))
+    for name, candidates, method, count in (("removal-base-s0", 20, None, 0),
+                                            ("removal-top3-s0", 17, "top-clipmem", 3)):
+        ingest(engine, write_synthetic_run(root / name, candidates, 20, 20, 10, seed=87 + count,
+                                           experiment={**base, "experiment": REMOVAL_EXPERIMENT, "seed": 0,
+                                                       "captions_per_image": 1, "removal_method": method,
+                                                       "removal_count": count}))
     ingest(engine, write_synthetic_run(root / "loose", 20, 20, 20, 10, seed=89))
     engine.dispose()
     with backend(f"sqlite:///{root / 'experiments.db'}", root) as url:
-        yield url
+        yield url, root
 
 
 def plotly_array(value) -> list:
@@ -672,7 +683,8 @@ def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch)
     from clipmem.scoring.experiment_report import figures
     from tests.frontend.conftest import APP
 
-    monkeypatch.setenv("CLIPMEM_API_URL", experiment_backend)
+    url, root = experiment_backend
+    monkeypatch.setenv("CLIPMEM_API_URL", url)
     monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
     st.cache_data.clear()
     at = AppTest.from_file(str(APP), default_timeout=60)
@@ -682,7 +694,7 @@ def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch)
     assert not at.exception, [e.value for e in at.exception]
     picker = at.selectbox(key="experiment_picker")
     assert picker.value == EXPERIMENT and at.query_params["experiment"] == EXPERIMENT
-    detail = httpx.get(f"{experiment_backend}/experiments/{EXPERIMENT}").json()
+    detail = httpx.get(f"{url}/experiments/{EXPERIMENT}").json()
     # the figure of the captions grid, as scoring.experiment_report draws it from the endpoint's summary
     expected = figures(pd.DataFrame(detail["summary"]))["captions"]
     chart = next(c for c in at.get("plotly_chart") if c.proto.id and "experiment_captions_chart" in c.proto.id)
@@ -709,6 +721,21 @@ def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch)
     assert not at.exception
     assert at.query_params["run"] == "mitig-c1-s0" and at.query_params["experiment"] == OTHER_EXPERIMENT
     assert at.selectbox(key="experiment_picker").value == OTHER_EXPERIMENT
+
+    # the removal grid: its memorization panel is the mean over the pairs both runs score, from the runs' files
+    at.selectbox(key="experiment_picker").select(REMOVAL_EXPERIMENT).run()
+    assert not at.exception
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id and "experiment_removal_chart" in c.proto.id)
+    spec = json.loads(chart.proto.spec)
+    assert [a["text"] for a in spec["layout"]["annotations"]][0] == "mean raw CLIPMem, pairs scored in every run"
+    common = [pd.read_parquet(root / name / "scores.parquet").set_index("sample_id").loc[REMOVAL_COMMON,
+                                                                                       "clipmem_raw"].mean()
+              for name in ("removal-base-s0", "removal-top3-s0")]
+    top = next(t for t in spec["data"] if t["name"] == "top-clipmem" and t.get("xaxis", "x") == "x")
+    assert plotly_array(top["x"]) == [0.0, 3.0]
+    assert plotly_array(top["y"]) == pytest.approx(common, abs=1e-7)  # float32 files, doubles in the database
+    table = next(d.value for d in at.dataframe if "common_pairs" in d.value.columns)
+    assert table.set_index("run")["common_pairs"].to_dict() == {"removal-base-s0": 37, "removal-top3-s0": 37}
     st.cache_data.clear()
 
 
