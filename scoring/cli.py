@@ -132,6 +132,14 @@ class TrainOverrides:
     renderings: Optional[int] = None
     remove_ids: Optional[Path] = None
     replicas: Optional[int] = None
+    warmup: Optional[int] = None
+    pretrained: Optional[str] = None
+    lock_image: bool = False
+    lock_image_unlocked_groups: Optional[int] = None
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: Optional[int] = None
+    lock_text_freeze_layer_norm: bool = False
 
     @classmethod
     def given(cls, ctx: typer.Context) -> "TrainOverrides":
@@ -173,8 +181,42 @@ class TrainOverrides:
         from clipmem.scoring.models import resolve_config
 
         resolve_config(t.model)  # an unknown name fails here, before anything is written
+        if self.warmup is not None:
+            if self.warmup < 0:
+                raise ClipmemError(f"--warmup must be >= 0 steps, got {self.warmup}")
+            t = replace(t, warmup_steps=self.warmup)
+        if self.pretrained is not None:
+            t = self._fine_tune(t)
+        locks = {k: getattr(self, k) for k in ("lock_image", "lock_image_freeze_bn_stats", "lock_text",
+                                               "lock_text_freeze_layer_norm") if getattr(self, k)}
+        locks.update({k: getattr(self, k) for k in ("lock_image_unlocked_groups", "lock_text_unlocked_layers")
+                      if getattr(self, k) is not None})
+        t = replace(t, **locks)
+        from clipmem.scoring.pretrained import check_locks
+
+        check_locks(t)
         cfg.train = t
         return cfg
+
+    def _fine_tune(self, t):
+        """The recipe starting from --pretrained: the weights checked (a tag, a missing file, weights that do not
+        fit the model are refused here, before anything is written), their vocabulary, and the fine-tuning
+        defaults (config.FINE_TUNE_RECIPE) for what the command line leaves unset."""
+        from clipmem.scoring.config import FINE_TUNE_RECIPE
+        from clipmem.scoring.models import check_preprocess
+        from clipmem.scoring.pretrained import check_fits, read_pretrained
+
+        source = read_pretrained(self.pretrained, t.model)
+        check_fits(source, t.model)
+        check_preprocess(t.model)
+        if source.vocab.kept is not None and self.full_vocab:
+            raise ClipmemError(f"--full-vocab: the text tower of --pretrained {source.path} was trained with the "
+                               f"{source.vocab.size}-token vocabulary of its run ({source.vocab_file}), which it keeps")
+        given = {"lr": self.lr, "warmup_steps": self.warmup, "epochs": self.epochs}
+        defaults = {k: v for k, v in FINE_TUNE_RECIPE.items() if given[k] is None}
+        # open_clip's full vocabulary: the token table is not compacted to the data's tokens
+        full = {"compact_vocab": False} if source.vocab.kept is None else {}
+        return replace(t, pretrained=str(source.path), pretrained_sha256=source.sha256, **defaults, **full)
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -263,6 +305,30 @@ ReplicasOpt = typer.Option(None, "--replicas", help="Train R independently seede
                            "the fold models) on the same split and score each pair by the mean over them; the "
                            "per-pair spread across replicas goes to clipmem_raw_sd (default 1; R sets take R times "
                            "the training and scoring time). Replica 0 is the run's own f.pt and g.pt.")
+WarmupOpt = typer.Option(None, "--warmup", help="Steps of linear learning-rate warm-up (default 50; 10 with "
+                         "--pretrained), as open_clip_train's --warmup.")
+PretrainedOpt = typer.Option(None, "--pretrained", help="Fine-tune: f and g (and fold models, replicas) all start from "
+                             "these weights, an open_clip checkpoint or a state dict on disk ('module.' prefixes "
+                             "allowed; --model must name its architecture). An open_clip tag such as openai needs the "
+                             "hub and is refused: pass a local file. The text tower keeps its vocabulary: open_clip's "
+                             "full one, or for another clipmem run's f.pt that run's (vocab.json beside it; captions "
+                             "with words outside it are refused). Unless given, --lr 2e-4, --warmup 10 and --epochs "
+                             "20: a tenth of the from-scratch learning rate so the first steps refine the pretrained "
+                             "features rather than overwrite them, a short warm-up since the weights are already "
+                             "trained, fewer epochs since training starts near a solution (docs/fine-tuning.md).")
+LockImageOpt = typer.Option(False, "--lock-image", help="Freeze the image tower (open_clip's lock_image_tower, as "
+                            "open_clip_train's option): its weights stay the pretrained ones. Needs --pretrained.")
+LockImageGroupsOpt = typer.Option(None, "--lock-image-unlocked-groups", help="With --lock-image: leave the last N "
+                                  "layer groups of the image tower trainable (default 0).")
+LockImageBnOpt = typer.Option(False, "--lock-image-freeze-bn-stats", help="With --lock-image: freeze the BatchNorm "
+                              "running statistics of the locked layers (ResNet towers).")
+LockTextOpt = typer.Option(False, "--lock-text", help="Freeze the text tower (open_clip's lock_text_tower, as "
+                           "open_clip_train's option): its weights stay the pretrained ones. Needs --pretrained.")
+LockTextLayersOpt = typer.Option(None, "--lock-text-unlocked-layers", help="With --lock-text: leave the last N layer "
+                                 "groups of the text tower trainable (default 0).")
+LockTextLnOpt = typer.Option(False, "--lock-text-freeze-layer-norm", help="With --lock-text: accepted as "
+                             "open_clip_train's option; open_clip 3.x freezes a locked layer's LayerNorms with it "
+                             "whether given or not.")
 FdrOpt = typer.Option(None, "--fdr", help="False discovery rate of the `memorized` flag: a scored pair is flagged when "
                       "its Benjamini-Hochberg q-value against the run's null (its S_E pairs) is at most this "
                       "(default 0.05; 0 < FDR < 1).")
@@ -361,6 +427,14 @@ def train(
     renderings: Optional[int] = RenderingsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     replicas: Optional[int] = ReplicasOpt,
+    warmup: Optional[int] = WarmupOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    lock_image: bool = LockImageOpt,
+    lock_image_unlocked_groups: Optional[int] = LockImageGroupsOpt,
+    lock_image_freeze_bn_stats: bool = LockImageBnOpt,
+    lock_text: bool = LockTextOpt,
+    lock_text_unlocked_layers: Optional[int] = LockTextLayersOpt,
+    lock_text_freeze_layer_norm: bool = LockTextLnOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint, with the saved "
                                 "settings (only --device and --only may be given)."),
     only: Optional[str] = typer.Option(None, "--only", help="Train only these models (comma-separated, e.g. f, "
@@ -478,6 +552,14 @@ def run(
     renderings: Optional[int] = RenderingsOpt,
     remove_ids: Optional[Path] = RemoveIdsOpt,
     replicas: Optional[int] = ReplicasOpt,
+    warmup: Optional[int] = WarmupOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    lock_image: bool = LockImageOpt,
+    lock_image_unlocked_groups: Optional[int] = LockImageGroupsOpt,
+    lock_image_freeze_bn_stats: bool = LockImageBnOpt,
+    lock_text: bool = LockTextOpt,
+    lock_text_unlocked_layers: Optional[int] = LockTextLayersOpt,
+    lock_text_freeze_layer_norm: bool = LockTextLnOpt,
     label_key: Optional[str] = LabelKeyOpt,
     csv_img_key: Optional[str] = CsvImgOpt,
     csv_caption_key: Optional[str] = CsvCapOpt,
@@ -644,6 +726,13 @@ def experiment(
     batch_size: Optional[int] = BatchOpt,
     device: Optional[str] = DeviceOpt,
     text_noise_on: Optional[str] = TextNoiseOnOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    lock_image: bool = LockImageOpt,
+    lock_image_unlocked_groups: Optional[int] = LockImageGroupsOpt,
+    lock_image_freeze_bn_stats: bool = LockImageBnOpt,
+    lock_text: bool = LockTextOpt,
+    lock_text_unlocked_layers: Optional[int] = LockTextLayersOpt,
+    lock_text_freeze_layer_norm: bool = LockTextLnOpt,
     views: Optional[int] = ViewsOpt,
     label_key: Optional[str] = LabelKeyOpt,
     csv_img_key: Optional[str] = CsvImgOpt,

@@ -83,6 +83,12 @@ class SplitConfig:
     folds: int = 0                   # kfold: number of folds K >= 2 (K models)
 
 
+# the recipe --pretrained starts from where the user sets no other (scoring.cli): a tenth of the from-scratch peak
+# learning rate, so the first steps refine the pretrained features instead of overwriting them; a short warm-up,
+# which only has to settle AdamW's moment estimates, since the weights already sit in a trained basin; and a quarter
+# of the epochs, since the models start near a solution (docs/fine-tuning.md)
+FINE_TUNE_RECIPE = {"lr": 2e-4, "warmup_steps": 10, "epochs": 20}
+
 # where training adds the text-embedding noise (TrainConfig.text_noise_on; scoring.train.noisy_text_forward)
 TEXT_NOISE_PLACEMENTS = ("normalized", "projection")
 
@@ -108,6 +114,16 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     keep_checkpoints: int = 2        # per-epoch checkpoints kept for --resume
     replicas: int = 1                # independently seeded sets of the models on the same split; scores: their mean
+    # fine-tuning (--pretrained): every model starts from these weights instead of init_seed's; the file's SHA-256
+    # says which base a run used. Locks as open_clip_train's options, applied by the model's lock_*_tower
+    pretrained: str | None = None
+    pretrained_sha256: str | None = None
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    lock_text_freeze_layer_norm: bool = False
 
     # what a field missing from a saved config means, where that differs from the default of new runs: runs
     # saved before the field existed were trained the old way

@@ -55,6 +55,24 @@ def resolve_config(name_or_path: str) -> dict:
     return copy.deepcopy(cfg)
 
 
+def check_preprocess(name_or_path: str) -> None:
+    """Refuse a model whose JSON config (open_clip's {'model_cfg', 'preprocess_cfg'} form) asks for another
+    normalisation than OpenAI's mean and std, which scoring.transform applies to every view: pretrained weights
+    fed otherwise-normalised images would be fine-tuned and scored off their input distribution. Image size
+    follows the model config already; a registered name, or a file without preprocess_cfg, takes open_clip's
+    defaults, which are OpenAI's, as open_clip does for a pretrained checkpoint file."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    if not name_or_path.endswith(".json"):
+        return
+    raw = json.loads(Path(name_or_path).read_text())
+    pre = raw.get("preprocess_cfg", {}) if isinstance(raw, dict) else {}
+    for key, ours in (("mean", OPENAI_DATASET_MEAN), ("std", OPENAI_DATASET_STD)):
+        if key in pre and [round(float(v), 6) for v in pre[key]] != [round(v, 6) for v in ours]:
+            raise ClipmemError(f"model config {name_or_path} normalises images with {key} {list(pre[key])}; clipmem "
+                               f"normalises with OpenAI's ({', '.join(map(str, ours))}) only")
+
+
 def create_model(cfg: dict, seed: int) -> torch.nn.Module:
     """Build a randomly initialised open_clip model from a config, seeded."""
     cfg = copy.deepcopy(cfg)
@@ -180,3 +198,16 @@ def with_vocabulary(cfg: dict, vocab: Vocabulary) -> dict:
     if vocab.kept is not None:
         cfg["text_cfg"]["vocab_size"] = len(vocab.kept)
     return cfg
+
+
+def uncovered_words(texts, vocab: Vocabulary) -> list[str]:
+    """The words of these texts (as the tokenizer cleans them) with a token outside a compacted vocabulary, each
+    once, in order of first use; none for the full vocabulary."""
+    if vocab.kept is None:
+        return []
+    kept, found = set(vocab.kept), {}
+    for text in texts:
+        for ids in word_encodings(text):
+            if not kept.issuperset(ids):
+                found.setdefault(_tokenizer().decode(ids).strip(), None)
+    return list(found)

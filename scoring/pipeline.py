@@ -27,7 +27,8 @@ from clipmem.scoring.data.tensors import TensorCorpus, build_corpus
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.evaluate import utility, zero_shot_prompts
 from clipmem.scoring.models import (Vocabulary, context_length_of, create_model, image_size_of, resolve_config,
-                                    with_vocabulary)
+                                    uncovered_words, with_vocabulary)
+from clipmem.scoring.pretrained import apply_locks, describe, read_pretrained
 from clipmem.scoring.rundir import RunDir, atomic_write, write_json, write_text_atomic
 from clipmem.scoring.schemes import PUBLISHED_MODELS, configured_names, literal_models, model_names
 from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, mean_over_replicas, prepare_model,
@@ -35,7 +36,7 @@ from clipmem.scoring.score import (clean_embeddings, embeddings_arrays, mean_ove
 from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_by_truth, null_summary
 from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
 from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
-from clipmem.scoring.train import load_model_weights, replica_config, save_model, train_models
+from clipmem.scoring.train import fit_state_dict, load_model_weights, replica_config, save_model, train_models
 
 
 def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:
@@ -120,10 +121,15 @@ def _has_synthetic_attributes(dataset: PairDataset) -> bool:
     return bool(dataset.attributes) and all("objects" in a for a in dataset.attributes[:50])
 
 
-def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) -> tuple[TensorCorpus, Vocabulary, dict]:
+def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None,
+                vocab_from: Path | None = None) -> tuple[TensorCorpus, Vocabulary, dict]:
+    """The run's pairs as tensors, their vocabulary and the model config that reads it. `vocab_from`: the file the
+    given vocabulary came from when it is a pretrained model's (--pretrained), which must cover every text."""
     dataset, plan = open_planned(cfg, run)
     model_cfg = resolve_config(cfg.train.model)
     prompts = zero_shot_prompts() if _has_synthetic_attributes(dataset) else []
+    if vocab_from is not None:
+        check_covered(dataset, plan, cfg, vocab, vocab_from, prompts)
     corpus, vocab = build_corpus(
         dataset, plan, image_size_of(model_cfg), context_length_of(model_cfg),
         captions_per_image=cfg.train.captions_per_image, vocab=vocab,
@@ -131,6 +137,22 @@ def load_corpus(run: RunDir, cfg: RunConfig, vocab: Vocabulary | None = None) ->
     )
     corpus.remove(cfg.train.remove_ids)
     return corpus, vocab, with_vocabulary(model_cfg, vocab)
+
+
+def check_covered(dataset: PairDataset, plan: SplitPlan, cfg: RunConfig, vocab: Vocabulary, source: Path,
+                  prompts: list[str]) -> None:
+    """Refuse, before training, captions that use words outside a pretrained text tower's compacted vocabulary."""
+    where = dataset.index_of()
+    k = cfg.train.captions_per_image
+    texts = {t for ids in plan.ids.values() for sid in ids if sid in where
+             for t in (dataset.captions[where[sid]][:k] if k > 0 else dataset.captions[where[sid]])}
+    missing = uncovered_words(sorted(texts) + list(prompts), vocab)
+    if missing:
+        shown = ", ".join(f"'{w}'" for w in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10
+                                                              else "")
+        raise ClipmemError(f"the vocabulary of the pretrained text tower ({source}, {vocab.size} tokens) lacks "
+                           f"{len(missing)} words of this run's captions: {shown}; pretrain on captions that use "
+                           "them, or start from a checkpoint with open_clip's full vocabulary")
 
 
 def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress: bool = True,
@@ -163,7 +185,12 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
         raise ClipmemError(f"{run.path} has no split.json: run `clipmem split` first")
     vocab = Vocabulary.from_json(json.loads(run.vocab.read_text())) if resume and run.vocab.is_file() else None
     t0 = time.perf_counter()
-    corpus, vocab, model_cfg = load_corpus(run, cfg, vocab)
+    pretrained, vocab_from = None, None
+    if cfg.train.pretrained is not None:
+        pretrained = read_pretrained(cfg.train.pretrained, cfg.train.model, cfg.train.pretrained_sha256)
+        if vocab is None:  # the text tower reads the vocabulary it was trained with
+            vocab, vocab_from = pretrained.vocab, pretrained.vocab_file
+    corpus, vocab, model_cfg = load_corpus(run, cfg, vocab, vocab_from)
     if ctx.is_main:
         write_json(run.vocab, vocab.to_json())
         write_json(run.path / "model_config.json", model_cfg)
@@ -177,7 +204,7 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
                            "(--replicas): train it in one job")
     prepared = {"prepare_seconds": round(time.perf_counter() - t0, 2)}
     summaries = [_train_replica(run, cfg, corpus, model_cfg, names, r, resume, show_progress, ctx, device, only,
-                                prepared if r == 0 else {}) for r in range(replicas)]
+                                prepared if r == 0 else {}, pretrained) for r in range(replicas)]
     summary = summaries[0]
     if replicas > 1:  # the run's summary: replica 0's, with the others' (each also in train_summary.r{r}.json)
         summary.update(replicas=replicas, replica_summaries=summaries[1:])
@@ -187,8 +214,11 @@ def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, 
 
 
 def _train_replica(run: RunDir, cfg: RunConfig, corpus, model_cfg, names, replica: int, resume: bool,
-                   show_progress: bool, ctx, device, only: list[str] | None, extra: dict) -> dict:
-    """Train one set of the run's models (replica 0: the run's own f and g; r > 0: --replicas) and save them."""
+                   show_progress: bool, ctx, device, only: list[str] | None, extra: dict, pretrained=None) -> dict:
+    """Train one set of the run's models (replica 0: the run's own f and g; r > 0: --replicas) and save them.
+
+    With `pretrained` (--pretrained) every model of every replica starts from its weights, towers locked as the
+    recipe says; the replicas then differ only in their data draws."""
     train_cfg = replica_config(cfg.train, replica)
     suffix = "" if replica == 0 else f".r{replica}"
     checkpoints, log = run.checkpoints, run.path / f"train_log{suffix}.jsonl"
@@ -204,10 +234,15 @@ def _train_replica(run: RunDir, cfg: RunConfig, corpus, model_cfg, names, replic
         checkpoints = run.checkpoints / part
         log, summary_file = run.path / f"train_log.{part}.jsonl", run.path / f"train_summary.{part}.json"
     models = {name: create_model(model_cfg, train_cfg.init_seed) for name in names}
+    if pretrained is not None:
+        for model in models.values():
+            fit_state_dict(model, pretrained.state, pretrained.path)
+    for model in models.values():
+        apply_locks(model, train_cfg)
     summary = train_models(models, corpus, train_cfg, checkpoints, log, resume=resume,
                            show_progress=show_progress, ctx=ctx, device=device)
     digests = distributed.gather_objects(ctx, {name: distributed.weights_digest(m) for name, m in models.items()})
-    summary.update(extra, **({"replica": replica} if replica else {}))
+    summary.update(extra, **describe(train_cfg), **({"replica": replica} if replica else {}))
     if ctx.is_main:
         for name in names:
             save_model(run.model_checkpoint(name, replica), models[name], train_cfg.epochs, train_cfg.model)
@@ -237,7 +272,8 @@ def _load_models(run: RunDir, cfg: RunConfig, corpus, model_cfg, checkpoint_f, c
             raise ClipmemError(f"{run.path} has no trained models ({', '.join(missing)}): run `clipmem train` first")
     models = {}
     for name, path in paths.items():
-        model = create_model(model_cfg, cfg.train.init_seed)
+        # locked as in training: a frozen BatchNorm (--lock-image-freeze-bn-stats) keeps other state-dict keys
+        model = apply_locks(create_model(model_cfg, cfg.train.init_seed), cfg.train)
         load_model_weights(model, path)
         models[name] = model
     return models, paths

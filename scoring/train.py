@@ -458,9 +458,9 @@ def save_model(path: Path, model: torch.nn.Module, epoch: int, name: str) -> Non
     _save_checked({"epoch": epoch, "name": name, "state_dict": model.state_dict()}, path)
 
 
-def load_model_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load an open_clip trainer checkpoint or a plain state dict (keys may carry 'module.'), checked against
-    the checksum beside it when it has one (clipmem's own models do; open_clip's do not)."""
+def read_state_dict(path: Path) -> dict:
+    """The weights of an open_clip trainer checkpoint or a plain state dict, keys without a 'module.' prefix, checked
+    against the checksum beside the file when it has one (clipmem's own models do; open_clip's do not)."""
     try:
         if path.is_file():
             verify_checksum(path)
@@ -476,10 +476,19 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ClipmemError(f"checkpoint {path} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def fit_state_dict(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load weights read from `path` into the model, or say where they do not fit its architecture."""
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ClipmemError(f"checkpoint {path} does not fit the model architecture: {first}") from None
 
+
+def load_model_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load an open_clip trainer checkpoint or a plain state dict (keys may carry 'module.'), checked against
+    the checksum beside it when it has one (clipmem's own models do; open_clip's do not)."""
+    fit_state_dict(model, read_state_dict(path), path)
