@@ -142,3 +142,36 @@ def test_layer_tables_give_unit_mem_per_model_over_the_pairs_it_trained_on():
     # a mean over replicas averages unrelated models' units: not defined
     replicas = block_unit_mem(frame.assign(clipmem_raw_sd=0.1), per_pair, "image", 2)
     assert all(np.isnan(row[c]) for row in replicas for c in LAYER_UNIT_COLUMNS)
+
+
+def test_unit_mem_at_two_samples_and_in_double_precision():
+    """Two samples are enough: [1, 0] -> (1 - 0) / (1 + 0) = 1. float32 activations are computed in float64:
+    with mu_max 2^24 and the rest 1 the exact answer (2^24 - 1) / (2^24 + 1) needs the 25th bit."""
+    np.testing.assert_allclose(unit_mem(np.array([[1.0], [0.0]])), [1.0], atol=1e-12)
+    big = np.array([[2.0 ** 24], [1.0], [1.0]], dtype=np.float32)
+    np.testing.assert_allclose(unit_mem(big), [(2 ** 24 - 1) / (2 ** 24 + 1)], rtol=1e-12, atol=0)
+
+
+def test_block_unit_mem_per_block_with_gaps_and_few_pairs():
+    """Three blocks, block 2 without activations (NaN row) between two with: every block keeps its place. f has
+    exactly two pairs (its UnitMem is defined), g one (not defined: unit_mem is then f's alone). A one-block tower
+    is read too."""
+    frame = pd.DataFrame({"sample_id": list("abc"), "seen_by": list("ffg"), "clipmem": [0.1, 0.2, 0.3]})
+    acts = np.array([[2.0, 0.0, 9.0]])  # f's pairs a, b: [2, 0] -> 1
+    rows = block_unit_mem(frame, {unit_key("image", 1): acts, unit_key("image", 3): acts * 0 + 1}, "image", 3)
+    assert len(rows) == 3
+    assert rows[0] == {"unit_mem": 1.0, "unit_mem_f": 1.0, "unit_mem_g": rows[0]["unit_mem_g"]}
+    assert np.isnan(rows[0]["unit_mem_g"])
+    assert all(np.isnan(rows[1][c]) for c in LAYER_UNIT_COLUMNS)
+    assert rows[2]["unit_mem_f"] == 0.0 and rows[2]["unit_mem"] == 0.0  # equal on both of f's pairs
+    one = block_unit_mem(frame, {unit_key("text", 1): acts}, "text", 1)
+    assert one[0]["unit_mem_f"] == 1.0
+
+
+def test_timm_blocks_units_are_their_mlp_act():
+    """timm's transformer blocks name the MLP's activation `act` (open_clip's: `gelu`)."""
+    act = torch.nn.GELU()
+    block = torch.nn.Module()
+    block.mlp = torch.nn.Module()
+    block.mlp.act = act
+    assert unit_modules([block]) == [act]
