@@ -234,3 +234,18 @@ def test_the_documented_recipe_for_a_base_that_never_saw_the_runs_pairs(tmp_path
     assert not digest(other) & digest(tiny_data)
     assert json.loads((ft.path / "train_summary.json").read_text())["pretrained"]["sha256"] == \
         file_sha256(tmp_path / "base" / "f.pt")
+
+
+def test_every_fold_model_starts_from_the_pretrained_weights(tmp_path, tiny_data, base, monkeypatch):
+    from run_fixtures import tiny_run_config
+
+    run = RunDir(tmp_path / "kfold")
+    cfg = tiny_run_config(tiny_data, epochs=1)
+    cfg.split = replace(cfg.split, scheme="kfold", folds=3)
+    run.prepare_new(overwrite=False)
+    pipeline.split_step(run, cfg)
+    cfg = TrainOverrides(pretrained=str(base), epochs=1).apply(cfg)
+    seen = initial_weights(monkeypatch, run, cfg)
+    weights = read_state_dict(base)
+    assert sorted(seen) == ["fold0@0", "fold1@0", "fold2@0"]
+    assert all(same(state, weights, weights) for state in seen.values())
