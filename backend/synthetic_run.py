@@ -31,7 +31,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
                         dim: int = 16, views: int = 4, seed: int = 0, images: str = "files",
                         optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}",
                         utility: dict[str, float] | None = None, experiment: dict | None = None,
-                        significance: bool = False, fdr: float = 0.05) -> Path:
+                        significance: bool = False, fdr: float = 0.05, train: dict | None = None) -> Path:
     """Write a finished run into `out` (created) with its images under out/data.
 
     significance: also a null.parquet (the S_E pairs' made-up raw scores, drawn like the clean scored pairs') and
@@ -40,6 +40,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
 
     utility: model f's metrics on S_E in metrics.json (g gets each minus 0.01); default retrieval and
     zero-shot figures. experiment: written as experiment.json, as `clipmem experiment` does for its runs.
+    train: config.json's train settings over the made-up ones (e.g. a fine-tuned run's pretrained and lock_*).
 
     images: "files" (one PNG per pair), "tar" (one PNG per pair inside data/shards/000.tar,
     referenced as shards/000.tar#member) or "shared" (a few PNGs reused, for big runs).
@@ -98,7 +99,8 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
     config = {
         "data": {"kind": "folder", "path": str(data_root.resolve()), "synth": {}},
         "split": {"sizes": sizes, "seed": seed},
-        "train": {"model": "clipmem-tiny", "epochs": 1, "batch_size": 64, "lr": 0.002, "captions_per_image": 0},
+        "train": {"model": "clipmem-tiny", "epochs": 1, "batch_size": 64, "lr": 0.002, "captions_per_image": 0,
+                  **(train or {})},
         "score": {"views": views, "seed": 1234, **({"fdr": fdr} if significance else {})},
         "versions": {"clipmem": "0.1.0"},
     }

@@ -419,6 +419,29 @@ def escape_md(text: str) -> str:
     return text
 
 
+SHA256_SHOWN = 12  # hex digits of a base's SHA-256 shown: enough to tell bases apart at a glance
+
+
+def training_base_text(base: dict | None) -> str | None:
+    """Markdown saying what f and g started from and which towers trained (the API's `base` of a run); None for a
+    backend that does not report it."""
+    if not base:
+        return None
+    if not base.get("pretrained"):
+        return "f and g trained from scratch (random initial weights), both towers trained"
+    digest = base.get("sha256")
+    text = f"f and g fine-tuned from **{escape_md(base['file_name'])}**"
+    if digest:
+        text += f" (sha256 `{digest[:SHA256_SHOWN]}…`)"
+    towers = []
+    if base.get("lock_image"):
+        towers.append(f"image tower locked (unlocked groups {base['lock_image_unlocked_groups']}"
+                      f"{', BatchNorm statistics frozen' if base.get('lock_image_freeze_bn_stats') else ''})")
+    if base.get("lock_text"):
+        towers.append(f"text tower locked (unlocked layers {base['lock_text_unlocked_layers']})")
+    return text + ", " + (", ".join(towers) if towers else "both towers trained")
+
+
 def score_text(value: float | None, digits: int = 3) -> str:
     return format_score(value, digits)
 

@@ -60,6 +60,28 @@ class FlaggedCount(BaseModel):
     fraction: float | None = Field(description="flagged / pairs; null when there are no pairs.")
 
 
+class TrainingBase(BaseModel):
+    """What f and g started from (config.json train.pretrained, train.pretrained_sha256) and which tower was locked
+    (train.lock_*, open_clip_train's options); runs configured before fine-tuning existed read as from scratch."""
+
+    pretrained: str | None = Field(description="The pretrained checkpoint f and g were fine-tuned from (its path when "
+                                               "the run was configured); null when they were trained from scratch.")
+    file_name: str | None = Field(description="The checkpoint's file name (the last part of `pretrained`); null "
+                                              "from scratch.")
+    sha256: str | None = Field(description="The checkpoint's SHA-256 (hex), which says which base it was even when "
+                                           "the file has moved; null from scratch.")
+    lock_image: bool = Field(description="Whether the image tower was locked (`--lock-image`).")
+    lock_image_unlocked_groups: int = Field(description="Image-tower groups left trainable under the lock, last "
+                                                        "first (`--lock-image-unlocked-groups`).")
+    lock_image_freeze_bn_stats: bool = Field(description="Whether a locked ResNet tower's BatchNorm statistics were "
+                                                         "frozen too (`--lock-image-freeze-bn-stats`).")
+    lock_text: bool = Field(description="Whether the text tower was locked (`--lock-text`).")
+    lock_text_unlocked_layers: int = Field(description="Text-tower groups left trainable under the lock, last first "
+                                                       "(`--lock-text-unlocked-layers`).")
+    lock_text_freeze_layer_norm: bool = Field(description="`--lock-text-freeze-layer-norm` as given (open_clip 3.x "
+                                                          "freezes a locked layer's LayerNorms either way).")
+
+
 class RunSummary(BaseModel):
     name: str = Field(description="The run's name.")
     dataset_kind: str = Field(description="Kind of data the run was made from (data_root.json: folder, webdataset, "
@@ -83,6 +105,8 @@ class RunSummary(BaseModel):
                                             "scored without significance.")
     flagged_by_truth: list[FlaggedCount] = Field(description="Flagged pairs per truth tag (sorted) and 'all' last; "
                                                              "empty for runs scored without significance.")
+    base: TrainingBase = Field(description="The pretrained weights f and g were fine-tuned from and the towers locked "
+                                           "(`pretrained` null: trained from scratch).")
 
 
 class RunDetail(RunSummary):

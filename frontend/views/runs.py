@@ -42,6 +42,9 @@ for s in summaries:
            "mean CLIPMem": s["mean_clipmem"], "mean contrastive": means.get("clipmem_contrastive")}
     flagged = next((r for r in ui.flagged_rows(detail) or [] if r["truth"] == "all"), None)
     row["flagged memorized"] = None if flagged is None else flagged["flagged"]
+    base = s.get("base") or {}
+    row["base"] = base.get("file_name") or "scratch"
+    row["locked"] = ", ".join(t for t in ("image", "text") if base.get(f"lock_{t}")) or "none"
     for metric, value in ((detail.get("utility") or {}).get("f") or {}).items():
         row[metric] = value
     if any(r.get("experiment") for r in summaries):
@@ -56,6 +59,9 @@ st.caption(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in the bac
 st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in ["mean CLIPMem", "mean contrastive", *utility_metrics]})
+base_text = ui.training_base_text(run.get("base"))
+if base_text:
+    st.caption(f"**{ui.escape_md(run_name)}**: {base_text}.")
 
 # ---------------------------------------------------------------- trade-off
 st.header("Memorization against utility", anchor=False)

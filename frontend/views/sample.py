@@ -95,6 +95,9 @@ if scores:
     if flag:
         header.append(flag)
 st.markdown(" · ".join(header))
+base_text = ui.training_base_text(run.get("base"))
+if base_text:
+    st.caption(base_text)
 
 
 # ---------------------------------------------------------------- image, captions, tags

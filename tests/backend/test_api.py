@@ -61,6 +61,38 @@ def test_runs_list_and_detail(client, fake_runs):
     assert "mem_image" in client.get("/runs/mem").json()["score_names"]
 
 
+def test_a_fine_tuned_runs_base_and_lock_are_in_its_detail_and_a_scratch_run_has_none(db, client, tmp_path):
+    import hashlib
+    from dataclasses import asdict
+
+    from clipmem.backend.ingest import ingest
+    from clipmem.backend.synthetic_run import write_synthetic_run
+    from clipmem.scoring.config import TrainConfig
+
+    base = tmp_path / "bases" / "base-f.pt"
+    base.parent.mkdir()
+    base.write_bytes(b"weights of a base")
+    digest = hashlib.sha256(b"weights of a base").hexdigest()
+    # config.json's train section as TrainConfig writes it for --pretrained FILE --lock-text
+    train = asdict(TrainConfig(model="clipmem-tiny", pretrained=str(base), pretrained_sha256=digest, lock_text=True,
+                               lock_text_unlocked_layers=1))
+    run = write_synthetic_run(tmp_path / "tuned", 20, 20, 10, 5, seed=22, train=train)
+    ingest(db.engine, run)
+    try:
+        listed = {r["name"]: r["base"] for r in client.get("/runs").json()}
+        detail = client.get("/runs/tuned").json()["base"]
+        assert detail == listed["tuned"] == {
+            "pretrained": str(base), "file_name": "base-f.pt", "sha256": digest,
+            "lock_image": False, "lock_image_unlocked_groups": 0, "lock_image_freeze_bn_stats": False,
+            "lock_text": True, "lock_text_unlocked_layers": 1, "lock_text_freeze_layer_norm": False}
+    finally:
+        client.delete("/runs/tuned")
+    # alpha's config.json predates fine-tuning (no pretrained, no lock_* keys): from scratch, nothing locked
+    scratch = client.get("/runs/alpha").json()["base"]
+    assert scratch["pretrained"] is None and scratch["file_name"] is None and scratch["sha256"] is None
+    assert not scratch["lock_image"] and not scratch["lock_text"]
+
+
 @pytest.mark.parametrize("sort,order", [("clipmem", "desc"), ("clipscore_g", "asc"), ("align_f", "desc"),
                                         ("clipmem_contrastive_raw", "asc")])
 def test_pages_follow_sort_order(client, fake_runs, sort, order):

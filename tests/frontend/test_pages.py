@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.frontend.conftest import PLAIN, PLAIN_B, TINY, probability
+from tests.frontend.conftest import PLAIN, PLAIN_B, PLAIN_BASE_SHA256, TINY, probability
 
 GRID = 24
 
@@ -256,6 +256,21 @@ def test_sample_page_of_a_run_scored_before_significance_says_so(open_page, api)
     assert any("scored before significance testing" in i.value for i in at.info)
     assert not [c for c in at.get("plotly_chart") if c.proto.id and "null_chart" in c.proto.id]
     assert {m.label for m in at.metric} == {"A_f · trained with it", "A_g · trained without it", "A_f − A_g", "CLIPMem"}
+
+
+def test_sample_and_runs_pages_name_the_base_and_the_lock_a_run_used(open_page, api):
+    # PLAIN's config.json: fine-tuned from /models/bases/base-seed7.pt, text tower locked (tests/frontend/conftest.py)
+    at = open_page("sample", run=PLAIN, sample=top_pair(api, PLAIN)["sample_id"])
+    captions = [re.sub(r"\\(.)", r"\1", c.value) for c in at.caption]
+    assert (f"f and g fine-tuned from **base-seed7.pt** (sha256 `{PLAIN_BASE_SHA256[:12]}…`), text tower locked "
+            "(unlocked layers 0)") in captions
+    at = open_page("sample", run=TINY, sample=top_pair(api)["sample_id"])
+    assert "f and g trained from scratch (random initial weights), both towers trained" in [c.value for c in at.caption]
+    at = open_page("runs", run=PLAIN)
+    table = at.dataframe[0].value.set_index("run")
+    assert (table.loc[PLAIN, "base"], table.loc[PLAIN, "locked"]) == ("base-seed7.pt", "text")
+    assert (table.loc[TINY, "base"], table.loc[TINY, "locked"]) == ("scratch", "none")
+    assert any("fine-tuned from **base-seed7.pt**" in re.sub(r"\\(.)", r"\1", c.value) for c in at.caption)
 
 
 def test_tags_are_added_filtered_and_removed(open_page, api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timezone
+from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -11,12 +12,25 @@ from sqlalchemy import select
 from clipmem.backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
 from clipmem.backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN
 from clipmem.backend.api.query import run_flags
-from clipmem.backend.api.schemas import RunDetail, RunSummary, ScoreSummary
+from clipmem.backend.api.schemas import RunDetail, RunSummary, ScoreSummary, TrainingBase
 from clipmem.backend.models import Run
 from clipmem.backend.rundir import EXPERIMENT_NAME
 from clipmem.backend.store import delete_run
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+
+# TrainConfig's lock options; a config saved before fine-tuning existed lacks them, which means no lock
+LOCKS = {"lock_image": False, "lock_image_unlocked_groups": 0, "lock_image_freeze_bn_stats": False,
+         "lock_text": False, "lock_text_unlocked_layers": 0, "lock_text_freeze_layer_norm": False}
+
+
+def training_base(settings: dict) -> TrainingBase:
+    """The base and locks of a run, from its config.json as stored at ingest (runs.settings)."""
+    train = settings.get("train") or {}
+    pretrained = train.get("pretrained")
+    return TrainingBase(pretrained=pretrained, file_name=PurePath(pretrained).name if pretrained else None,
+                        sha256=train.get("pretrained_sha256") if pretrained else None,
+                        **{key: type(default)(train.get(key, default)) for key, default in LOCKS.items()})
 
 
 def _summary(run: Run) -> dict:
@@ -26,7 +40,8 @@ def _summary(run: Run) -> dict:
                 split_sizes=run.split_sizes, n_samples=run.n_samples, n_scored=run.n_scored,
                 mean_clipmem=run.summary["means"]["clipmem"], experiment=run.experiment,
                 experiment_params=run.experiment_params, fdr=significance.get("fdr"),
-                flagged=significance.get("flagged"), flagged_by_truth=significance.get("by_truth", []))
+                flagged=significance.get("flagged"), flagged_by_truth=significance.get("by_truth", []),
+                base=training_base(run.settings))
 
 
 ExperimentFilter = Annotated[str | None, Query(description="Only the runs of this experiment (its name, as in "
