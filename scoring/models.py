@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.model import set_model_preprocess_cfg
 from open_clip.tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
+from open_clip.transform import PreprocessCfg
 
 from clipmem.scoring.errors import ClipmemError
+from clipmem.scoring.transform import OPENAI, Normalization, normalization
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+# open_clip's key for image preprocessing in a {"model_cfg", "preprocess_cfg"} file; in a model config, clipmem's
+PREPROCESS = "preprocess_cfg"
 
 
 def resolve_config(name_or_path: str) -> dict:
@@ -37,10 +42,20 @@ def resolve_config(name_or_path: str) -> dict:
             cfg = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ClipmemError(f"model config {path} is not valid JSON ({exc.msg})") from None
+        if not isinstance(cfg, dict):
+            raise ClipmemError(f"model config {path} is not a JSON object")
+        parts = [cfg.get("model_cfg", {}).get(PREPROCESS), cfg.get(PREPROCESS)]  # the outer one wins, as in open_clip
+        if any(part is not None and not isinstance(part, dict) for part in parts):
+            raise ClipmemError(f"model config {path}: preprocess_cfg must be a JSON object")
+        preprocess = {k: v for part in parts if part for k, v in part.items()}
         cfg = cfg.get("model_cfg", cfg)
         missing = [k for k in REQUIRED_KEYS if k not in cfg]
         if missing:
             raise ClipmemError(f"model config {path} lacks {', '.join(missing)}")
+        cfg.pop(PREPROCESS, None)
+        norm = normalization(preprocess, f"model config {path}")
+        if norm != OPENAI:  # kept in the model config (the run's model_config.json) only where it is not the default
+            cfg[PREPROCESS] = {"mean": list(norm.mean), "std": list(norm.std)}
         return cfg
     cfg = open_clip.get_model_config(name_or_path)
     if cfg is None:
@@ -55,32 +70,26 @@ def resolve_config(name_or_path: str) -> dict:
     return copy.deepcopy(cfg)
 
 
-def check_preprocess(name_or_path: str) -> None:
-    """Refuse a model whose JSON config (open_clip's {'model_cfg', 'preprocess_cfg'} form) asks for another
-    normalisation than OpenAI's mean and std, which scoring.transform applies to every view: pretrained weights
-    fed otherwise-normalised images would be fine-tuned and scored off their input distribution. Image size
-    follows the model config already; a registered name, or a file without preprocess_cfg, takes open_clip's
-    defaults, which are OpenAI's, as open_clip does for a pretrained checkpoint file."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    if not name_or_path.endswith(".json"):
-        return
-    raw = json.loads(Path(name_or_path).read_text())
-    pre = raw.get("preprocess_cfg", {}) if isinstance(raw, dict) else {}
-    for key, ours in (("mean", OPENAI_DATASET_MEAN), ("std", OPENAI_DATASET_STD)):
-        if key in pre and [round(float(v), 6) for v in pre[key]] != [round(v, 6) for v in ours]:
-            raise ClipmemError(f"model config {name_or_path} normalises images with {key} {list(pre[key])}; clipmem "
-                               f"normalises with OpenAI's ({', '.join(map(str, ours))}) only")
+def check_preprocess(name_or_path: str) -> Normalization:
+    """The normalisation the model config names (its preprocess_cfg's mean and std, else OpenAI's, as open_clip
+    reads them); a malformed one is refused naming the file. Every normalisation is followed, with or without
+    --pretrained, so this only checks."""
+    return normalization(resolve_config(name_or_path).get(PREPROCESS), f"model config {name_or_path}")
 
 
 def create_model(cfg: dict, seed: int) -> torch.nn.Module:
     """Build a randomly initialised open_clip model from a config, seeded."""
     cfg = copy.deepcopy(cfg)
     custom_text = cfg.pop("custom_text", False)
+    preprocess = cfg.pop(PREPROCESS, {})
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(**cfg)
+    # where open_clip's factory puts the config's preprocessing: whatever shows the model pixels reads it there
+    norm = normalization(preprocess)
+    size = getattr(model.visual, "image_size", PreprocessCfg.size)
+    set_model_preprocess_cfg(model, {**asdict(PreprocessCfg()), "size": size, "mean": norm.mean, "std": norm.std})
     return model
 
 

@@ -39,7 +39,7 @@ from clipmem.scoring.columns import NULL_COLUMNS, SCORED_SPLITS, SEEN_BY, TRAINI
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
 from clipmem.scoring.schemes import PUBLISHED_MODELS, trained_on
-from clipmem.scoring.transform import augment, normalize, sample_views
+from clipmem.scoring.transform import augment, normalize, sample_views, shared_normalization
 
 
 @dataclass
@@ -75,12 +75,14 @@ def prepare_model(model, device: torch.device):
 def encode_images_each(models: list, pixels: torch.Tensor, batch_size: int, device: torch.device,
                        views=None, max_shift: int = 0, repeat: int = 1) -> list[torch.Tensor]:
     """Embeddings of uint8 images (clean, or through the given views) under each of `models`, in batches on
-    `device`: each batch is normalised or augmented once and encoded by every model in turn.
+    `device`: each batch is normalised or augmented once and encoded by every model in turn, normalised with the
+    models' mean and std (their config's: transform.normalization_of; models that differ are refused).
 
     With `repeat` = n each image stands for n consecutive inputs (its n views), as if the pixels
     were repeat_interleave'd. On CUDA the pixels go to the GPU once and are augmented there.
     """
     out: list[list[torch.Tensor]] = [[] for _ in models]
+    norm = shared_normalization(models)
     on_cuda = device.type == "cuda"
     if on_cuda:
         pixels = to_device(pixels, device)
@@ -90,11 +92,11 @@ def encode_images_each(models: list, pixels: torch.Tensor, batch_size: int, devi
             e = min(s + batch_size, total)
             if views is None:
                 chunk = pixels[s:e] if repeat == 1 else pixels[torch.arange(s, e, device=pixels.device) // repeat]
-                x = normalize(chunk)
+                x = normalize(chunk, norm)
             else:  # the chunk's base images, each read by its `repeat` views (no repeated copy of the pixels)
                 first = s // repeat
                 source = torch.arange(s, e, device=pixels.device) // repeat - first
-                x = augment(pixels[first:(e - 1) // repeat + 1], views.select(slice(s, e)), max_shift, source)
+                x = augment(pixels[first:(e - 1) // repeat + 1], views.select(slice(s, e)), max_shift, source, norm)
             x = x.contiguous(memory_format=torch.channels_last) if on_cuda else x.to(device)
             for model, parts in zip(models, out):
                 parts.append(model.encode_image(x, normalize=True).float().cpu())

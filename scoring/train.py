@@ -34,7 +34,7 @@ from clipmem.scoring.distributed import SINGLE, Dist, RaggedClipLoss, pick_devic
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.rundir import atomic_write, checksum_path, verify_checksum, write_checksum
 from clipmem.scoring.schemes import PUBLISHED_MODELS, model_names, slot_batch_size, slot_table
-from clipmem.scoring.transform import ViewParams, augment, sample_views
+from clipmem.scoring.transform import ViewParams, augment, normalization_of, sample_views
 
 # seed offsets: text noise, fixed image views and rendering picks draw from streams of their own, so a knob left
 # at its default leaves every other draw as it was
@@ -217,6 +217,8 @@ class Lockstep:
         self.on_cuda = device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda else nullcontext()
         self.optimizers, self.forwards = {}, {}
+        # each model's views normalised as its config says (read before any DDP wrapping)
+        self.norms = {name: normalization_of(model) for name, model in models.items()}
         for name, model in models.items():
             model.to(device).train()
             if self.on_cuda:
@@ -313,11 +315,11 @@ class Lockstep:
         index = (rows,) if rendering is None else (rows, rendering)
         if self.on_cuda:
             pixels = self.pixels[tuple(_to_device(i, device) for i in index)]
-            images = augment(pixels, drawn.to(device), self.max_shift)
+            images = augment(pixels, drawn.to(device), self.max_shift, norm=self.norms[name])
             images = images.contiguous(memory_format=torch.channels_last)
             text = self.tokens[_to_device(captions, device)]
         else:
-            images = augment(self.pixels[index], drawn, self.max_shift)
+            images = augment(self.pixels[index], drawn, self.max_shift, norm=self.norms[name])
             text = self.tokens[captions]
         if self.batch_hook is not None:
             self.batch_hook(name, rows, images, text)

@@ -1,14 +1,21 @@
-"""Batched, seeded image augmentation that keeps captions true.
+"""Batched, seeded image augmentation that keeps captions true, and the normalisation the towers read.
 
 A view is a small translation (reflect-padded crop) plus brightness/contrast
 jitter: no flips, no hue change, no large crops, since captions name left/right,
 top/bottom and colours. Parameters are drawn per pair from an explicit generator
 so that f and g can be shown exactly the same views.
+
+Every view is normalised with the mean and std of the model's config, as open_clip's
+preprocessing is: its `preprocess_cfg` (open_clip's {"model_cfg", "preprocess_cfg"} file
+form), else open_clip's defaults, OpenAI's. The models carry it where open_clip puts it,
+`model.visual.preprocess_cfg` (scoring.models.create_model sets it), so that whatever
+shows a model pixels, training or scoring, normalises them as that model's config says.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +23,71 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from clipmem.scoring.config import AugmentConfig
+from clipmem.scoring.errors import ClipmemError
 
-_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel (R, G, B) mean and std that images in [0, 1] are normalised with before a tower reads them."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # (1, 3, 1, 1) float32 CPU tensors of mean and std, made once
+    tensors: tuple[torch.Tensor, torch.Tensor] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "tensors", (torch.tensor(self.mean).view(1, 3, 1, 1),
+                                             torch.tensor(self.std).view(1, 3, 1, 1)))
+
+    def stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (1, 3, 1, 1) tensors on `device`."""
+        mean, std = self.tensors
+        if device.type == "cpu":
+            return mean, std
+        return mean.to(device), std.to(device)
+
+
+OPENAI = Normalization(tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
+
+
+def normalization(preprocess_cfg: dict | None, source: str = "the model config") -> Normalization:
+    """The normalisation an open_clip `preprocess_cfg` names: its 'mean' and 'std' where given (open_clip's
+    merge_preprocess_dict skips a None), else OpenAI's, open_clip's PreprocessCfg defaults. Values that are not
+    three finite numbers, or a std not above 0, are refused naming `source`."""
+    values = {}
+    for key, default in (("mean", OPENAI.mean), ("std", OPENAI.std)):
+        given = (preprocess_cfg or {}).get(key)
+        if given is None:
+            values[key] = default
+            continue
+        try:
+            numbers = tuple(float(v) for v in given)
+        except (TypeError, ValueError):
+            numbers = ()
+        if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers) or (key == "std" and min(numbers) <= 0):
+            raise ClipmemError(f"{source}: preprocess_cfg {key} must be three finite numbers (R, G, B)"
+                               f"{', each above 0' if key == 'std' else ''}, got {given!r}")
+        values[key] = numbers
+    if values["mean"] == OPENAI.mean and values["std"] == OPENAI.std:
+        return OPENAI
+    return Normalization(values["mean"], values["std"])
+
+
+def normalization_of(model) -> Normalization:
+    """The normalisation of a model's config, read where open_clip keeps it (`model.visual.preprocess_cfg`, or
+    its legacy image_mean/image_std); a model without it gets open_clip's defaults, OpenAI's."""
+    from open_clip import get_model_preprocess_cfg
+
+    return normalization(get_model_preprocess_cfg(model), f"the preprocess_cfg of {type(model).__name__}")
+
+
+def shared_normalization(models) -> Normalization:
+    """The one normalisation of these models, which see the same images; models that disagree are refused."""
+    norms = {normalization_of(m) for m in models}
+    if len(norms) > 1:
+        raise ClipmemError("models that see the same images normalise them differently: "
+                           + "; ".join(f"mean {n.mean}, std {n.std}" for n in norms))
+    return norms.pop() if norms else OPENAI
 
 
 @dataclass
@@ -47,15 +116,10 @@ def sample_views(n: int, cfg: AugmentConfig, generator: torch.Generator) -> View
     return ViewParams(shift=shift, jitter=1 + u * scale)
 
 
-def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    if device.type == "cpu":
-        return _MEAN, _STD
-    return _MEAN.to(device), _STD.to(device)
-
-
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) to the float input open_clip's towers expect (on the pixels' device)."""
-    mean, std = _stats(pixels.device)
+def normalize(pixels: torch.Tensor, norm: Normalization = OPENAI) -> torch.Tensor:
+    """uint8 (B, 3, H, W) to the float input open_clip's towers expect (on the pixels' device), normalised by
+    `norm` (the model's: `normalization_of`)."""
+    mean, std = norm.stats(pixels.device)
     # in place on a float copy of its own (never the caller's tensor): the same operations in the same order, without a buffer per step
     return pixels.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
@@ -67,8 +131,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augment(pixels: torch.Tensor, params: ViewParams, max_shift: int,
-            source: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply the drawn views to uint8 images; returns normalised float images on the pixels' device.
+            source: torch.Tensor | None = None, norm: Normalization = OPENAI) -> torch.Tensor:
+    """Apply the drawn views to uint8 images; returns float images on the pixels' device, normalised by `norm`
+    (the model's: `normalization_of`).
 
     View i shows image `source[i]` of `pixels` (default: image i), so n views of one image need no
     n-fold copy of its pixels.
@@ -85,7 +150,7 @@ def augment(pixels: torch.Tensor, params: ViewParams, max_shift: int,
         params = params.to(device)
     if source is not None and source.device != device:
         source = source.to(device)
-    mean_rgb, std_rgb = _stats(device)
+    mean_rgb, std_rgb = norm.stats(device)
     brightness = params.jitter[:, 0].view(-1, 1, 1, 1)
     contrast = params.jitter[:, 1].view(-1, 1, 1, 1)
     if max_shift == 0:

@@ -190,12 +190,18 @@ def test_fine_tuning_defaults_apply_where_the_command_line_sets_none(tmp_path, t
         TrainOverrides(lock_text=True).apply(run.load_config())
 
 
-def test_a_model_config_with_other_normalisation_is_refused(tmp_path, tiny_data, base):
+def test_a_model_config_with_other_normalisation_fine_tunes_with_it(tmp_path, tiny_data, base):
+    """A checkpoint's config naming SigLIP's mean and std (0.5) is accepted, and its models carry that
+    normalisation, which training and scoring follow (test_normalization.py)."""
+    from clipmem.scoring.transform import Normalization, normalization_of
+
     config = tmp_path / "siglip-like.json"
     config.write_text(json.dumps({"model_cfg": resolve_config("clipmem-tiny"),
                                   "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
-    with pytest.raises(ClipmemError, match=r"normalises images with mean \[0.5, 0.5, 0.5\]"):
-        fine_tune(tmp_path, tiny_data, base, model=str(config))
+    _, cfg = fine_tune(tmp_path, tiny_data, base, model=str(config))
+    assert cfg.train.model == str(config)
+    model = create_model(resolve_config(cfg.train.model), 0)
+    assert normalization_of(model) == Normalization((0.5,) * 3, (0.5,) * 3)
 
 
 def test_a_fine_tuning_run_resumes_exactly(tmp_path, tiny_data, base):

@@ -1,7 +1,12 @@
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from clipmem.scoring.config import AugmentConfig
-from clipmem.scoring.transform import augment, normalize, sample_views
+from clipmem.scoring.transform import Normalization, augment, normalize, sample_views
+
+# the normalisation clipmem always used, and the one a model config without mean and std still gets
+_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 def test_views_seeded_and_disabled_is_identity():
@@ -23,11 +28,10 @@ def test_shift_moves_content_without_flipping():
     assert out[0, 0].argmax().item() == 4 * 8 + 0
 
 
-def _plain_augment(pixels, params, max_shift):
+def _plain_augment(pixels, params, max_shift, norm_mean=_MEAN, norm_std=_STD):
     """The augmentation written out plainly (reflect-pad, crop at the shift, jitter about the mean, normalise):
     the formulation training has always used, which the batched augment must reproduce bit for bit."""
     import torch.nn.functional as F
-    from clipmem.scoring.transform import _MEAN, _STD
 
     x = pixels.float() / 255.0
     if max_shift > 0:
@@ -40,7 +44,7 @@ def _plain_augment(pixels, params, max_shift):
     brightness, contrast = params.jitter[:, 0].view(-1, 1, 1, 1), params.jitter[:, 1].view(-1, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean) * brightness
-    return (x.clamp(0, 1) - _MEAN) / _STD
+    return (x.clamp(0, 1) - norm_mean) / norm_std
 
 
 def test_batched_augment_is_the_plain_augmentation_bit_for_bit():
@@ -54,9 +58,12 @@ def test_batched_augment_is_the_plain_augmentation_bit_for_bit():
         for got in (augment(pixels, params, max_shift, source), augment(pixels[source], params, max_shift)):
             assert torch.equal(got, expected)
             assert got.stride() == expected.stride()  # the towers receive the layout they always did
-    from clipmem.scoring.transform import _MEAN, _STD
-
+        # another normalisation (SigLIP's 0.5) is the same plain formulation with its constants
+        half = Normalization((0.5,) * 3, (0.5,) * 3)
+        assert torch.equal(augment(pixels, params, max_shift, source, half),
+                           _plain_augment(pixels[source], params, max_shift, torch.tensor(0.5), torch.tensor(0.5)))
     assert torch.equal(normalize(pixels), (pixels.float() / 255.0 - _MEAN) / _STD)
+    assert torch.equal(normalize(pixels, half), (pixels.float() / 255.0 - 0.5) / 0.5)
     float_pixels = pixels.float()
     augment(float_pixels, params.select(slice(0, n)), 0)
     assert torch.equal(float_pixels, pixels.float())  # float input is read, never written in place
