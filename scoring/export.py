@@ -73,8 +73,11 @@ def export_run(run, out: Path | None = None) -> dict:
     model_dir = folder / "model"
     model_dir.mkdir(exist_ok=True)
     # open_clip's trainer tokenises with the full vocabulary, so the exported config keeps it
+    # a mean/std of the model's own travels in open_clip's preprocess_cfg, which CLIP(**model_cfg) would refuse
+    model_cfg = resolve_config(cfg.train.model)
+    preprocess = model_cfg.pop("preprocess_cfg", {})
     (model_dir / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": resolve_config(cfg.train.model), "preprocess_cfg": {}}, indent=2))
+        {"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2))
     t = cfg.train
     commands = []
     for name in ("f", "g") if plan.folds is None else [f"fold{k}" for k in range(len(plan.folds))]:

@@ -174,3 +174,23 @@ def test_models_that_normalise_differently_are_not_shown_one_batch(tmp_path):
     plain = plain_views(pixels + 51, views, 3, mean=(0.5,) * 3, std=(0.5,) * 3)
     with torch.inference_mode():
         assert torch.allclose(got, half.encode_image(plain, normalize=True), atol=1e-6)
+
+
+def test_export_hands_open_clip_the_models_own_mean_and_std(tmp_path, tiny_data):
+    """export-splits writes open_clip's {"model_cfg", "preprocess_cfg"} file: open_clip builds the model from it and
+    reads the run model's 0.5/0.5 as its preprocessing (inside model_cfg, CLIP(**model_cfg) would refuse the key)."""
+    from dataclasses import replace
+
+    import open_clip
+
+    from clipmem.scoring.export import export_run
+
+    run, cfg = split_tiny_run(tmp_path / "run", tiny_data)
+    cfg.train = replace(cfg.train, model=str(open_clip_file(tmp_path, HALF, name="half.json")))
+    run.save_config(cfg)
+    model_dir = export_run(run)["folder"] / "model"
+    written = json.loads((model_dir / "open_clip_config.json").read_text())
+    assert written["preprocess_cfg"] == HALF and "preprocess_cfg" not in written["model_cfg"]
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    normalize = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+    assert list(normalize.mean) == HALF["mean"] and list(normalize.std) == HALF["std"]
