@@ -290,6 +290,12 @@ def read_experiment(file: Path) -> tuple[str | None, dict | None]:
     if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))
                               or not np.isfinite(noise) or noise < 0):
         raise ClipmemError(f"{file}: 'text_noise' should be a number >= 0, not {noise!r}")
+    lock = params.get("lock")
+    if lock is not None and lock not in ("", "image", "text"):
+        raise ClipmemError(f"{file}: 'lock' should be 'image', 'text' or '' (no tower locked), not {lock!r}")
+    scratch = params.get("from_scratch")
+    if scratch is not None and not isinstance(scratch, bool):
+        raise ClipmemError(f"{file}: 'from_scratch' should be true or false, not {scratch!r}")
     method = params.get("removal_method")
     if method is not None and method not in REMOVAL_METHODS:
         raise ClipmemError(f"{file}: 'removal_method' should be one of {', '.join(REMOVAL_METHODS)} or null, "

@@ -707,7 +707,10 @@ def experiment(
     grids: str = typer.Option("captions,text-noise,removal", "--grids", help="Comma-separated grids: captions "
                               "(1, 2, 3, 5 captions per image), text-noise (σ 0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, "
                               "0.3), removal (retrain without the top-CLIPMem, lowest-similarity or random N scored "
-                              "pairs), images-captions (1 or 5 renderings per scene × 1 or 5 captions; on request)."),
+                              "pairs), images-captions (1 or 5 renderings per scene × 1 or 5 captions; on request); "
+                              "with --pretrained also towers (both towers fine-tuned / image tower only, text "
+                              "locked / text tower only, image locked) and from-scratch (fine-tuned vs the same "
+                              "split from random weights), which need it."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per setting (0..SEEDS-1); every setting uses the same ones."),
     removal_counts: str = typer.Option(DEFAULT_REMOVAL_COUNTS, "--removal-counts", help="The sweep of N for the "
                                        "removal grid: pair counts (50,150) or percentages of the pairs the baseline "

@@ -10,6 +10,8 @@ Layout of an experiment directory:
 Every setting is trained with the same split and the same seeds, so settings differ
 only by the knob. Removal runs need the baseline run of their seed (they remove its
 top-CLIPMem, lowest-similarity or random scored pairs), so they start after it.
+The towers and from-scratch grids need the experiment's --pretrained base: they
+lock one tower of it, or train the same split from random weights instead.
 A finished run is never retrained; an interrupted one resumes from its checkpoint.
 Runs are independent processes, so on a CPU several run at once with a thread each:
 small models use two threads poorly (one run at 2 threads: ~2,800 samples/s; two
@@ -28,9 +30,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from clipmem.scoring.config import RunConfig
+from clipmem.scoring.config import RunConfig, TrainConfig
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.experiment_report import GRIDS, IMAGES_CAPTIONS_VALUES, REMOVAL_METHODS
+from clipmem.scoring.experiment_report import GRIDS, IMAGES_CAPTIONS_VALUES, PRETRAINED_GRIDS, REMOVAL_METHODS
 from clipmem.scoring.processes import stop_processes
 from clipmem.scoring.rundir import RunDir, write_json
 
@@ -46,11 +48,15 @@ class Setting:
     removal_method: str | None = None
     removal_count: int = 0
     renderings: int = 1
+    lock: str = ""               # towers grid: the tower kept at the base's weights, "image" or "text"; "" none
+    from_scratch: bool = False   # from-scratch grid: random initial weights although the experiment has a base
 
     @property
     def slug(self) -> str:
         name = f"c{self.captions_per_image}-n{self.text_noise:g}"
         name += f"-r{self.renderings}" if self.renderings != 1 else ""  # the names runs always had when 1
+        name += f"-lock-{self.lock}" if self.lock else ""
+        name += "-scratch" if self.from_scratch else ""
         return name + (f"-{self.removal_method}-{self.removal_count}" if self.removal_count else "")
 
 
@@ -106,7 +112,29 @@ def grid_settings(grids: list[str], removal_counts=(50, 150)) -> list[Setting]:
         if any(n < 1 for n in removal_counts):
             raise ClipmemError(f"removal counts must be >= 1, got {list(removal_counts)}")
         settings += [Setting(removal_method=m, removal_count=n) for m in REMOVAL_METHODS for n in removal_counts]
+    if "towers" in grids:
+        # the baseline trains both towers; then the image tower alone (text locked), the text tower alone
+        settings += [Setting(lock="text"), Setting(lock="image")]
+    if "from-scratch" in grids:
+        settings += [Setting(from_scratch=True)]
     return list(dict.fromkeys(settings))
+
+
+def check_pretrained_grids(grids: list[str], train: TrainConfig) -> None:
+    """The towers and from-scratch grids start from the experiment's --pretrained base and set the locks
+    themselves: refused without the base, or with a lock given for every run."""
+    asked = [g for g in grids if g in PRETRAINED_GRIDS]
+    if not asked:
+        return
+    named = f"--grids {','.join(asked)}"
+    if train.pretrained is None:
+        raise ClipmemError(f"{named} compares runs fine-tuned from a pretrained base: pass --pretrained FILE (an "
+                           "open_clip checkpoint, a state dict, or another run's f.pt)")
+    if train.lock_image or train.lock_text:
+        given = " and ".join(o for o, on in (("--lock-image", train.lock_image), ("--lock-text", train.lock_text))
+                             if on)
+        raise ClipmemError(f"{given}: {named} sets the towers' locks per run (its baseline trains both towers); "
+                           "leave it out")
 
 
 @dataclass
@@ -146,6 +174,7 @@ def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], r
     base = with_renderings(base, grids, Path(path) / "experiment.json")
     exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=counts or [1], base=base)
     exp.settings()  # validates grids and counts before anything is written
+    check_pretrained_grids(grids, base.train)
     manifest = exp.path / "experiment.json"
     if manifest.is_file():
         saved = json.loads(manifest.read_text())
@@ -239,6 +268,14 @@ def plan_run(exp: Experiment, setting: Setting, seed: int) -> RunDir:
     cfg = replace(cfg, train=replace(cfg.train, captions_per_image=setting.captions_per_image,
                                      text_noise=setting.text_noise, renderings=setting.renderings,
                                      remove_ids=remove, init_seed=seed, data_seed=seed))
+    if setting.lock:
+        cfg = replace(cfg, train=replace(cfg.train, **{f"lock_{setting.lock}": True}))
+    if setting.from_scratch:
+        # random weights with the from-scratch recipe's learning rate and warm-up (the base recipe has the
+        # fine-tuning ones, config.FINE_TUNE_RECIPE), as a run without --pretrained would train; the same epochs
+        scratch = TrainConfig()
+        cfg = replace(cfg, train=replace(cfg.train, pretrained=None, pretrained_sha256=None, lr=scratch.lr,
+                                         warmup_steps=scratch.warmup_steps))
     params = {"experiment": exp.name, "seed": seed, **asdict(setting)}
     if run.config.is_file():
         saved = run.load_config()
@@ -359,17 +396,17 @@ def report_rows(exp_path: Path) -> list[dict]:
     """One row per finished run of the experiment directory (see experiment_report.run_row)."""
     import pandas as pd
 
-    from clipmem.scoring.experiment_report import common_pair_means, run_row
+    from clipmem.scoring.experiment_report import common_pair_means, run_row, scores_quality
 
     rows, frames = [], {}
     for run_path in sorted((Path(exp_path) / "runs").glob("*")):
         run = RunDir(run_path)
         if not run.is_finished() or not run.experiment.is_file():
             continue
-        scores = pd.read_parquet(run.scores, columns=["sample_id", "clipmem_raw", "clipmem"])
+        scores = pd.read_parquet(run.scores, columns=["sample_id", "truth", "clipmem_raw", "clipmem"])
         metrics = json.loads(run.metrics.read_text())
         row = run_row(json.loads(run.experiment.read_text()), scores["clipmem_raw"].mean(), scores["clipmem"].mean(),
-                      {m: metrics.get(m, {}) for m in ("f", "g")})
+                      {m: metrics.get(m, {}) for m in ("f", "g")}, scores_quality(scores))
         row["run"] = run_path.name
         row["train_seconds"] = metrics.get("timings", {}).get("train_seconds")
         rows.append(row)

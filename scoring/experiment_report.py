@@ -6,8 +6,10 @@ same `summarize` and `figures`, so the report and the dashboard's Runs page show
 the same numbers.
 
 A run belongs to a grid by its parameters, and the baseline (1 caption, σ = 0,
-nothing removed, 1 rendering per scene) belongs to all four: it is captions = 1,
-σ = 0, N = 0 and the 1 × 1 point of images × captions.
+nothing removed, 1 rendering per scene, both towers trained from the experiment's
+starting weights) belongs to all six: it is captions = 1, σ = 0, N = 0, the 1 × 1
+point of images × captions, and the "both towers" and "fine-tuned" points of the
+towers and from-scratch grids (which exist only in experiments with --pretrained).
 """
 
 from __future__ import annotations
@@ -18,14 +20,26 @@ from pathlib import Path
 
 import pandas as pd
 
-GRIDS = ("captions", "text-noise", "removal", "images-captions")
+GRIDS = ("captions", "text-noise", "removal", "images-captions", "towers", "from-scratch")
+# grids that compare starting weights and locks; they need the experiment's --pretrained base
+PRETRAINED_GRIDS = ("towers", "from-scratch")
 REMOVAL_METHODS = ("top-clipmem", "lowest-similarity", "random")
 KNOB_LABELS = {"captions": "captions per image", "text-noise": "σ of text-embedding noise",
                "removal": "pairs removed from training",
-               "images-captions": "captions per image (one line per renderings per scene)"}
+               "images-captions": "captions per image (one line per renderings per scene)",
+               "towers": "towers trained from the base", "from-scratch": "initial weights"}
+# the towers grid's settings by the tower locked (Setting.lock), and the knob value each is plotted at
+TOWER_VALUES = {"": 0.0, "text": 1.0, "image": 2.0}
+# what the categorical grids' knob values mean
+TICK_LABELS = {"towers": {0.0: "both towers", 1.0: "image tower only (text locked)",
+                          2.0: "text tower only (image locked)"},
+               "from-scratch": {0.0: "fine-tuned from the base", 1.0: "from scratch"}}
+# per-truth-tag memorization and swapped-pair detection of a run (quality_metrics), reported in PRETRAINED_GRIDS
+TRUTH_PREFIX = "truth_clipmem_raw_"
+DETECTION_METRICS = ("swapped_auroc", "swapped_average_precision")
 MEMORIZATION_METRICS = ("mean_clipmem_raw", "mean_clipmem", "mean_clipmem_raw_common")
-# metrics that compare runs only within one grid (common_pair_means): left out of the other grids' points
-GRID_METRICS = {"mean_clipmem_raw_common": "removal"}
+# metrics that compare runs only within some grids (common_pair_means; quality_metrics): left out of the others'
+GRID_METRICS = {"mean_clipmem_raw_common": ("removal",), **{m: PRETRAINED_GRIDS for m in DETECTION_METRICS}}
 # utility on S_E, averaged over f and g; the probe keys depend on the labels the data has
 UTILITY_METRICS = ("probe_shape", "probe_colour", "i2t_r1", "t2i_r1", "i2t_r5", "zeroshot_shape", "zeroshot_colour")
 METRIC_LABELS = {
@@ -34,19 +48,61 @@ METRIC_LABELS = {
     "probe_shape": "linear probe: shape", "probe_colour": "linear probe: colour",
     "i2t_r1": "image→text R@1", "t2i_r1": "text→image R@1", "i2t_r5": "image→text R@5",
     "zeroshot_shape": "zero-shot shape", "zeroshot_colour": "zero-shot colour",
+    "swapped_auroc": "swapped-pair AUROC (CLIPMem)", "swapped_average_precision": "swapped-pair average precision",
 }
-PARAMETERS = ("captions_per_image", "text_noise", "removal_method", "removal_count", "renderings")
+PARAMETERS = ("captions_per_image", "text_noise", "removal_method", "removal_count", "renderings", "lock",
+              "from_scratch")
 IMAGES_CAPTIONS_VALUES = (1, 5)  # renderings per scene and captions per image of the images-captions grid
 
 
-def run_row(experiment: dict, mean_clipmem_raw: float, mean_clipmem: float, utility: dict) -> dict:
-    """One flat row per run: its parameters (experiment.json), mean scores, utility averaged over f and g."""
+def grid_metrics(metric: str) -> tuple[str, ...] | None:
+    """The grids a metric is compared in; None: every grid."""
+    if metric.startswith(TRUTH_PREFIX):
+        return PRETRAINED_GRIDS
+    return GRID_METRICS.get(metric)
+
+
+def metric_label(metric: str) -> str:
+    if metric.startswith(TRUTH_PREFIX):
+        return f"mean raw CLIPMem, {metric[len(TRUTH_PREFIX):]} pairs"
+    return METRIC_LABELS.get(metric, metric)
+
+
+def quality_metrics(truth_means: dict[str, float], swapped: list[dict]) -> dict[str, float]:
+    """A run's mean raw CLIPMem per truth tag and CLIPMem's detection of swapped pairs, as row fields.
+
+    `truth_means` {tag: mean clipmem_raw}; `swapped` the "swapped" list of scoring.metrics.detection (its
+    "clipmem" entry is used; empty when the run has no swapped or no other pairs). The report computes both from
+    scores.parquet, the backend reads the same numbers from the summary ingest stored (backend.summary)."""
+    out = {f"{TRUTH_PREFIX}{tag}": float(value) for tag, value in sorted(truth_means.items())}
+    found = next((d for d in swapped if d["score"] == "clipmem"), None)
+    if found is not None:
+        out.update(swapped_auroc=float(found["auroc"]), swapped_average_precision=float(found["average_precision"]))
+    return out
+
+
+def scores_quality(scores: pd.DataFrame) -> dict[str, float]:
+    """quality_metrics of a run from its scores (truth, clipmem_raw, clipmem)."""
+    from clipmem.scoring.metrics import detection
+
+    truth = scores["truth"].to_numpy()
+    means = scores.groupby("truth")["clipmem_raw"].mean().to_dict()
+    found = detection({"clipmem": scores["clipmem"].to_numpy()}, {"swapped": truth == "swapped"})
+    return quality_metrics(means, found["swapped"])
+
+
+def run_row(experiment: dict, mean_clipmem_raw: float, mean_clipmem: float, utility: dict,
+            quality: dict[str, float] | None = None) -> dict:
+    """One flat row per run: its parameters (experiment.json), mean scores, utility averaged over f and g, and
+    `quality` (quality_metrics) where given."""
     row = {"experiment": experiment.get("experiment"), "seed": int(experiment["seed"])}
     row.update({key: experiment.get(key) for key in PARAMETERS})
     row["captions_per_image"] = int(row["captions_per_image"] or 0)
     row["text_noise"] = float(row["text_noise"] or 0.0)
     row["removal_count"] = int(row["removal_count"] or 0)
     row["renderings"] = int(row["renderings"] or 1)  # runs from before the knob trained on the image alone
+    row["lock"] = str(row["lock"] or "")  # runs from before the towers grid trained both towers
+    row["from_scratch"] = bool(row["from_scratch"])
     row["mean_clipmem_raw"] = float(mean_clipmem_raw)
     row["mean_clipmem"] = float(mean_clipmem)
     keys = sorted({k for model in ("f", "g") for k, v in (utility.get(model) or {}).items()
@@ -54,6 +110,7 @@ def run_row(experiment: dict, mean_clipmem_raw: float, mean_clipmem: float, util
     for key in keys:
         values = [utility[m][key] for m in ("f", "g") if key in (utility.get(m) or {})]
         row[key] = sum(values) / len(values)
+    row.update(quality or {})
     return row
 
 
@@ -63,7 +120,15 @@ def grid_points(row: dict) -> list[tuple[str, str | None, float]]:
     clean_text = row["text_noise"] == 0
     removed = row["removal_count"] > 0
     renderings = row.get("renderings", 1)
+    lock, scratch = row.get("lock") or "", bool(row.get("from_scratch"))
+    plain = baseline_captions and clean_text and not removed and renderings == 1
+    if lock or scratch:  # a point of the towers or the from-scratch grid alone
+        if not plain or (lock and scratch):
+            return []
+        return [("towers", None, TOWER_VALUES[lock])] if lock else [("from-scratch", None, 1.0)]
     points = []
+    if plain:  # both towers trained from the experiment's base: the start of both grids
+        points += [("towers", None, TOWER_VALUES[""]), ("from-scratch", None, 0.0)]
     if clean_text and not removed and renderings in IMAGES_CAPTIONS_VALUES \
             and row["captions_per_image"] in IMAGES_CAPTIONS_VALUES:
         points.append(("images-captions", rendering_line(renderings), float(row["captions_per_image"])))
@@ -113,7 +178,9 @@ def metric_names(rows: list[dict]) -> list[str]:
     present = {k for row in rows for k in row}
     utility = [m for m in UTILITY_METRICS if m in present]
     utility += sorted(k for k in present if k.startswith("probe_") and k not in utility)
-    return [m for m in MEMORIZATION_METRICS if m in present] + utility
+    truth = sorted(k for k in present if k.startswith(TRUTH_PREFIX))
+    return ([m for m in MEMORIZATION_METRICS if m in present] + truth + utility
+            + [m for m in DETECTION_METRICS if m in present])
 
 
 def summarize(rows: list[dict]) -> pd.DataFrame:
@@ -123,7 +190,7 @@ def summarize(rows: list[dict]) -> pd.DataFrame:
     for row in rows:
         for grid, method, value in grid_points(row):
             for metric in metrics:
-                if GRID_METRICS.get(metric, grid) != grid:
+                if grid not in (grid_metrics(metric) or (grid,)):
                     continue
                 if row.get(metric) is not None and not _is_nan(row[metric]):
                     records.append({"grid": grid, "method": method or "", "value": value, "metric": metric,
@@ -161,7 +228,11 @@ def headline_metrics(metrics, grid: str | None = None) -> list[str]:
     present = list(dict.fromkeys(metrics))
     probes = sorted((m for m in present if m.startswith("probe_")), key=lambda m: (m != "probe_shape", m))
     memorization = "mean_clipmem_raw_common" if grid == "removal" else "mean_clipmem_raw"
-    chosen = [memorization] + probes[:1] + [m for m in ("i2t_r1",) if m in present]
+    if grid in PRETRAINED_GRIDS:  # which pairs are memorized, utility, and how well CLIPMem finds the swaps
+        truth = [f"{TRUTH_PREFIX}{tag}" for tag in ("clean", "swapped", "atypical")]
+        chosen = [*truth, *probes[:1], "swapped_auroc"]
+    else:
+        chosen = [memorization] + probes[:1] + [m for m in ("i2t_r1",) if m in present]
     return [m for m in chosen if m in present]
 
 
@@ -183,7 +254,7 @@ def figures(summary: pd.DataFrame):
             continue
         panels = headline_metrics(part["metric"], grid)
         fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08,
-                            subplot_titles=[METRIC_LABELS.get(m, m) for m in panels])
+                            subplot_titles=[metric_label(m) for m in panels])
         for col, metric in enumerate(panels, start=1):
             for method, line in part[part["metric"] == metric].groupby("method", sort=False):
                 line = line.sort_values("value")
@@ -193,9 +264,12 @@ def figures(summary: pd.DataFrame):
                     showlegend=col == 1, line=dict(color=METHOD_COLOURS.get(method, None)),
                     error_y=dict(type="data", array=line["std"], visible=True), customdata=line["n"],
                     hovertemplate="%{x}: %{y:.4f} ± %{error_y.array:.4f} over %{customdata} seeds"
-                                  f"<extra>{name}: {METRIC_LABELS.get(metric, metric)}</extra>",
+                                  f"<extra>{name}: {metric_label(metric)}</extra>",
                 ), row=1, col=col)
         fig.update_xaxes(title_text=KNOB_LABELS[grid])
+        if grid in TICK_LABELS:
+            ticks = TICK_LABELS[grid]
+            fig.update_xaxes(tickvals=list(ticks), ticktext=list(ticks.values()))
         fig.update_layout(title=f"{grid}: mean ± std over seeds (utility on S_E, mean of f and g)", height=420,
                           legend=dict(orientation="h", y=-0.3), margin=dict(t=80),
                           showlegend=grid in ("removal", "images-captions"))
@@ -258,12 +332,113 @@ def findings(summary: pd.DataFrame, utility_metric: str | None = None) -> list[s
     return out
 
 
+def t_interval(x, level: float = 0.95, signed: bool = True) -> tuple[str, tuple[float, float] | None]:
+    """The mean of `x` (one value per seed) with its t-interval as text, and the interval's bounds; one value has
+    none (None)."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(x, dtype=np.float64)
+    fmt = "{:+.4f}" if signed else "{:.4f}"
+    if len(x) < 2:
+        return f"{fmt.format(x.mean())} (one seed: no interval)", None
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    lo, hi = x.mean() - half, x.mean() + half
+    return f"{fmt.format(x.mean())} [{fmt.format(lo)}, {fmt.format(hi)}]", (float(lo), float(hi))
+
+
+def _by_seed(rows: list[dict], grid: str, metric: str) -> dict[int, dict[float, float]]:
+    """{seed: {knob value: metric}} of one grid's runs that have the metric."""
+    points: dict[int, dict[float, float]] = {}
+    for row in rows:
+        for point_grid, _, value in grid_points(row):
+            if point_grid == grid and row.get(metric) is not None and not _is_nan(row[metric]):
+                points.setdefault(row["seed"], {})[value] = float(row[metric])
+    return points
+
+
+def paired_difference(rows: list[dict], grid: str, metric: str, a: float, b: float,
+                      level: float = 0.95) -> tuple[str, tuple[float, float] | None, int] | None:
+    """`metric` at knob value a minus at b, per seed (paired: a seed's runs share split, initialisation and data
+    order), as t_interval's (text, bounds) and the number of seeds; None when no seed has both."""
+    points = _by_seed(rows, grid, metric)
+    seeds = sorted(s for s, p in points.items() if a in p and b in p)
+    if not seeds:
+        return None
+    text, bounds = t_interval([points[s][a] - points[s][b] for s in seeds], level)
+    return text, bounds, len(seeds)
+
+
+def towers_verdict(rows: list[dict], level: float = 0.95) -> list[str]:
+    """Which tower's training produces the memorization of swapped and of atypical pairs: per truth tag, mean raw
+    CLIPMem with the image tower alone trained (text locked) minus with the text tower alone (image locked), paired
+    over seeds; a tower is named only when the t-interval of the difference excludes 0."""
+    image_only, text_only = TOWER_VALUES["text"], TOWER_VALUES["image"]
+    out = []
+    for tag in ("swapped", "atypical"):
+        found = paired_difference(rows, "towers", f"{TRUTH_PREFIX}{tag}", image_only, text_only, level)
+        if found is None:
+            continue
+        text, bounds, n = found
+        if bounds is None or bounds[0] <= 0 <= bounds[1]:
+            verdict = "not distinguishable"
+        else:
+            verdict = f"the {'image' if bounds[0] > 0 else 'text'} tower's training produces more of it"
+        out.append(f"Towers, memorization of {tag} pairs (mean raw CLIPMem, image tower only minus text tower only, "
+                   f"{level:.0%} t-interval over {n} seed{'s' if n != 1 else ''}): {text}: {verdict}.")
+    return out
+
+
+def scratch_comparison(rows: list[dict], level: float = 0.95) -> str | None:
+    """Fine-tuned from the base minus from scratch, paired over seeds: swapped-pair AUROC and average precision and
+    the memorization of clean pairs, each named higher or lower only when its t-interval excludes 0."""
+    parts, seeds = [], 0
+    for metric in ("swapped_auroc", "swapped_average_precision", f"{TRUTH_PREFIX}clean"):
+        found = paired_difference(rows, "from-scratch", metric, 0.0, 1.0, level)
+        if found is None:
+            continue
+        text, bounds, seeds = found
+        if bounds is None or bounds[0] <= 0 <= bounds[1]:
+            verdict = "not distinguishable"
+        else:
+            verdict = "higher fine-tuned" if bounds[0] > 0 else "lower fine-tuned"
+        parts.append(f"{metric_label(metric)} {text} ({verdict})")
+    if not parts:
+        return None
+    return (f"Fine-tuned from the base minus from scratch ({level:.0%} t-intervals over {seeds} "
+            f"seed{'s' if seeds != 1 else ''}): " + "; ".join(parts) + ".")
+
+
+def interval_table(rows: list[dict], grid: str, metrics: list[str], level: float = 0.95) -> str:
+    """Per setting of a categorical grid, each metric's mean over seeds with its t-interval."""
+    metrics = [m for m in metrics if grid in (grid_metrics(m) or (grid,))]
+    cells: dict[float, dict[str, str]] = {}
+    seeds: dict[float, int] = {}
+    for metric in metrics:
+        values: dict[float, list[float]] = {}
+        for by_value in _by_seed(rows, grid, metric).values():
+            for value, x in by_value.items():
+                values.setdefault(value, []).append(x)
+        for value, xs in values.items():
+            cells.setdefault(value, {})[metric] = t_interval(xs, level, signed=False)[0]
+            seeds[value] = max(seeds.get(value, 0), len(xs))
+    if len(cells) < 2:
+        return ""
+    used = [m for m in metrics if any(m in c for c in cells.values())]
+    header = [KNOB_LABELS[grid], "seeds"] + [metric_label(m) for m in used]
+    lines = [f"Mean over seeds [{level:.0%} t-interval]:", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for value in sorted(cells):
+        lines.append("| " + " | ".join([TICK_LABELS[grid].get(value, f"{value:g}"), str(seeds[value])]
+                                       + [cells[value].get(m, "—") for m in used]) + " |")
+    return "\n".join(lines)
+
+
 def axis_comparison(rows: list[dict], metric: str = "mean_clipmem_raw", level: float = 0.95) -> str | None:
     """Which axis of the images-captions grid lowers `metric` more: per seed, the change from 1 × 1 to 5 renderings
     × 1 caption and to 1 rendering × 5 captions, and their difference, each as a mean with a t-interval over the
     seeds that have all three runs (paired: a seed's runs share the split, initialisation and data order)."""
     import numpy as np
-    from scipy import stats
 
     points: dict[int, dict[tuple, float]] = {}
     for row in rows:
@@ -276,16 +451,9 @@ def axis_comparison(rows: list[dict], metric: str = "mean_clipmem_raw", level: f
         return None
     by_images = np.array([points[s][images] - points[s][base] for s in seeds])
     by_captions = np.array([points[s][captions] - points[s][base] for s in seeds])
-
-    def interval(x):
-        if len(x) < 2:
-            return f"{x.mean():+.4f} (one seed: no interval)", None
-        half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-        return f"{x.mean():+.4f} [{x.mean() - half:+.4f}, {x.mean() + half:+.4f}]", (x.mean() - half, x.mean() + half)
-
-    images_text, _ = interval(by_images)
-    captions_text, _ = interval(by_captions)
-    difference_text, bounds = interval(by_images - by_captions)
+    images_text, _ = t_interval(by_images, level)
+    captions_text, _ = t_interval(by_captions, level)
+    difference_text, bounds = t_interval(by_images - by_captions, level)
     label = METRIC_LABELS.get(metric, metric)
     if bounds is None or bounds[0] <= 0 <= bounds[1]:
         verdict = "the two axes are not distinguishable"
@@ -304,10 +472,10 @@ def markdown_table(summary: pd.DataFrame, grid: str, metrics: list[str]) -> str:
     part = part.assign(cell=[f"{m:.4f} ± {s:.4f}" for m, s in zip(part["mean"], part["std"])])
     wide = part.pivot_table(index=["method", "value", "n"], columns="metric", values="cell", aggfunc="first")
     wide = wide[[m for m in metrics if m in wide.columns]].reset_index()
-    header = ["method", KNOB_LABELS[grid], "seeds"] + [METRIC_LABELS.get(m, m) for m in wide.columns[3:]]
+    header = ["method", KNOB_LABELS[grid], "seeds"] + [metric_label(m) for m in wide.columns[3:]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in wide.iterrows():
-        value = f"{r['value']:g}"
+        value = TICK_LABELS.get(grid, {}).get(r["value"], f"{r['value']:g}")
         lines.append("| " + " | ".join([r["method"] or "—", value, str(int(r["n"]))]
                                        + [str(r[m]) for m in wide.columns[3:]]) + " |")
     return "\n".join(lines)
@@ -345,7 +513,8 @@ def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (),
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     metrics = metric_names(rows)
     lines = [f"# {title}", "", *notes, "", "## Findings", ""]
-    found = findings(summary) + [line for line in (axis_comparison(rows),) if line]
+    found = findings(summary) + [line for line in (axis_comparison(rows),) if line] + towers_verdict(rows)
+    found += [line for line in (scratch_comparison(rows),) if line]
     lines += [f"- {s}" for s in found] or ["- No grid has both a baseline and another setting yet."]
     png_problem, png_missing = None, []
     for grid, fig in figures(summary).items():
@@ -365,6 +534,8 @@ def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (),
         if png and png_problem is not None:
             png_missing.append(grid)
             lines += [f"PNG figure not written: {png_problem}", ""]
+        if grid in TICK_LABELS:
+            lines += [interval_table(rows, grid, metrics), ""]
         lines.append(markdown_table(summary, grid, metrics))
     if png_missing:
         message = (f"PNG figures were not written for {', '.join(png_missing)} ({png_problem}); install Chromium "

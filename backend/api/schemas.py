@@ -323,7 +323,9 @@ class ExperimentSummary(BaseModel):
 class ExperimentRunRow(BaseModel):
     """One run of an experiment as scoring.experiment_report.run_row makes it: its parameters, mean scores, and
     each utility metric of metrics.json averaged over f and g (i2t_r1, i2t_r5, t2i_r1, t2i_r5, zeroshot_colour,
-    zeroshot_shape, probe_<label>, ...) as further number-valued fields."""
+    zeroshot_shape, probe_<label>, ...) as further number-valued fields, with the run's mean raw CLIPMem per truth
+    tag (truth_clipmem_raw_<tag>) and CLIPMem's swapped-pair AUROC and average precision (swapped_auroc,
+    swapped_average_precision; absent without swapped pairs), which the towers and from-scratch grids compare."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -340,6 +342,10 @@ class ExperimentRunRow(BaseModel):
     removal_count: int = Field(description="Scored pairs of the baseline removed before training.")
     renderings: int = Field(description="Renderings per scene training drew each pair's image from (1: the image "
                                         "alone, also for runs from before the knob).")
+    lock: str = Field(description="Towers grid: the tower kept at the experiment's pretrained weights, 'image' or "
+                                  "'text'; '' when both towers trained (also for runs from before the grid).")
+    from_scratch: bool = Field(description="From-scratch grid: trained from random weights although the experiment "
+                                           "has a pretrained base.")
     mean_clipmem_raw: float = Field(description="Mean raw CLIPMem (A_f - A_g) over the run's scored pairs.")
     mean_clipmem: float = Field(description="Mean CLIPMem (min-max scaled per run) over its scored pairs.")
     mean_clipmem_raw_common: float | None = Field(

@@ -9,7 +9,7 @@ import streamlit as st
 
 from clipmem.frontend import api, charts, ui
 from clipmem.frontend.client import BackendError
-from clipmem.scoring.experiment_report import KNOB_LABELS
+from clipmem.scoring.experiment_report import KNOB_LABELS, scratch_comparison, towers_verdict
 from clipmem.scoring.experiment_report import figures as experiment_figures
 
 ROC_BINS = 200
@@ -111,7 +111,9 @@ if experiments:
                    "± one standard deviation over seeds. The removal grid's CLIPMem is the mean over the pairs "
                    "every run of the seed scores (a run scores none of the pairs it removed, so its own mean "
                    "would drop by construction). The baseline (1 caption per image, σ = 0, nothing removed, 1 "
-                   "rendering per scene) is a point of every grid.")
+                   "rendering per scene, both towers trained from the experiment's starting weights) is a point of "
+                   "every grid. The towers and from-scratch grids (experiments with --pretrained) add, per truth "
+                   "tag, the mean raw CLIPMem, and CLIPMem's swapped-pair AUROC.")
         if grid_figures:
             for tab, (grid, figure) in zip(st.tabs([f"{g}: {KNOB_LABELS[g]}" for g in grid_figures]),
                                            grid_figures.items()):
@@ -120,6 +122,10 @@ if experiments:
         else:
             st.info("No grid of this experiment has two settings yet: each figure needs the baseline and at least "
                     "one other setting.", icon=":material/info:")
+        # the towers verdict and the scratch comparison, from the same rows and functions as the report
+        for line in towers_verdict(detail["runs"]) + [scratch_comparison(detail["runs"])]:
+            if line:
+                st.markdown(line)
         per_run = pd.DataFrame(detail["runs"]).drop(columns=["run_id", "experiment"], errors="ignore")
         # whole numbers stay whole where some runs have none (common_pairs outside the removal grid)
         per_run = per_run.astype({c: "Int64" for c in EXPERIMENT_INT_COLUMNS if c in per_run.columns})

@@ -75,6 +75,19 @@ def experiment_runs(db, tmp_path_factory):
             delete_run(conn, run_id)
 
 
+def quality_of(scores: pd.DataFrame) -> dict:
+    """Mean raw CLIPMem per truth tag (pandas) and CLIPMem's swapped-pair AUROC and average precision
+    (scikit-learn), the fields the towers and from-scratch grids compare."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    out = {f"truth_clipmem_raw_{tag}": float(v) for tag, v in scores.groupby("truth")["clipmem_raw"].mean().items()}
+    swapped = scores["truth"] == "swapped"
+    if 0 < swapped.sum() < len(swapped):
+        out.update(swapped_auroc=roc_auc_score(swapped, scores["clipmem"]),
+                   swapped_average_precision=average_precision_score(swapped, scores["clipmem"]))
+    return out
+
+
 def expected_rows(paths: dict) -> list[dict]:
     """run_row of each run, from its files; the removal runs of seed 0 with their mean raw CLIPMem over the pairs
     they all score (COMMON_IDS, known from the runs' sizes), the other runs with null there."""
@@ -83,7 +96,7 @@ def expected_rows(paths: dict) -> list[dict]:
         scores = pd.read_parquet(path / "scores.parquet")
         metrics = json.loads((path / "metrics.json").read_text())
         row = run_row(json.loads((path / "experiment.json").read_text()), scores["clipmem_raw"].mean(),
-                      scores["clipmem"].mean(), {m: metrics[m] for m in ("f", "g")})
+                      scores["clipmem"].mean(), {m: metrics[m] for m in ("f", "g")}, quality_of(scores))
         common = {"mean_clipmem_raw_common": None, "common_pairs": None}
         if name in COMMON_RUNS:
             common = {"mean_clipmem_raw_common": scores.loc[scores.sample_id.isin(COMMON_IDS), "clipmem_raw"].mean(),
@@ -219,6 +232,8 @@ GOOD = {"experiment": "bad-exp", "seed": 0, "captions_per_image": 1, "text_noise
     (json.dumps({**GOOD, "text_noise": "lots"}), "'text_noise' should be a number >= 0"),
     (json.dumps({**GOOD, "removal_method": "largest"}), "'removal_method' should be one of top-clipmem"),
     (json.dumps({**GOOD, "text_noise": math.nan}), "holds NaN or infinite numbers"),
+    (json.dumps({**GOOD, "lock": "both"}), "'lock' should be 'image', 'text' or '' (no tower locked), not 'both'"),
+    (json.dumps({**GOOD, "from_scratch": 1}), "'from_scratch' should be true or false, not 1"),
 ])
 def test_malformed_experiment_json_is_refused(db, fake_runs, tmp_path, text, message):
     run = tmp_path / "bad-exp-run"

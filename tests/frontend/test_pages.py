@@ -644,6 +644,7 @@ def test_picking_another_run_starts_its_view_unfiltered(open_page):
 EXPERIMENT = "mitig"
 OTHER_EXPERIMENT = "noise"
 REMOVAL_EXPERIMENT = "removal"
+TUNED_EXPERIMENT = "tuned"
 # ids run on from the 20 shared pairs: the baseline scores pair-0000020..59, the run without its top 3 pairs (3 fewer
 # candidates) pair-0000020..56, so both runs' removal-grid CLIPMem is over those 37 pairs
 REMOVAL_COMMON = [f"pair-{i:07d}" for i in range(20, 57)]
@@ -677,6 +678,14 @@ def experiment_backend(tmp_path_factory):
                                            experiment={**base, "experiment": REMOVAL_EXPERIMENT, "seed": 0,
                                                        "captions_per_image": 1, "removal_method": method,
                                                        "removal_count": count}))
+    for seed in (0, 1):  # the towers and from-scratch grids (issue 17): 4 settings on 2 seeds
+        for lock, scratch in (("", False), ("text", False), ("image", False), ("", True)):
+            ingest(engine, write_synthetic_run(
+                # 120 scored pairs: every run has swapped pairs (5% of them)
+                root / f"tuned-{lock or 'both'}{'-scratch' if scratch else ''}-s{seed}", 60, 60, 20, 10,
+                seed=90 + 4 * seed + len(lock) + scratch,
+                experiment={**base, "experiment": TUNED_EXPERIMENT, "seed": seed, "captions_per_image": 1,
+                            "lock": lock, "from_scratch": scratch}))
     ingest(engine, write_synthetic_run(root / "loose", 20, 20, 20, 10, seed=89))
     engine.dispose()
     with backend(f"sqlite:///{root / 'experiments.db'}", root) as url:
@@ -695,7 +704,7 @@ def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch)
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from clipmem.scoring.experiment_report import figures
+    from clipmem.scoring.experiment_report import figures, scratch_comparison, towers_verdict
     from tests.frontend.conftest import APP
 
     url, root = experiment_backend
@@ -751,6 +760,20 @@ def test_runs_page_shows_the_experiment_figures(experiment_backend, monkeypatch)
     assert plotly_array(top["y"]) == pytest.approx(common, abs=1e-7)  # float32 files, doubles in the database
     table = next(d.value for d in at.dataframe if "common_pairs" in d.value.columns)
     assert table.set_index("run")["common_pairs"].to_dict() == {"removal-base-s0": 37, "removal-top3-s0": 37}
+
+    # the towers and from-scratch grids: their figures, the towers verdict and the scratch comparison
+    at.selectbox(key="experiment_picker").select(TUNED_EXPERIMENT).run()
+    assert not at.exception
+    keys = [c.proto.id for c in at.get("plotly_chart")]
+    assert any("experiment_towers_chart" in k for k in keys) and any("experiment_from-scratch_chart" in k
+                                                                     for k in keys)
+    rows = httpx.get(f"{url}/experiments/{TUNED_EXPERIMENT}").json()["runs"]
+    assert len(rows) == 8 and {(r["lock"], r["from_scratch"]) for r in rows} == {
+        ("", False), ("text", False), ("image", False), ("", True)}
+    text = [m.value for m in at.markdown]
+    lines = [line for line in towers_verdict(rows) + [scratch_comparison(rows)] if line]
+    assert lines and all(line in text for line in lines)
+    assert any(line.startswith("Towers, memorization of swapped pairs") and "over 2 seeds" in line for line in lines)
     st.cache_data.clear()
 
 

@@ -393,3 +393,176 @@ def test_a_failing_run_stops_the_experiment_with_its_log(tmp_path, tiny_data):
     next(data.glob("**/*.png")).write_bytes(b"not an image")  # the runs find it corrupt when they decode it
     with pytest.raises(ClipmemError, match="failed .*worker.log.*rerun the same command"):
         run_experiment(exp, jobs=2)
+
+
+# ---------------------------------------------------------------- towers and from-scratch (issue 17)
+
+def tuned_row(seed, lock="", scratch=False, swapped=0.2, atypical=0.1, clean=0.0, auroc=0.7, ap=0.3):
+    """A run of the towers or from-scratch grid with its per-truth means and swapped-pair detection."""
+    experiment = {"experiment": "e", "seed": seed, "captions_per_image": 1, "text_noise": 0.0, "removal_method": None,
+                  "removal_count": 0, "lock": lock, "from_scratch": scratch}
+    quality = {"truth_clipmem_raw_swapped": swapped, "truth_clipmem_raw_atypical": atypical,
+               "truth_clipmem_raw_clean": clean, "swapped_auroc": auroc, "swapped_average_precision": ap}
+    return run_row(experiment, 0.05, 0.5, {"f": {"probe_shape": 0.6}, "g": {"probe_shape": 0.6}}, quality)
+
+
+def test_towers_and_from_scratch_settings_are_distinct_and_need_a_pretrained_base(tmp_path, tiny_data):
+    settings = grid_settings(["towers", "from-scratch"])
+    assert settings == [Setting(), Setting(lock="text"), Setting(lock="image"), Setting(from_scratch=True)]
+    assert [s.slug for s in settings] == ["c1-n0", "c1-n0-lock-text", "c1-n0-lock-image", "c1-n0-scratch"]
+    base = tiny_run_config(tiny_data, epochs=1)
+    with pytest.raises(ClipmemError, match=r"--grids towers compares runs fine-tuned .* pass --pretrained FILE"):
+        open_experiment(tmp_path / "no-base", "x", ["captions", "towers"], [0], [5], base)
+    assert not (tmp_path / "no-base").exists()
+    locked = replace(base, train=replace(base.train, pretrained="/b.pt", lock_text=True))
+    with pytest.raises(ClipmemError, match=r"^--lock-text: --grids from-scratch sets the towers' locks per run"):
+        open_experiment(tmp_path / "locked", "x", ["from-scratch"], [0], [5], locked)
+    result = runner.invoke(app, ["experiment", "--out", str(tmp_path / "cli"), "--grids", "towers", "--no-ingest"])
+    assert result.exit_code == 2 and "pass --pretrained FILE" in result.output
+    assert not (tmp_path / "cli").exists()
+
+
+def test_towers_and_from_scratch_rows_are_points_of_their_grid_alone():
+    rows = [tuned_row(0), tuned_row(0, lock="text"), tuned_row(0, lock="image"), tuned_row(0, scratch=True),
+            row(0, captions=2)]
+    summary = summarize(rows)
+    assert set(summary.grid) == {"captions", "towers", "from-scratch"}
+    towers = summary[(summary.grid == "towers") & (summary.metric == "swapped_auroc")]
+    assert sorted(towers.value) == [0.0, 1.0, 2.0]
+    assert sorted(summary[summary.grid == "from-scratch"].value.unique()) == [0.0, 1.0]
+    # per-truth means and detection are compared in these two grids only
+    captions = set(summary[summary.grid == "captions"].metric)
+    assert "swapped_auroc" not in captions and "truth_clipmem_raw_swapped" not in captions
+    assert {"towers", "from-scratch"} <= set(figures(summary))
+
+
+def test_the_towers_verdict_names_a_tower_only_when_the_interval_of_the_difference_excludes_zero():
+    """Three seeds. Swapped pairs: image tower only minus text tower only = 0.10, 0.12, 0.14 (mean 0.12, sd 0.02,
+    t(0.975, 2) = 4.302653: half-width 0.049683), so [+0.0703, +0.1697]. Atypical: 0.05, -0.05, 0: not
+    distinguishable."""
+    from clipmem.scoring.experiment_report import towers_verdict
+
+    rows = []
+    for seed, (d_swapped, d_atypical) in enumerate([(0.10, 0.05), (0.12, -0.05), (0.14, 0.0)]):
+        rows += [tuned_row(seed, swapped=0.3),
+                 tuned_row(seed, lock="text", swapped=0.2 + d_swapped, atypical=0.1 + d_atypical),
+                 tuned_row(seed, lock="image", swapped=0.2, atypical=0.1)]
+    swapped, atypical = towers_verdict(rows)
+    assert swapped == ("Towers, memorization of swapped pairs (mean raw CLIPMem, image tower only minus text tower "
+                       "only, 95% t-interval over 3 seeds): +0.1200 [+0.0703, +0.1697]: the image tower's training "
+                       "produces more of it.")
+    assert atypical.endswith("+0.0000 [-0.1242, +0.1242]: not distinguishable.")  # sd 0.05: 4.302653 * 0.05 / √3
+    # the text tower is named when the difference is negative throughout; one seed has no interval
+    flipped = [dict(r, truth_clipmem_raw_swapped=-r["truth_clipmem_raw_swapped"]) for r in rows]
+    assert towers_verdict(flipped)[0].endswith("the text tower's training produces more of it.")
+    assert towers_verdict(rows[:3])[0].endswith("(one seed: no interval): not distinguishable.")
+
+
+def test_the_from_scratch_comparison_pairs_seeds():
+    """Fine-tuned minus scratch AUROC per seed 0.1, 0.2 (mean 0.15, sd 0.0707107, t(0.975, 1) = 12.706205:
+    half-width 0.635310); clean-pair CLIPMem -0.02 on both seeds (sd 0: the interval is the point)."""
+    from clipmem.scoring.experiment_report import interval_table, scratch_comparison
+
+    rows = [tuned_row(0, auroc=0.8, clean=0.0), tuned_row(0, scratch=True, auroc=0.7, clean=0.02),
+            tuned_row(1, auroc=0.9, clean=0.01), tuned_row(1, scratch=True, auroc=0.7, clean=0.03)]
+    text = scratch_comparison(rows)
+    assert text.startswith("Fine-tuned from the base minus from scratch (95% t-intervals over 2 seeds): "
+                           "swapped-pair AUROC (CLIPMem) +0.1500 [-0.4853, +0.7853] (not distinguishable); ")
+    assert text.endswith("mean raw CLIPMem, clean pairs -0.0200 [-0.0200, -0.0200] (lower fine-tuned).")
+    table = interval_table(rows, "from-scratch", ["swapped_auroc"])
+    assert "| fine-tuned from the base | 2 | 0.8500 [0.2147, 1.4853] |" in table
+    assert "| from scratch | 2 | 0.7000 [0.7000, 0.7000] |" in table
+
+
+def test_quality_metrics_are_the_per_truth_means_and_scikit_learns_detection():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from clipmem.scoring.experiment_report import scores_quality
+
+    scores = pd.DataFrame({"truth": ["clean", "swapped", "clean", "atypical", "swapped", "clean"],
+                           "clipmem_raw": [0.1, 0.4, -0.2, 0.3, 0.05, 0.2]})
+    scores["clipmem"] = (scores["clipmem_raw"] + 0.2) / 0.6
+    got = scores_quality(scores)
+    swapped = scores["truth"] == "swapped"
+    assert got == pytest.approx({
+        "truth_clipmem_raw_clean": (0.1 - 0.2 + 0.2) / 3, "truth_clipmem_raw_swapped": 0.225,
+        "truth_clipmem_raw_atypical": 0.3, "swapped_auroc": roc_auc_score(swapped, scores["clipmem"]),
+        "swapped_average_precision": average_precision_score(swapped, scores["clipmem"])})
+
+
+@pytest.fixture(scope="module")
+def tuned_experiment(tmp_path_factory, tiny_data):
+    """The towers and from-scratch grids on the tiny data, 1 seed, 1 epoch, from a base trained 1 epoch on it."""
+    import clipmem.scoring.pipeline as pipeline
+    from clipmem.scoring.cli import TrainOverrides
+    from run_fixtures import split_tiny_run
+
+    root = tmp_path_factory.mktemp("tuned")
+    base_run, _ = split_tiny_run(root / "base", tiny_data, epochs=1)
+    pipeline.train_step(base_run, base_run.load_config(), show_progress=False)
+    base_file = base_run.model_checkpoint("f")
+    cfg = TrainOverrides(pretrained=str(base_file), epochs=1).apply(tiny_run_config(tiny_data, epochs=1))
+    cfg.score = replace(cfg.score, towers=False, layers=False, views=2)
+    exp = open_experiment(root / "e", "tuned-exp", ["towers", "from-scratch"], [0], [5], cfg)
+    return exp, run_experiment(exp, jobs=2), base_file
+
+
+def test_the_tuned_grids_train_each_setting_from_the_base_or_from_scratch(tuned_experiment):
+    import torch
+
+    exp, runs, base_file = tuned_experiment
+    assert len({run.path for run in runs}) == 4
+    base = torch.load(base_file, weights_only=True)["state_dict"]
+    text_key, image_key = "token_embedding.weight", "visual.proj"
+    for setting, text_kept, image_kept in ((Setting(), False, False), (Setting(lock="text"), True, False),
+                                          (Setting(lock="image"), False, True)):
+        run = exp.run_dir(setting, 0)
+        cfg = run.load_config().train
+        assert cfg.pretrained == str(base_file) and (cfg.lock_text, cfg.lock_image) == (text_kept, image_kept)
+        trained = torch.load(run.model_checkpoint("f"), weights_only=True)["state_dict"]
+        assert torch.equal(trained[text_key], base[text_key]) == text_kept
+        assert torch.equal(trained[image_key], base[image_key]) == image_kept
+    scratch = exp.run_dir(Setting(from_scratch=True), 0).load_config().train
+    # random weights, with the from-scratch recipe's learning rate and warm-up and the experiment's epochs
+    assert scratch.pretrained is None and not (scratch.lock_text or scratch.lock_image)
+    assert (scratch.lr, scratch.warmup_steps, scratch.epochs) == (2e-3, 50, 1)
+
+
+def test_the_tuned_grids_report_and_the_api_agree(tuned_experiment, experiment_database, monkeypatch, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from clipmem.backend.api.app import create_app
+    from clipmem.backend.cli import experiment_ingester
+    from clipmem.backend.settings import Settings
+    from clipmem.scoring.experiment_report import scores_quality
+
+    exp, runs, _ = tuned_experiment
+    rows = report_rows(exp.path)
+    by_run = {r["run"]: r for r in rows}
+    scratch = exp.run_dir(Setting(from_scratch=True), 0)
+    expected = scores_quality(pd.read_parquet(scratch.scores))
+    assert {k: by_run[scratch.path.name][k] for k in expected} == expected
+    text = write_report(rows, tmp_path / "report", "tuned", png=False).read_text()
+    assert "## towers: towers trained from the base" in text and "## from-scratch: initial weights" in text
+    assert "| image tower only (text locked) | 1 |" in text and "| from scratch | 1 |" in text
+    assert "Towers, memorization of swapped pairs" in text and "(one seed: no interval): not distinguishable" in text
+    assert "Fine-tuned from the base minus from scratch" in text
+
+    monkeypatch.setenv("CLIPMEM_DATABASE_URL", experiment_database)
+    monkeypatch.delenv("CLIPMEM_API_TOKEN", raising=False)
+    with experiment_ingester() as ingester:
+        run_experiment(exp, on_finished=ingester)
+    with TestClient(create_app(Settings())) as client:
+        detail = client.get("/experiments/tuned-exp").json()
+    assert detail["grids"] == ["towers", "from-scratch"]
+    served = {(r["lock"], r["from_scratch"]): r for r in detail["runs"]}
+    for r in rows:
+        got = served[(r["lock"], r["from_scratch"])]
+        for key in ("swapped_auroc", "swapped_average_precision", "truth_clipmem_raw_swapped"):
+            # the report averages scores.parquet's float32 column, the API the database's doubles
+            assert got[key] == pytest.approx(r[key], rel=0, abs=1e-6)
+    expected_summary = summarize(rows)
+    merged = expected_summary.merge(pd.DataFrame(detail["summary"]), on=["grid", "method", "value", "metric"],
+                                    suffixes=("", "_api"))
+    assert len(merged) == len(expected_summary) == len(detail["summary"])
+    assert (merged["mean"] - merged["mean_api"]).abs().max() < 1e-6

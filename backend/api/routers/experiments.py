@@ -23,7 +23,8 @@ from clipmem.backend.api.errors import NOT_FOUND
 from clipmem.backend.api.schemas import ExperimentDetail, ExperimentRunRow, ExperimentSummary, ExperimentSummaryRow
 from clipmem.backend.models import Run, Sample, Score
 from clipmem.backend.rundir import EXPERIMENT_NAME
-from clipmem.scoring.experiment_report import GRIDS, common_pair_means, grid_points, run_row, summarize
+from clipmem.scoring.experiment_report import (GRIDS, common_pair_means, grid_points, quality_metrics, run_row,
+                                               summarize)
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -42,15 +43,20 @@ def _numbers(section) -> dict[str, float]:
 def _row(run: Run) -> dict:
     # the name in force is the run's (ingest --experiment may have renamed it); params are experiment.json's
     experiment = {**run.experiment_params, "experiment": run.experiment}
-    means = run.summary["means"]
+    summary = run.summary
+    means = summary["means"]
+    # per truth tag and swapped-pair detection as the report computes them from scores.parquet, read from the
+    # summary ingest computed with the same functions
+    quality = quality_metrics({row["truth"]: row["means"]["clipmem_raw"] for row in summary["by_truth"]},
+                              (summary.get("detection") or {}).get("swapped") or [])
     row = run_row(experiment, means["clipmem_raw"], means["clipmem"],
-                  {model: _numbers(run.utility.get(model)) for model in ("f", "g")})
+                  {model: _numbers(run.utility.get(model)) for model in ("f", "g")}, quality)
     return {"run": run.name, "run_id": run.id, **row}
 
 
 def _sort_key(row: dict):
     return (row["removal_method"] or "", row["removal_count"], row["captions_per_image"], row["renderings"],
-            row["text_noise"], row["seed"], row["run"])
+            row["text_noise"], row["lock"], row["from_scratch"], row["seed"], row["run"])
 
 
 def experiment_rows(session: Session, name: str | None = None) -> dict[str, list[dict]]:
