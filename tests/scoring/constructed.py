@@ -12,6 +12,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from clipmem.scoring.config import ScoreConfig, TrainConfig
 from clipmem.scoring.data.tensors import TensorCorpus
@@ -164,3 +165,24 @@ def word_corpus(counts: list[int], single_texts: dict[int, str] | None = None) -
         caption_texts=texts, tokens=apply_vocabulary(tokenized.tokens, vocab), caption_index=index,
         caption_count=torch.tensor(counts), truncated=0)
     return corpus, vocab
+
+
+def plain_augment(pixels, params, max_shift, source=None, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD):
+    """A view written out plainly (reflect-pad, crop at the shift, jitter about the image mean, normalise with the
+    given constants): the formulation training has always used, which the batched augment must reproduce bit for
+    bit."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(3, 1, 1).unsqueeze(0)
+    std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand(3, 1, 1).unsqueeze(0)
+    x = (pixels if source is None else pixels[source]).float() / 255.0
+    if max_shift > 0:
+        b, _, h, w = x.shape
+        padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+        rows = params.shift[:, 0:1] + torch.arange(h)
+        cols = params.shift[:, 1:2] + torch.arange(w)
+        x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        x = x.permute(0, 3, 1, 2)
+    brightness, contrast = params.jitter[:, 0].view(-1, 1, 1, 1), params.jitter[:, 1].view(-1, 1, 1, 1)
+    image_mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - image_mean) * contrast + image_mean) * brightness
+    return (x.clamp(0, 1) - mean) / std
+

@@ -14,7 +14,6 @@ import open_clip
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 import clipmem.scoring.pipeline as pipeline
@@ -25,6 +24,7 @@ from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.models import check_preprocess, create_model, resolve_config
 from clipmem.scoring.train import read_state_dict
 from clipmem.scoring.transform import OPENAI, Normalization, normalization_of, sample_views
+from constructed import plain_augment
 from run_fixtures import split_tiny_run
 
 HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -38,25 +38,6 @@ def open_clip_file(tmp_path, preprocess: dict | None, name: str = "open_clip_con
         body["preprocess_cfg"] = preprocess
     path.write_text(json.dumps(body))
     return path
-
-
-def plain_views(pixels, params, max_shift, source=None, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD):
-    """A view written out plainly (reflect-pad, crop at the shift, jitter about the image mean, normalise with the
-    given constants): what the views were before the normalisation followed the config."""
-    mean = torch.tensor(mean).view(1, 3, 1, 1)
-    std = torch.tensor(std).view(1, 3, 1, 1)
-    x = (pixels if source is None else pixels[source]).float() / 255.0
-    if max_shift > 0:
-        b, _, h, w = x.shape
-        padded = F.pad(x, (max_shift,) * 4, mode="reflect")
-        rows = params.shift[:, 0:1] + torch.arange(h)
-        cols = params.shift[:, 1:2] + torch.arange(w)
-        x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-        x = x.permute(0, 3, 1, 2)
-    brightness, contrast = params.jitter[:, 0].view(-1, 1, 1, 1), params.jitter[:, 1].view(-1, 1, 1, 1)
-    image_mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - image_mean) * contrast + image_mean) * brightness
-    return (x.clamp(0, 1) - mean) / std
 
 
 def test_the_normalisation_is_the_one_open_clip_reads_from_the_config(tmp_path):
@@ -96,9 +77,9 @@ def test_a_malformed_normalisation_is_refused_naming_the_file(tmp_path, preproce
 def _plain_everywhere(monkeypatch):
     """Training and scoring with every view made by the plain formulation and OpenAI's constants."""
     monkeypatch.setattr(train, "augment", lambda pixels, params, max_shift, source=None, norm=None:
-                        plain_views(pixels, params, max_shift, source))
+                        plain_augment(pixels, params, max_shift, source))
     monkeypatch.setattr(score, "augment", lambda pixels, params, max_shift, source=None, norm=None:
-                        plain_views(pixels, params, max_shift, source))
+                        plain_augment(pixels, params, max_shift, source))
     monkeypatch.setattr(score, "normalize", lambda pixels, norm=None:
                         (pixels.float() / 255.0 - torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1))
                         / torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1))
@@ -171,7 +152,7 @@ def test_models_that_normalise_differently_are_not_shown_one_batch(tmp_path):
         score.encode_images_each([half, default], pixels, 2, torch.device("cpu"))
     views = sample_views(2, AugmentConfig(), torch.Generator().manual_seed(0))
     got = score.encode_images(half, pixels + 51, 2, torch.device("cpu"), views=views, max_shift=3)
-    plain = plain_views(pixels + 51, views, 3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    plain = plain_augment(pixels + 51, views, 3, mean=(0.5,) * 3, std=(0.5,) * 3)
     with torch.inference_mode():
         assert torch.allclose(got, half.encode_image(plain, normalize=True), atol=1e-6)
 

@@ -1,6 +1,8 @@
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from constructed import plain_augment
+
 from clipmem.scoring.config import AugmentConfig
 from clipmem.scoring.transform import Normalization, augment, normalize, sample_views
 
@@ -28,25 +30,6 @@ def test_shift_moves_content_without_flipping():
     assert out[0, 0].argmax().item() == 4 * 8 + 0
 
 
-def _plain_augment(pixels, params, max_shift, norm_mean=_MEAN, norm_std=_STD):
-    """The augmentation written out plainly (reflect-pad, crop at the shift, jitter about the mean, normalise):
-    the formulation training has always used, which the batched augment must reproduce bit for bit."""
-    import torch.nn.functional as F
-
-    x = pixels.float() / 255.0
-    if max_shift > 0:
-        b, _, h, w = x.shape
-        padded = F.pad(x, (max_shift,) * 4, mode="reflect")
-        rows = params.shift[:, 0:1] + torch.arange(h)
-        cols = params.shift[:, 1:2] + torch.arange(w)
-        x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-        x = x.permute(0, 3, 1, 2)
-    brightness, contrast = params.jitter[:, 0].view(-1, 1, 1, 1), params.jitter[:, 1].view(-1, 1, 1, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * contrast + mean) * brightness
-    return (x.clamp(0, 1) - norm_mean) / norm_std
-
-
 def test_batched_augment_is_the_plain_augmentation_bit_for_bit():
     gen = torch.Generator().manual_seed(3)
     for n, h, w, shift, enabled in [(64, 32, 32, 3, True), (7, 5, 9, 4, True), (9, 16, 16, 3, False)]:
@@ -54,14 +37,14 @@ def test_batched_augment_is_the_plain_augmentation_bit_for_bit():
         params = sample_views(3 * n, AugmentConfig(max_shift=shift, enabled=enabled), gen)
         max_shift = shift if enabled else 0
         source = torch.randperm(3 * n, generator=gen) % n  # views of shuffled images, each image three times
-        expected = _plain_augment(pixels[source], params, max_shift)
+        expected = plain_augment(pixels[source], params, max_shift)
         for got in (augment(pixels, params, max_shift, source), augment(pixels[source], params, max_shift)):
             assert torch.equal(got, expected)
             assert got.stride() == expected.stride()  # the towers receive the layout they always did
         # another normalisation (SigLIP's 0.5) is the same plain formulation with its constants
         half = Normalization((0.5,) * 3, (0.5,) * 3)
         assert torch.equal(augment(pixels, params, max_shift, source, half),
-                           _plain_augment(pixels[source], params, max_shift, torch.tensor(0.5), torch.tensor(0.5)))
+                           plain_augment(pixels[source], params, max_shift, mean=0.5, std=0.5))
     assert torch.equal(normalize(pixels), (pixels.float() / 255.0 - _MEAN) / _STD)
     assert torch.equal(normalize(pixels, half), (pixels.float() / 255.0 - 0.5) / 0.5)
     float_pixels = pixels.float()
