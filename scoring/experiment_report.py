@@ -369,6 +369,13 @@ def paired_difference(rows: list[dict], grid: str, metric: str, a: float, b: flo
     return text, bounds, len(seeds)
 
 
+def sign_verdict(bounds: tuple[float, float] | None, above: str, below: str) -> str:
+    """`above` or `below` when the interval of a difference lies on that side of 0, else "not distinguishable"."""
+    if bounds is None or bounds[0] <= 0 <= bounds[1]:
+        return "not distinguishable"
+    return above if bounds[0] > 0 else below
+
+
 def towers_verdict(rows: list[dict], level: float = 0.95) -> list[str]:
     """Which tower's training produces the memorization of swapped and of atypical pairs: per truth tag, mean raw
     CLIPMem with the image tower alone trained (text locked) minus with the text tower alone (image locked), paired
@@ -380,10 +387,8 @@ def towers_verdict(rows: list[dict], level: float = 0.95) -> list[str]:
         if found is None:
             continue
         text, bounds, n = found
-        if bounds is None or bounds[0] <= 0 <= bounds[1]:
-            verdict = "not distinguishable"
-        else:
-            verdict = f"the {'image' if bounds[0] > 0 else 'text'} tower's training produces more of it"
+        verdict = sign_verdict(bounds, "the image tower's training produces more of it",
+                               "the text tower's training produces more of it")
         out.append(f"Towers, memorization of {tag} pairs (mean raw CLIPMem, image tower only minus text tower only, "
                    f"{level:.0%} t-interval over {n} seed{'s' if n != 1 else ''}): {text}: {verdict}.")
     return out
@@ -398,10 +403,7 @@ def scratch_comparison(rows: list[dict], level: float = 0.95) -> str | None:
         if found is None:
             continue
         text, bounds, seeds = found
-        if bounds is None or bounds[0] <= 0 <= bounds[1]:
-            verdict = "not distinguishable"
-        else:
-            verdict = "higher fine-tuned" if bounds[0] > 0 else "lower fine-tuned"
+        verdict = sign_verdict(bounds, "higher fine-tuned", "lower fine-tuned")
         parts.append(f"{metric_label(metric)} {text} ({verdict})")
     if not parts:
         return None
