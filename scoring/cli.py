@@ -203,12 +203,10 @@ class TrainOverrides:
         fit the model are refused here, before anything is written), their vocabulary, and the fine-tuning
         defaults (config.FINE_TUNE_RECIPE) for what the command line leaves unset."""
         from clipmem.scoring.config import FINE_TUNE_RECIPE
-        from clipmem.scoring.models import check_preprocess
         from clipmem.scoring.pretrained import check_fits, read_pretrained
 
         source = read_pretrained(self.pretrained, t.model)
         check_fits(source, t.model)
-        check_preprocess(t.model)
         if source.vocab.kept is not None and self.full_vocab:
             raise ClipmemError(f"--full-vocab: the text tower of --pretrained {source.path} was trained with the "
                                f"{source.vocab.size}-token vocabulary of its run ({source.vocab_file}), which it keeps")

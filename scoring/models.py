@@ -22,7 +22,7 @@ from open_clip.tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
 from open_clip.transform import PreprocessCfg
 
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.transform import OPENAI, Normalization, normalization
+from clipmem.scoring.transform import OPENAI, normalization
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -68,13 +68,6 @@ def resolve_config(name_or_path: str) -> dict:
     if "hf_model_name" in cfg.get("text_cfg", {}) or "hf_tokenizer_name" in cfg.get("text_cfg", {}):
         raise ClipmemError(f"model '{name_or_path}' uses a Hugging Face text tower, which needs a download")
     return copy.deepcopy(cfg)
-
-
-def check_preprocess(name_or_path: str) -> Normalization:
-    """The normalisation the model config names (its preprocess_cfg's mean and std, else OpenAI's, as open_clip
-    reads them); a malformed one is refused naming the file. Every normalisation is followed, with or without
-    --pretrained, so this only checks."""
-    return normalization(resolve_config(name_or_path).get(PREPROCESS), f"model config {name_or_path}")
 
 
 def create_model(cfg: dict, seed: int) -> torch.nn.Module:

@@ -21,7 +21,7 @@ import clipmem.scoring.score as score
 import clipmem.scoring.train as train
 from clipmem.scoring.config import AugmentConfig
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.models import check_preprocess, create_model, resolve_config
+from clipmem.scoring.models import create_model, resolve_config
 from clipmem.scoring.train import read_state_dict
 from clipmem.scoring.transform import OPENAI, Normalization, normalization_of, sample_views
 from constructed import plain_augment
@@ -59,7 +59,8 @@ def test_the_normalisation_is_the_one_open_clip_reads_from_the_config(tmp_path):
     # the config keeps only what differs from the default, so a run's model_config.json is unchanged without it
     assert "preprocess_cfg" not in resolve_config(str(open_clip_file(tmp_path, {"mean": list(OPENAI_DATASET_MEAN)})))
     assert resolve_config(str(open_clip_file(tmp_path, HALF)))["preprocess_cfg"] == HALF
-    assert check_preprocess(str(open_clip_file(tmp_path, HALF))) == Normalization((0.5,) * 3, (0.5,) * 3)
+    half = create_model(resolve_config(str(open_clip_file(tmp_path, HALF))), 0)
+    assert normalization_of(half) == Normalization((0.5,) * 3, (0.5,) * 3)
 
 
 @pytest.mark.parametrize("preprocess, words", [
