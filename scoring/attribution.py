@@ -82,19 +82,26 @@ def _pool(output, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 @contextmanager
-def capture_blocks(blocks: list[torch.nn.Module], mask_ref: dict | None = None):
-    """Collect each block's mean-pooled output during forward passes; yields the per-block lists."""
-    store: list[list[torch.Tensor]] = [[] for _ in blocks]
-    handles = []
-    for i, block in enumerate(blocks):
-        def hook(_module, _inputs, output, i=i):
-            store[i].append(_pool(output, mask_ref.get("mask") if mask_ref else None).cpu())
-        handles.append(block.register_forward_hook(hook))
+def _forward_hooks(modules: list[torch.nn.Module], on_output):
+    """Call on_output(i, output) after each forward of modules[i], for the duration of the block."""
+    handles = [module.register_forward_hook(lambda _module, _inputs, output, i=i: on_output(i, output))
+               for i, module in enumerate(modules)]
     try:
-        yield store
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def capture_blocks(blocks: list[torch.nn.Module], mask_ref: dict | None = None):
+    """Collect each block's mean-pooled output during forward passes; yields the per-block lists."""
+    store: list[list[torch.Tensor]] = [[] for _ in blocks]
+
+    def keep(i, output):
+        store[i].append(_pool(output, mask_ref.get("mask") if mask_ref else None).cpu())
+    with _forward_hooks(blocks, keep):
+        yield store
 
 
 def unit_modules(blocks: list[torch.nn.Module]) -> list[torch.nn.Module] | None:
@@ -125,21 +132,16 @@ def capture_unit_sums(modules: list[torch.nn.Module], n_rows: int, repeat: int):
     Summed in the hook, so a pass holds one row per pair rather than one per view."""
     sums: list[torch.Tensor | None] = [None] * len(modules)
     count = [0] * len(modules)
-    handles = []
-    for i, module in enumerate(modules):
-        def hook(_module, _inputs, output, i=i):
-            pooled = _pool(output, None).cpu()
-            rows = torch.arange(count[i], count[i] + len(pooled)) // repeat
-            if sums[i] is None:
-                sums[i] = torch.zeros(n_rows, pooled.shape[1])
-            sums[i].index_add_(0, rows, pooled)
-            count[i] += len(pooled)
-        handles.append(module.register_forward_hook(hook))
-    try:
+
+    def add(i, output):
+        pooled = _pool(output, None).cpu()
+        rows = torch.arange(count[i], count[i] + len(pooled)) // repeat
+        if sums[i] is None:
+            sums[i] = torch.zeros(n_rows, pooled.shape[1])
+        sums[i].index_add_(0, rows, pooled)
+        count[i] += len(pooled)
+    with _forward_hooks(modules, add):
         yield sums
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def unit_mem(activations) -> np.ndarray:
