@@ -31,3 +31,32 @@ def split_tiny_run(path: Path, data_path: Path, epochs: int = 2):
     run.prepare_new(overwrite=False)
     split_step(run, cfg)
     return run, cfg
+
+
+def train_watched(planned, tmp_path: Path, **train_options):
+    """Train f and g of a planned run (RunDir, RunConfig) with these train options, in this process; returns
+    (models, the batches seen as (model name, rows, images, text), corpus)."""
+    from dataclasses import replace
+
+    from clipmem.scoring.models import create_model
+    from clipmem.scoring.pipeline import load_corpus
+    from clipmem.scoring.schemes import PUBLISHED_MODELS
+    from clipmem.scoring.train import train_models
+
+    run, cfg = planned
+    cfg = replace(cfg, train=replace(cfg.train, **train_options))
+    corpus, _, model_cfg = load_corpus(run, cfg)
+    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in PUBLISHED_MODELS}
+    seen = []
+    train_models(models, corpus, cfg.train, tmp_path / "ck", tmp_path / "log.jsonl", show_progress=False,
+                 batch_hook=lambda name, rows, images, text: seen.append((name, rows.clone(), images.clone(),
+                                                                           text.clone())))
+    return models, seen, corpus
+
+
+def weights(model):
+    """Every floating-point tensor of the model's state, flattened into one."""
+    import torch
+
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.dtype.is_floating_point])
+

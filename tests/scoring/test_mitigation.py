@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-from run_fixtures import split_tiny_run
+from run_fixtures import split_tiny_run, weights
+from run_fixtures import train_watched as train
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.evaluate import linear_probe, probe_labels
-from clipmem.scoring.models import create_model
 from clipmem.scoring.pipeline import load_corpus
 from clipmem.scoring.schemes import PUBLISHED_MODELS
-from clipmem.scoring.train import train_models
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory, tiny_data):
     """A split tiny run (no training): (RunDir, RunConfig)."""
     return split_tiny_run(tmp_path_factory.mktemp("mitigation") / "run", tiny_data)
-
-
-def train(planned, tmp_path: Path, **train_options):
-    """Train f and g for the config's epochs with these options; returns (models, batches seen, corpus)."""
-    run, cfg = planned
-    cfg = replace(cfg, train=replace(cfg.train, **train_options))
-    corpus, _, model_cfg = load_corpus(run, cfg)
-    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in PUBLISHED_MODELS}
-    seen = []
-    train_models(models, corpus, cfg.train, tmp_path / "ck", tmp_path / "log.jsonl", show_progress=False,
-                 batch_hook=lambda name, rows, images, text: seen.append((name, rows.clone(), images.clone(),
-                                                                           text.clone())))
-    return models, seen, corpus
-
-
-def weights(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.dtype.is_floating_point])
 
 
 def test_removed_ids_never_appear_in_a_batch_and_are_not_scored(planned, tmp_path):

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from run_fixtures import TINY_SYNTH, split_tiny_run
+from run_fixtures import TINY_SYNTH, split_tiny_run, weights
+from run_fixtures import train_watched as train
 from clipmem.scoring.config import AugmentConfig, SynthConfig
 from clipmem.scoring.data.synthetic import POSITIONS, generate, write
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.models import create_model
 from clipmem.scoring.pipeline import load_corpus
 from clipmem.scoring.schemes import PUBLISHED_MODELS
-from clipmem.scoring.train import train_models
 from clipmem.scoring.transform import augment, sample_views
 
 K = 5  # the images-captions grid's renderings
@@ -27,22 +26,6 @@ K = 5  # the images-captions grid's renderings
 def rendered_data(tmp_path_factory):
     """The tiny data set written with K renderings of each scene."""
     return write(replace(TINY_SYNTH, renderings=K), tmp_path_factory.mktemp("rendered") / "tiny")
-
-
-def train(run_and_cfg, tmp_path, **train_options):
-    """Train f and g with these options; returns (models, batches seen as (name, rows, images), corpus)."""
-    run, cfg = run_and_cfg
-    cfg = replace(cfg, train=replace(cfg.train, **train_options))
-    corpus, _, model_cfg = load_corpus(run, cfg)
-    models = {name: create_model(model_cfg, cfg.train.init_seed) for name in PUBLISHED_MODELS}
-    seen = []
-    train_models(models, corpus, cfg.train, tmp_path / "ck", tmp_path / "log.jsonl", show_progress=False,
-                 batch_hook=lambda name, rows, images, text: seen.append((name, rows.clone(), images.clone())))
-    return models, seen, corpus
-
-
-def weights(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.dtype.is_floating_point])
 
 
 def _foreground(pixels: np.ndarray) -> np.ndarray:
@@ -133,7 +116,7 @@ def test_training_sees_one_drawn_rendering_per_pair_and_step(rendered_run, tmp_p
 
     def renderings_seen(seen):
         out = []
-        for name, rows, images in seen:
+        for name, rows, images, _ in seen:
             for r, image in zip(rows.tolist(), images):
                 match = [j for j in range(K) if torch.allclose(candidates[r, j], image, atol=1e-6)]
                 assert len(match) == 1
@@ -149,7 +132,7 @@ def test_training_sees_one_drawn_rendering_per_pair_and_step(rendered_run, tmp_p
     shared = set(corpus.rows("shared").tolist())
     start = 0
     for i in range(0, len(several), 2):
-        (nf, rows_f, _), (ng, rows_g, _) = several[i], several[i + 1]
+        (nf, rows_f, _, _), (ng, rows_g, _, _) = several[i], several[i + 1]
         assert (nf, ng) == ("f", "g")
         f_picks = dict((r, j) for _, r, j in picks[start:start + len(rows_f)])
         g_picks = dict((r, j) for _, r, j in picks[start + len(rows_f):start + len(rows_f) + len(rows_g)])
