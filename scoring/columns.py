@@ -91,6 +91,21 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
                                          "optional.", False, bounds=PROBABILITY),
     ScoreColumn("clipmem_contrastive_q", "Benjamini-Hochberg q-value of clipmem_contrastive_p; optional.", False,
                 bounds=PROBABILITY),
+    # why a pair is memorized (issue 18, scoring/why.py, docs/why.md): neighbours under the model that did NOT train
+    # on the pair (g for S_C, f for S_I, a k-fold pair's own fold model), among the run's scored and S_E pairs
+    ScoreColumn("miscaption", "How likely the caption is wrong: the fraction of the run's S_E reference pairs (which "
+                              "neither model trained on) whose mis-caption evidence is weaker than the pair's "
+                              "(docs/why.md); optional.", False, True, PROBABILITY),
+    ScoreColumn("image_neighbour_sim", "Cosine between the pair's image and its nearest other image under the model "
+                                       "that did not train on it; optional.", False, bounds=COSINE),
+    ScoreColumn("caption_neighbour_sim", "Cosine between the pair's caption and its nearest other caption under the "
+                                         "model that did not train on it; optional.", False, bounds=COSINE),
+    ScoreColumn("neighbour_agreement", "How well the captions of the pair's nearest image neighbours agree with its "
+                                       "own: their similarity-weighted mean caption-caption cosine, same model; "
+                                       "optional.", False, bounds=COSINE),
+    ScoreColumn("neighbour_caption_margin", "How much better the pair's image matches its nearest image neighbours' "
+                                            "captions than its own caption (similarity-weighted mean image-caption "
+                                            "cosine minus its own), same model; optional.", False, bounds=COSINE_GAP),
 )
 
 SCORE_NAMES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS)
@@ -102,6 +117,19 @@ SCORE_BY_NAME: dict[str, ScoreColumn] = {c.name: c for c in SCORE_COLUMNS}
 # boolean flags in scores.parquet (optional: null in runs scored before significance)
 MEMORIZED = "memorized"     # clipmem_q <= the run's FDR (config score.fdr, `clipmem run --fdr`, default 0.05)
 FLAG_COLUMNS = (MEMORIZED,)
+
+# why a pair is memorized (issue 18, docs/why.md): a categorical column of scores.parquet, one of REASONS (optional:
+# null in runs scored before it)
+REASON = "reason"
+REASONS = ("miscaptioned", "atypical_image", "atypical_caption", "duplicate", "typical")
+REASON_LABELS = {"miscaptioned": "mis-captioned", "atypical_image": "atypical image",
+                 "atypical_caption": "atypical caption", "duplicate": "duplicate", "typical": "typical"}
+# neighbours.parquet (RunDir.neighbours): per scored pair, kind ("image": its nearest other images, "caption": its
+# nearest other captions) and rank 1..k, under the pair's "without" model. `similarity`: image-image cosine (kind
+# image) or caption-caption cosine (kind caption); `agreement`: the neighbour's caption against the pair's caption
+# (kind image), the neighbour's image against the pair's image (kind caption)
+NEIGHBOUR_KINDS = ("image", "caption")
+NEIGHBOUR_COLUMNS = ("sample_id", "kind", "rank", "neighbour_id", "similarity", "agreement")
 
 # null.parquet: the scored pairs' columns on S_E pairs, once per direction they serve as null for. `null_for` is the
 # key of the scored pairs the row is the null of (null_key): in the published scheme "candidate" (raw = A_f - A_g,

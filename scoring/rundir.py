@@ -49,6 +49,8 @@ class RunDir:
     null = property(lambda self: self.path / "null.parquet")  # the scores of S_E pairs: the null (columns.NULL_COLUMNS)
     layers = property(lambda self: self.path / "layers.parquet")
     layer_curves = property(lambda self: self.path / "layer_curves.parquet")
+    # per scored pair its nearest images and captions under the model that did not train on it (columns.NEIGHBOUR_COLUMNS)
+    neighbours = property(lambda self: self.path / "neighbours.parquet")
     metrics = property(lambda self: self.path / "metrics.json")
     experiment = property(lambda self: self.path / "experiment.json")  # only in runs made by `clipmem experiment`
     marker = property(lambda self: self.path / COMPLETE)
