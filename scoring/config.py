@@ -85,8 +85,8 @@ class SplitConfig:
 
 # the recipe --pretrained starts from where the user sets no other (scoring.cli): a tenth of the from-scratch peak
 # learning rate, so the first steps refine the pretrained features instead of overwriting them; a short warm-up,
-# which only has to settle AdamW's moment estimates, since the weights already sit in a trained basin; and a quarter
-# of the epochs, since the models start near a solution (docs/fine-tuning.md)
+# which only has to settle AdamW's moment estimates, since the weights already sit in a trained basin; and half the
+# demo's epochs, since the models start near a solution (docs/fine-tuning.md)
 FINE_TUNE_RECIPE = {"lr": 2e-4, "warmup_steps": 10, "epochs": 20}
 
 # where training adds the text-embedding noise (TrainConfig.text_noise_on; scoring.train.noisy_text_forward)
@@ -95,8 +95,9 @@ TEXT_NOISE_PLACEMENTS = ("normalized", "projection")
 
 @dataclass
 class TrainConfig:
-    model: str = "clipmem-demo"
-    epochs: int = 80
+    # the built-in demo: a ResNet image tower that learns shape as well as colour in 40 epochs (docs/experiments.md)
+    model: str = "clipmem-demo-shape"
+    epochs: int = 40
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
