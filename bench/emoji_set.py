@@ -6,7 +6,7 @@ the nearest thing to "real data you did not write" that a machine without intern
 font (Debian: `apt-get install fonts-noto-color-emoji`); nothing is downloaded.
 
     .venv/bin/python bench/emoji_set.py --out data/emoji          # ~3,000 pairs, metadata.jsonl + PNGs
-    .venv/bin/clipmem run --out runs/emoji --dataset folder --data data/emoji --inject swapped:0.05
+    .venv/bin/clipmem run --out runs/emoji --dataset folder --data data/emoji --inject swapped=0.05
 
 Code points the font has no glyph for (it draws its .notdef box) are left out, as are glyphs that render
 as nothing.
