@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from clipmem.scoring.errors import ClipmemError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-RUN_PARTITION = re.compile(r"^(samples|scores|embedding_points)_run_\d+$")
+RUN_PARTITION = re.compile(r"^(samples|scores|embedding_points|pair_neighbours)_run_\d+$")
 # execution option marking the connections of write sessions (SQLite begins them with BEGIN IMMEDIATE)
 WRITE_LOCK = "clipmem_write_lock"
 

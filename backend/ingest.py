@@ -32,6 +32,7 @@ from clipmem.backend.rundir import RunContents, check_experiment_name, read_run
 from clipmem.backend.snapshots import EMBEDDING_ROWS, SCORES, write_snapshot
 from clipmem.backend.store import bulk_insert, delete_run, is_postgresql, load_run_rows
 from clipmem.backend.summary import summarize
+from clipmem.scoring.columns import REASON
 from clipmem.scoring.errors import ClipmemError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -96,6 +97,8 @@ def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool
         if tags:
             conn.execute(insert(Tag), [{"run_id": run_id, **tag} for tag in tags])
         _insert_scores(conn, run_id, contents)
+        if contents.neighbours is not None:
+            _insert_neighbours(conn, run_id, contents.neighbours)
         maps, summary, thumbnails, timings["derive"] = derived.result()
         _insert_embeddings(conn, run_id, contents, maps)
         if thumbnails:
@@ -200,6 +203,7 @@ def _insert_run(conn, contents: RunContents, map_method: str) -> int:
         experiment=contents.experiment,
         experiment_params=contents.experiment_params,
         null_scores=contents.null_scores,
+        n_neighbours=0 if contents.neighbours is None else len(contents.neighbours),
     )
     return conn.execute(insert(Run).values(**values).returning(Run.id)).scalar_one()
 
@@ -230,16 +234,28 @@ def _insert_scores(conn, run_id: int, contents: RunContents) -> None:
     scores = {name: sc[name].to_numpy() for name in contents.score_names}
     flags = {name: sc[name].to_numpy() for name in contents.flag_names}
     null_for = {"null_for": sc["null_for"].tolist()} if contents.null_scores is not None else {}
+    reason = {REASON: sc[REASON].tolist()} if REASON in sc.columns else {}
     load_run_rows(conn, "scores", run_id, {
         "run_id": np.full(len(sc), run_id), "pair_index": sc["pair_index"].to_numpy(),
         "split": sc["split"].tolist(), "truth": sc["truth"].tolist(), "caption_search": caption_search,
         "n_captions": sc["n_captions"].to_numpy(), "seen_by": sc["seen_by"].tolist(), **scores, **flags,
-        **null_for, "views_f": sc["views_f"].tolist(), "views_g": sc["views_g"].tolist(),
+        **null_for, **reason, "views_f": sc["views_f"].tolist(), "views_g": sc["views_g"].tolist(),
     })
     write_snapshot(conn, run_id, SCORES, pa.table({
         "pair_index": sc["pair_index"].to_numpy(), "split": pa.array(sc["split"].tolist()).dictionary_encode(),
         "truth": pa.array(sc["truth"].tolist()).dictionary_encode(), "caption_search": caption_search, **scores,
-        **flags}))
+        **flags, **{name: pa.array(values).dictionary_encode() for name, values in reason.items()}}))
+
+
+def _insert_neighbours(conn, run_id: int, neighbours: pd.DataFrame) -> None:
+    """neighbours.parquet's rows (backend.rundir._read_neighbours) into pair_neighbours."""
+    if neighbours.empty:
+        return
+    load_run_rows(conn, "pair_neighbours", run_id, {
+        "run_id": np.full(len(neighbours), run_id), "pair_index": neighbours["pair_index"].to_numpy(),
+        "kind": neighbours["kind"].tolist(), "rank": neighbours["rank"].to_numpy(),
+        "neighbour_index": neighbours["neighbour_index"].to_numpy(),
+        "similarity": neighbours["similarity"].to_numpy(), "agreement": neighbours["agreement"].to_numpy()})
 
 
 def _insert_embeddings(conn, run_id: int, contents: RunContents, maps: dict) -> None:

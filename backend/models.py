@@ -4,8 +4,8 @@ A run owns its rows through (run_id, pair_index): pair_index is the pair's posit
 the run's samples.parquet, so every per-pair table shares one compact key and keyset
 pagination has a unique tie-breaker.
 
-On PostgreSQL the three tables with a row per pair (samples, scores, embedding_points)
-are partitioned by run: ingest loads a run's rows into tables of their own without
+On PostgreSQL the tables with rows per pair (samples, scores, embedding_points,
+pair_neighbours) are partitioned by run: ingest loads a run's rows into tables of their own without
 indexes and attaches them, so indexes are built by sorting once rather than row by row,
 and deleting a run drops its partitions. SQLite ignores the partitioning. `scores` repeats split, truth and a lower-cased
 caption text from `samples` so every filter and sort the API offers is served by an
@@ -20,7 +20,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Double, ForeignKey, ForeignKeyC
                         LargeBinary, MetaData, String, Text, UniqueConstraint, column)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from clipmem.scoring.columns import FLAG_COLUMNS, SCORE_COLUMNS
+from clipmem.scoring.columns import FLAG_COLUMNS, REASON, SCORE_COLUMNS
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -71,6 +71,8 @@ class Run(Base):
     # null.parquet's clipmem_raw values by null key ({null_for: [values]}): the measured null every scored pair's
     # p-value is taken against; null for runs scored without one (older runs, or runs without S_E pairs)
     null_scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # the run's rows in pair_neighbours (neighbours.parquet); 0 for runs scored without neighbours
+    n_neighbours: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Sample(Base):
@@ -119,7 +121,7 @@ class Score(Base):
         Index("ix_scores_run_id_split", "run_id", "split", "pair_index"),
         Index("ix_scores_run_id_truth", "run_id", "truth", "pair_index"),
         *(score_index(c.name, partial=not c.required) for c in SCORE_COLUMNS),
-        *(score_index(name, partial=True) for name in FLAG_COLUMNS),
+        *(score_index(name, partial=True) for name in (*FLAG_COLUMNS, REASON)),
         {"postgresql_partition_by": "LIST (run_id)"},
     )
 
@@ -154,6 +156,13 @@ class Score(Base):
     clipmem_raw_sd: Mapped[float | None] = mapped_column(Double)
     clipmem_contrastive_p: Mapped[float | None] = mapped_column(Double)
     clipmem_contrastive_q: Mapped[float | None] = mapped_column(Double)
+    # why the pair is memorized (issue 18, docs/why.md); null in runs scored before it
+    miscaption: Mapped[float | None] = mapped_column(Double)
+    image_neighbour_sim: Mapped[float | None] = mapped_column(Double)
+    caption_neighbour_sim: Mapped[float | None] = mapped_column(Double)
+    neighbour_agreement: Mapped[float | None] = mapped_column(Double)
+    neighbour_caption_margin: Mapped[float | None] = mapped_column(Double)
+    reason: Mapped[str | None] = mapped_column(String(32))  # one of scoring.columns.REASONS
     # clipmem_q <= the run's FDR; null in runs scored without significance
     memorized: Mapped[bool | None] = mapped_column(Boolean)
     # the key of the null in runs.null_scores the pair is tested against (scoring.columns.null_key); null when the
@@ -162,6 +171,28 @@ class Score(Base):
     # per-view alignments, float32 little-endian
     views_f: Mapped[bytes] = mapped_column(LargeBinary)
     views_g: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PairNeighbour(Base):
+    """neighbours.parquet: a scored pair's nearest other images (kind "image") or captions (kind "caption") under the
+    model that did not train on it, by rank: the evidence behind its `reason` (GET .../samples/{id}/evidence). Not
+    the embedding-neighbour search of GET /runs/{run}/neighbours, which searches the embeddings at request time."""
+
+    __tablename__ = "pair_neighbours"
+    __table_args__ = (
+        _sample_fk(),
+        {"postgresql_partition_by": "LIST (run_id)"},
+    )
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pair_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)       # scoring.columns.NEIGHBOUR_KINDS
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)         # 1 = nearest
+    neighbour_index: Mapped[int] = mapped_column(Integer)                # the neighbouring pair's pair_index
+    # image-image (kind image) or caption-caption (kind caption) cosine, under the pair's "without" model
+    similarity: Mapped[float] = mapped_column(Double)
+    # the neighbour's caption against the pair's caption (kind image), or its image against the pair's image
+    agreement: Mapped[float] = mapped_column(Double)
 
 
 class EmbeddingBlock(Base):
@@ -250,8 +281,8 @@ class Tag(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-# tables with one row per pair of a run, partitioned by run on PostgreSQL
-PARTITIONED = (Sample, Score, EmbeddingPoint)
+# tables with rows per pair of a run, partitioned by run on PostgreSQL (samples first: the others reference it)
+PARTITIONED = (Sample, Score, EmbeddingPoint, PairNeighbour)
 
 
 def partition_name(table: str, run_id: int) -> str:

@@ -20,8 +20,8 @@ import pandas as pd
 
 from clipmem.scoring.columns import (COSINE, COSINE_GAP, CURVE_COLUMNS, EMBEDDING_ARRAYS, FLAG_COLUMNS,
                                      LAYER_COLUMNS, LAYER_INTERVAL_COLUMNS, LAYER_UNIT_COLUMNS,
-                                     MEMORIZED, NULL_COLUMNS, RANGE_TOLERANCE,
-                                     SAMPLE_COLUMNS, SCORE_BY_NAME, SCORE_COLUMNS, SCORE_FILE_COLUMNS, SCORED_SPLITS,
+                                     MEMORIZED, NEIGHBOUR_COLUMNS, NEIGHBOUR_KINDS, NULL_COLUMNS, RANGE_TOLERANCE,
+                                     REASON, REASONS, SAMPLE_COLUMNS, SCORE_BY_NAME, SCORE_COLUMNS, SCORE_FILE_COLUMNS, SCORED_SPLITS,
                                      SEEN_BY, SPLITS, null_key)
 from clipmem.scoring.config import RunConfig
 from clipmem.scoring.errors import ClipmemError
@@ -45,8 +45,8 @@ class RunContents:
     dataset_kind: str
     split_sizes: dict[str, int]
     samples: pd.DataFrame      # SAMPLE_COLUMNS plus pair_index, in file order
-    scores: pd.DataFrame       # SCORE_FILE_COLUMNS, the optional scores and flags present, pair_index, and
-                               # null_for (the pair's null key) when the run has a null
+    scores: pd.DataFrame       # SCORE_FILE_COLUMNS, the optional scores and flags present, reason when present,
+                               # pair_index, and null_for (the pair's null key) when the run has a null
     score_names: list[str]     # score columns of this run, in SCORE_COLUMNS order
     embedding_pair_index: np.ndarray  # pair_index of each embedding row
     embeddings: dict[str, np.ndarray]  # f_image, f_text, g_image, g_text: (N, D) float32
@@ -58,13 +58,15 @@ class RunContents:
     flag_names: list[str] = field(default_factory=list)  # FLAG_COLUMNS this run's scores.parquet holds
     null_scores: dict[str, list[float]] | None = None  # null.parquet's clipmem_raw by null_for; None without one
     fdr: float | None = None                   # config score.fdr: the rate `memorized` controls
+    # neighbours.parquet as pair_index, kind, rank, neighbour_index, similarity, agreement; None without one
+    neighbours: pd.DataFrame | None = None
     warnings: list[str] = field(default_factory=list)  # what the reader could not check, for the user
 
 
 def read_files(run: RunDir) -> tuple[Path, ...]:
     """The files of the run directory ingest reads (the optional ones only when present)."""
     return (run.config, run.data_root, run.split, run.samples, run.scores, run.embeddings, run.metrics,
-            run.layers, run.layer_curves, run.experiment, run.null)
+            run.layers, run.layer_curves, run.experiment, run.null, run.neighbours)
 
 
 def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
@@ -158,6 +160,7 @@ def read_run(path: Path) -> RunContents:
     fdr = _fdr(run.config, config)
     flag_names = _check_flags(run.scores, scores, score_names, fdr)
     null_scores = _read_null(run.null, samples, lookup, scores) if run.null.is_file() else None
+    neighbours = _read_neighbours(run.neighbours, samples, lookup, scores) if run.neighbours.is_file() else None
     emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
     layers, curves = _read_layers(run)
@@ -167,7 +170,7 @@ def read_run(path: Path) -> RunContents:
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
                        embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves,
                        experiment=experiment, experiment_params=experiment_params, flag_names=flag_names,
-                       null_scores=null_scores, fdr=fdr, warnings=warnings)
+                       null_scores=null_scores, fdr=fdr, neighbours=neighbours, warnings=warnings)
 
 
 def _fdr(file: Path, config: dict) -> float | None:
@@ -509,9 +512,82 @@ def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index,
         frame[name] = values
     for name in ("views_f", "views_g"):
         frame[name] = _views(views[name], frame, name, file)
+    if REASON in frame.columns:
+        frame[REASON] = _reasons(file, frame)
     frame["pair_index"] = samples["pair_index"].to_numpy()[position]
     frame["n_captions"] = frame["n_captions"].astype(np.int64)
     return frame, present
+
+
+def _reasons(file: Path, frame: pd.DataFrame) -> np.ndarray:
+    """The `reason` column as plain strings, each one of REASONS (written for every scored pair)."""
+    values = frame[REASON].astype(object).to_numpy()
+    missing = pd.isna(values)
+    if missing.any():
+        raise ClipmemError(f"{file}: column {REASON} is missing for sample {_first_bad(frame, missing)} "
+                           f"({int(missing.sum())} pairs): it is written for every scored pair")
+    unknown = ~np.isin(values.astype(str), REASONS) | np.array([not isinstance(v, str) for v in values])
+    if unknown.any():
+        sid = _first_bad(frame, unknown)
+        raise ClipmemError(f"{file}: {REASON} of sample {sid} is {values[unknown][0]!r} (expected one of "
+                           f"{', '.join(REASONS)})")
+    return values
+
+
+def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores: pd.DataFrame) -> pd.DataFrame:
+    """neighbours.parquet checked: rows of scored pairs, each (pair, kind, rank) once with kind one of
+    NEIGHBOUR_KINDS and rank >= 1, neighbours that are other pairs of samples.parquet, finite cosines in range.
+    Returned as pair_index, kind, rank, neighbour_index, similarity, agreement, by pair, kind and rank."""
+    frame, _ = _read_parquet(file, NEIGHBOUR_COLUMNS, strings=("sample_id", "kind", "neighbour_id"))
+    position = _locate(file, frame, lookup, "neighbours")
+    scored = np.zeros(len(samples), dtype=bool)
+    scored[scores["pair_index"].to_numpy()] = True
+    not_scored = ~scored[position]
+    if not_scored.any():
+        split = samples["split"].to_numpy()[position][not_scored][0]
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, not_scored)} is not scored (split '{split}'); "
+                           "neighbours are listed for scored pairs only")
+    unknown_kind = ~frame["kind"].isin(NEIGHBOUR_KINDS).to_numpy()
+    if unknown_kind.any():
+        raise ClipmemError(f"{file}: kind of sample {_first_bad(frame, unknown_kind)} is "
+                           f"{frame['kind'].to_numpy()[unknown_kind][0]!r} (expected one of {', '.join(NEIGHBOUR_KINDS)})")
+    neighbour = lookup.get_indexer(frame["neighbour_id"].to_numpy())
+    absent = neighbour < 0
+    if absent.any():
+        raise ClipmemError(f"{file}: neighbour_id {frame['neighbour_id'].to_numpy()[absent][0]!r} of sample "
+                           f"{_first_bad(frame, absent)} is not a sample of the run (samples.parquet)")
+    itself = neighbour == position
+    if itself.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, itself)} is listed as its own neighbour (neighbours "
+                           "are other pairs)")
+    try:
+        rank = frame["rank"].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ClipmemError(f"{file}: column rank should be numeric") from None
+    bad_rank = ~np.isfinite(rank) | (rank < 1) | (rank != np.round(rank)) | (rank > 2**31 - 1)
+    if bad_rank.any():
+        raise ClipmemError(f"{file}: rank of sample {_first_bad(frame, bad_rank)} is {rank[bad_rank][0]!r} (ranks "
+                           "are whole numbers from 1)")
+    frame["rank"] = rank.astype(np.int64)
+    dup = frame.duplicated(["sample_id", "kind", "rank"]).to_numpy()
+    if dup.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, dup)} has {frame['kind'].to_numpy()[dup][0]} "
+                           f"neighbour rank {frame['rank'].to_numpy()[dup][0]} more than once")
+    for name in ("similarity", "agreement"):
+        try:
+            values = frame[name].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{file}: column {name} should be numeric") from None
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
+        _check_range(file, frame, name, values, COSINE)
+        frame[name] = values
+    pair_index = samples["pair_index"].to_numpy()
+    out = pd.DataFrame({"pair_index": pair_index[position], "kind": frame["kind"].to_numpy(),
+                        "rank": frame["rank"].to_numpy(), "neighbour_index": pair_index[neighbour],
+                        "similarity": frame["similarity"].to_numpy(), "agreement": frame["agreement"].to_numpy()})
+    return out.sort_values(["pair_index", "kind", "rank"], ignore_index=True)
 
 
 def _check_range(file: Path, frame: pd.DataFrame, name: str, values: np.ndarray, bounds: tuple[float, float],

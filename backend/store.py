@@ -20,7 +20,8 @@ from clipmem.backend.models import PARTITIONED, EmbeddingBlock, Run, RunSnapshot
 
 CHUNK_ROWS = 100_000
 Columns = dict[str, Sequence | np.ndarray]  # column name -> one value per row (JSON columns as JSON text)
-ROW_COUNT = {"samples": Run.n_samples, "scores": Run.n_scored, "embedding_points": Run.n_embedded}
+ROW_COUNT = {"samples": Run.n_samples, "scores": Run.n_scored, "embedding_points": Run.n_embedded,
+             "pair_neighbours": Run.n_neighbours}
 
 
 def is_postgresql(conn: Connection) -> bool:
@@ -58,7 +59,7 @@ def _copy_csv(conn: Connection, table: str, columns: Columns) -> None:
 
 
 def load_run_rows(conn: Connection, table: str, run_id: int, columns: Columns) -> None:
-    """Bulk-load one run's rows into a per-pair table (samples, scores or embedding_points)."""
+    """Bulk-load one run's rows into a per-pair table (samples, scores, embedding_points or pair_neighbours)."""
     n_rows = len(next(iter(columns.values())))
     if is_postgresql(conn):
         partition = partition_name(table, run_id)

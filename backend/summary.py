@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipmem.scoring.columns import DETECTOR_SCORES, MEMORIZED
+from clipmem.scoring.columns import DETECTOR_SCORES, MEMORIZED, REASON, REASONS
 from clipmem.scoring.metrics import detection
 from clipmem.scoring.significance import flagged_by_truth, group_means, jsonable, tower_verdicts
 
@@ -23,9 +23,10 @@ INTERVAL_SCORES = ("clipmem", "clipmem_raw")
 
 
 def summarize(scores: pd.DataFrame, score_names: list[str], fdr: float | None = None) -> dict:
-    """{pairs, means, intervals, by_truth, detection, towers, significance}: `intervals` (and each by_truth row's)
-    hold {score: {estimate, lo, hi}} for INTERVAL_SCORES; `towers` is significance.tower_verdicts (empty without
-    tower scores); `significance` {fdr, flagged, by_truth} is present only when the run flags pairs."""
+    """{pairs, means, intervals, by_truth, detection, towers, significance, reasons}: `intervals` (and each by_truth
+    row's) hold {score: {estimate, lo, hi}} for INTERVAL_SCORES; `towers` is significance.tower_verdicts (empty
+    without tower scores); `significance` {fdr, flagged, by_truth} is present only when the run flags pairs;
+    `reasons` {reason: pairs} (every one of REASONS) only when its scores.parquet has a `reason` per pair."""
     grouped = scores.groupby("truth", sort=True)
     intervals = {row["truth"]: {name: row[name] for name in INTERVAL_SCORES if name in row}
                  for row in jsonable(group_means(scores, [n for n in INTERVAL_SCORES if n in score_names]))}
@@ -50,4 +51,7 @@ def summarize(scores: pd.DataFrame, score_names: list[str], fdr: float | None = 
         counts = jsonable(flagged_by_truth(scores))
         summary["significance"] = {"fdr": fdr, "flagged": next(r["flagged"] for r in counts if r["truth"] == "all"),
                                    "by_truth": counts}
+    if REASON in scores.columns:
+        counts = scores[REASON].value_counts()
+        summary["reasons"] = {reason: int(counts.get(reason, 0)) for reason in REASONS}
     return summary

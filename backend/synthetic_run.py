@@ -3,7 +3,8 @@
 Tests use small ones (fast, every file under their control); bench/backend_bench.py
 writes one with a million scored pairs. Faulty pairs (swapped, vague, atypical) get
 higher CLIPMem on average, so per-tag summaries and detection quality have something
-to find.
+to find; swapped and vague pairs get higher `miscaption` and neighbours whose captions
+disagree with theirs, atypical ones a distant nearest image (the evidence of issue 18).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clipmem.scoring.columns import MEMORIZED, NULL_COLUMNS, SCORE_COLUMNS, SCORED_SPLITS, SEEN_BY, join_image_ref
+from clipmem.scoring.columns import (MEMORIZED, NEIGHBOUR_COLUMNS, NULL_COLUMNS, REASON, SCORE_COLUMNS, SCORED_SPLITS,
+                                     SEEN_BY, join_image_ref)
 from clipmem.scoring.rundir import RunDir
 from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_by_truth, null_summary
 
@@ -25,13 +27,15 @@ TRUTH_RATES = {"swapped": 0.05, "vague": 0.02, "atypical": 0.02}
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("square", "circle", "triangle", "star")
 SHARED_IMAGES = 16  # images="shared": this many files, reused by every pair
+EVIDENCE_K = 3      # neighbours per scored pair and kind in neighbours.parquet
 
 
 def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_shared: int, n_extra: int, *,
                         dim: int = 16, views: int = 4, seed: int = 0, images: str = "files",
                         optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}",
                         utility: dict[str, float] | None = None, experiment: dict | None = None,
-                        significance: bool = False, fdr: float = 0.05, train: dict | None = None) -> Path:
+                        significance: bool = False, fdr: float = 0.05, train: dict | None = None,
+                        evidence: bool = True) -> Path:
     """Write a finished run into `out` (created) with its images under out/data.
 
     significance: also a null.parquet (the S_E pairs' made-up raw scores, drawn like the clean scored pairs') and
@@ -41,6 +45,8 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
     utility: model f's metrics on S_E in metrics.json (g gets each minus 0.01); default retrieval and
     zero-shot figures. experiment: written as experiment.json, as `clipmem experiment` does for its runs.
     train: config.json's train settings over the made-up ones (e.g. a fine-tuned run's pretrained and lock_*).
+    evidence: the columns of issue 18 (miscaption, the neighbour signals, reason) and neighbours.parquet; False
+    writes a run as scored before them.
 
     images: "files" (one PNG per pair), "tar" (one PNG per pair inside data/shards/000.tar,
     referenced as shards/000.tar#member) or "shared" (a few PNGs reused, for big runs).
@@ -84,11 +90,15 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
         scores, null, significance_metrics = _significance(np.random.default_rng([seed, 15]), scores, ids[extra],
                                                            truth[extra].astype(str), views, fdr)
         null.to_parquet(RunDir(out).null, index=False)
+    embedded = np.concatenate([scored, np.flatnonzero(split == "extra")])
+    cluster = (colour * len(SHAPES) + shape)[embedded]
+    if evidence:
+        # a generator of its own, so the other files stay as they are without the evidence
+        scores, neighbours = _evidence(np.random.default_rng([seed, 18]), scores, ids[embedded], cluster)
+        neighbours.to_parquet(RunDir(out).neighbours, index=False)
     scores.to_parquet(out / "scores.parquet", index=False)
 
-    embedded = np.concatenate([scored, np.flatnonzero(split == "extra")])
     centres = _unit(rng.standard_normal((len(COLOURS) * len(SHAPES), dim)))
-    cluster = (colour * len(SHAPES) + shape)[embedded]
     arrays = {"sample_id": ids[embedded], "split": split[embedded]}
     for model in ("f", "g"):
         for modality in ("image", "text"):
@@ -216,6 +226,51 @@ def _significance(rng, scores: pd.DataFrame, null_ids, null_truth, views: int,
                                 "flagged_by_truth": flagged_by_truth(scores), "tail": TAIL_METHOD,
                                 "null": null_summary(null)}}
     return scores, null, metrics
+
+
+def _evidence(rng, scores: pd.DataFrame, embedded_ids: np.ndarray,
+              cluster: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores with miscaption, the neighbour signals and reason; neighbours.parquet's frame). Each scored pair's
+    neighbours (the first scored pairs in embedded_ids) are the next EVIDENCE_K embedded pairs in an order grouped
+    by colour and shape, so mostly pairs that look alike; the signal columns agree with the neighbour rows
+    (image_neighbour_sim and caption_neighbour_sim are the rank-1 similarities, neighbour_agreement the
+    similarity-weighted mean agreement of the image neighbours). The reason is a made-up rule over the signals."""
+    n, n_embedded = len(scores), len(embedded_ids)
+    k = min(EVIDENCE_K, n_embedded - 1)
+    truth = scores["truth"].to_numpy()
+    wrong = np.isin(truth, ("swapped", "vague"))
+    miscaption = np.where(truth == "swapped", rng.uniform(0.55, 1.0, n),
+                          np.where(wrong, rng.uniform(0.3, 0.9, n), rng.uniform(0.0, 0.6, n)))
+    nearest_image = np.where(truth == "atypical", rng.uniform(0.1, 0.4, n), rng.uniform(0.5, 0.99, n))
+    nearest_caption = rng.uniform(0.4, 0.99, n)
+    # rank r's similarity: the nearest one's minus growing steps, so ranks are in descending order
+    image_sim, caption_sim = (nearest[:, None] - np.cumsum(np.c_[np.zeros(n), rng.uniform(0.0, 0.05, (n, k - 1))],
+                                                           axis=1) for nearest in (nearest_image, nearest_caption))
+    image_agreement = np.where(wrong[:, None], rng.uniform(-0.2, 0.4, (n, k)), rng.uniform(0.5, 1.0, (n, k)))
+    caption_agreement = rng.uniform(0.0, 0.9, (n, k))
+    order = np.lexsort((rng.random(n_embedded), cluster))
+    place = np.empty(n_embedded, dtype=np.int64)
+    place[order] = np.arange(n_embedded)
+    # the next k in that order for images, the previous k for captions: never the pair itself, as k < n_embedded
+    image_neighbour = order[(place[:n, None] + np.arange(1, k + 1)) % n_embedded]
+    caption_neighbour = order[(place[:n, None] - np.arange(1, k + 1)) % n_embedded]
+    scores = scores.copy()
+    scores["miscaption"] = miscaption
+    scores["image_neighbour_sim"] = nearest_image
+    scores["caption_neighbour_sim"] = nearest_caption
+    scores["neighbour_agreement"] = (image_sim * image_agreement).sum(axis=1) / image_sim.sum(axis=1)
+    scores["neighbour_caption_margin"] = np.where(wrong, rng.uniform(0.0, 0.3, n), rng.uniform(-0.3, 0.05, n))
+    scores[REASON] = np.select([miscaption >= 0.7, nearest_image < 0.45, nearest_caption < 0.5,
+                                nearest_image >= 0.97], ["miscaptioned", "atypical_image", "atypical_caption",
+                                                         "duplicate"], "typical")
+    ids = scores["sample_id"].to_numpy()
+    rows = []
+    for kind, neighbour, sims, agreements in (("image", image_neighbour, image_sim, image_agreement),
+                                              ("caption", caption_neighbour, caption_sim, caption_agreement)):
+        rows.append(pd.DataFrame({"sample_id": np.repeat(ids, k), "kind": kind,
+                                  "rank": np.tile(np.arange(1, k + 1), n), "neighbour_id": embedded_ids[neighbour].ravel(),
+                                  "similarity": sims.ravel(), "agreement": agreements.ravel()}))
+    return scores, pd.concat(rows, ignore_index=True)[list(NEIGHBOUR_COLUMNS)]
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

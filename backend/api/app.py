@@ -20,14 +20,14 @@ from clipmem.backend.api.deps import require_token
 from clipmem.backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
 from clipmem.backend.api.frames import RunCache
 from clipmem.backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
-                                         histograms, images, maps, neighbours, null, runs, samples, tags)
+                                         histograms, images, maps, neighbours, null, reasons, runs, samples, tags)
 from clipmem.backend.db import make_engine, migrate, session_factory
 from clipmem.backend.images import PixelBudget
 from clipmem.backend.settings import Settings
 from clipmem import __version__
 
-RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, null, comparisons,
-                    exports, tags, experiments)
+RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, null, reasons,
+                    comparisons, exports, tags, experiments)
 DESCRIPTION = """\
 Browse which image-caption pairs a CLIP model memorized (CLIPMem), as measured by `clipmem run` and loaded
 with `clipmem ingest`. Every resource hangs off a run: its samples (filter, sort, page), images, nearest
@@ -35,6 +35,9 @@ neighbours under f and g, score histograms, 2-D embedding maps, detection qualit
 Runs scored with significance also carry, per pair, a p-value and a Benjamini-Hochberg q-value against the run's
 measured null (the same score on S_E pairs, which neither model trained on; GET /runs/{run}/null), a `memorized`
 flag (q <= the run's FDR) and a 95% interval over the scoring views; their means carry bootstrap intervals.
+Runs scored with the evidence of issue 18 say why each pair is memorized: a `reason` (mis-captioned, atypical
+image or caption, duplicate, typical) and a `miscaption` score, with the neighbours behind them
+(GET /runs/{run}/samples/{sample_id}/evidence) and the reason-by-truth table (GET /runs/{run}/reasons).
 Experiments (`clipmem experiment`) group runs: their parameters, mean CLIPMem and utility over seeds.
 
 Convention: `_f` is the model trained WITH the pair, `_g` the one trained without it; `f` and `g` in

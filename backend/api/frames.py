@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 
 from clipmem.backend.models import EmbeddingBlock, Run
 from clipmem.backend.snapshots import EMBEDDING_ROWS, SCORES, read_snapshot
-from clipmem.scoring.columns import FLAG_COLUMNS
+from clipmem.scoring.columns import FLAG_COLUMNS, REASON
 
 
 @dataclass
@@ -36,6 +36,9 @@ class ScoreFrame:
     scores: dict[str, np.ndarray]   # float64 per score column the run has
     # bool per flag column (scoring.columns.FLAG_COLUMNS) the run has
     flags: dict[str, np.ndarray] = field(default_factory=dict)
+    # each pair's reason (scoring.columns.REASONS) as integer codes into reason_values; None when the run has none
+    reason_code: np.ndarray | None = None
+    reason_values: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -44,10 +47,11 @@ class ScoreFrame:
     @property
     def nbytes(self) -> int:
         return (self.pair_index.nbytes + self.split_code.nbytes + self.truth_code.nbytes
-                + self.caption_search.nbytes + sum(v.nbytes for v in (*self.scores.values(), *self.flags.values())))
+                + self.caption_search.nbytes + sum(v.nbytes for v in (*self.scores.values(), *self.flags.values()))
+                + (self.reason_code.nbytes if self.reason_code is not None else 0))
 
     def codes(self, field: str, values: list[str]) -> np.ndarray:
-        known = self.split_values if field == "split" else self.truth_values
+        known = {"split": self.split_values, "truth": self.truth_values, REASON: self.reason_values}[field]
         return np.array([known.index(v) for v in values if v in known], dtype=np.int64)
 
     def caption_contains(self, text: str) -> np.ndarray:
@@ -59,13 +63,17 @@ class ScoreFrame:
     def load(cls, conn: Connection, run: Run) -> "ScoreFrame":
         table = read_snapshot(conn, run.id, SCORES)
         split, truth = table.column("split").combine_chunks(), table.column("truth").combine_chunks()
+        # snapshots of runs scored (or ingested) before issue 18 have no reason column
+        reason = table.column(REASON).combine_chunks() if REASON in table.column_names else None
         return cls(pair_index=table.column("pair_index").to_numpy(),
                    split_code=split.indices.to_numpy(), split_values=tuple(split.dictionary.to_pylist()),
                    truth_code=truth.indices.to_numpy(), truth_values=tuple(truth.dictionary.to_pylist()),
                    caption_search=table.column("caption_search").combine_chunks(),
                    scores={name: table.column(name).to_numpy() for name in run.score_names},
                    flags={name: table.column(name).to_numpy(zero_copy_only=False)
-                          for name in FLAG_COLUMNS if name in table.column_names})
+                          for name in FLAG_COLUMNS if name in table.column_names},
+                   reason_code=reason.indices.to_numpy() if reason is not None else None,
+                   reason_values=tuple(reason.dictionary.to_pylist()) if reason is not None else ())
 
 
 @dataclass

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, exists
 from clipmem.backend.api.errors import bad_parameter
 from clipmem.backend.api.frames import ScoreFrame
 from clipmem.backend.models import Run, Score, Tag
-from clipmem.scoring.columns import MEMORIZED, SCORE_COLUMNS, SCORE_NAMES, SCORED_SPLITS
+from clipmem.scoring.columns import MEMORIZED, REASON, REASONS, SCORE_COLUMNS, SCORE_NAMES, SCORED_SPLITS
 
 TRUTH_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
 TAG_PATTERN = r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$"
@@ -31,6 +31,7 @@ SampleIdText = Annotated[str, StringConstraints(pattern=SAMPLE_ID_PATTERN)]
 TruthTag = Annotated[str, StringConstraints(pattern=TRUTH_PATTERN)]
 UserTag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
 ScoreName = Literal[SCORE_NAMES]  # type: ignore[valid-type]
+Reason = Literal[REASONS]  # type: ignore[valid-type]
 Order = Literal["desc", "asc"]
 
 
@@ -50,6 +51,10 @@ class _FilterFields(BaseModel):
     memorized: bool | None = Field(None, description="true: only pairs flagged memorized (clipmem_q <= the run's "
                                                      "FDR, settings.score.fdr); false: only pairs not flagged. Runs "
                                                      "scored without significance have no flags (422).")
+    reason: list[Reason] = Field(default_factory=list, description="Only pairs whose reason (why the pair is "
+                                                                   "memorized: docs/why.md) is one of these (repeat "
+                                                                   "the parameter for several). Runs scored before "
+                                                                   "reasons have none (422).")
 
     @model_validator(mode="after")
     def _ranges_ordered(self):
@@ -68,8 +73,9 @@ class _FilterFields(BaseModel):
         return out
 
     def scores_used(self) -> set[str]:
-        """The score (and flag) columns the filter reads."""
-        return {name for name, _, _ in self.ranges()} | ({MEMORIZED} if self.memorized is not None else set())
+        """The score (flag and reason) columns the filter reads."""
+        return ({name for name, _, _ in self.ranges()} | ({MEMORIZED} if self.memorized is not None else set())
+                | ({REASON} if self.reason else set()))
 
 
 def _range_fields() -> dict:
@@ -96,12 +102,22 @@ def run_flags(run: Run) -> list[str]:
     return [MEMORIZED] if "significance" in run.summary else []
 
 
+def has_reasons(run: Run) -> bool:
+    """Whether the run has a reason per scored pair: ingest counts the pairs per reason exactly when the run's
+    scores.parquet holds `reason`."""
+    return "reasons" in run.summary
+
+
 def require_scores(run: Run, names: set[str]) -> None:
-    """422 when the request uses a score (or flag) this run does not have (optional scores of newer runs)."""
+    """422 when the request uses a score (flag or reason) this run does not have (optional scores of newer
+    runs)."""
     if MEMORIZED in names and MEMORIZED not in run_flags(run):
         raise bad_parameter(("query", MEMORIZED), f"run '{run.name}' has no {MEMORIZED} flags: it was scored "
                                                   "without significance (no null.parquet), so no pair is tested")
-    missing = sorted(set(names) - set(run.score_names) - {MEMORIZED})
+    if REASON in names and not has_reasons(run):
+        raise bad_parameter(("query", REASON), f"run '{run.name}' has no {REASON}s: it was scored before pairs got "
+                                               "one (docs/why.md)")
+    missing = sorted(set(names) - set(run.score_names) - {MEMORIZED, REASON})
     if missing:
         raise bad_parameter(("query", missing[0]), f"run '{run.name}' has no {', '.join(missing)} scores (it has: "
                                                    f"{', '.join(run.score_names)})")
@@ -120,6 +136,8 @@ def sql_conditions(run: Run, f: _FilterFields) -> list[ColumnElement[bool]]:
         conditions.append(Score.caption_search.contains(f.caption.lower(), autoescape=True))
     if f.memorized is not None:
         conditions.append(Score.memorized == f.memorized)
+    if f.reason:
+        conditions.append(Score.reason.in_(f.reason))
     for name, lo, hi in f.ranges():
         column = getattr(Score, name)
         if lo is not None:
@@ -143,6 +161,9 @@ def frame_mask(frame: ScoreFrame, f: _FilterFields, tagged_pairs: np.ndarray | N
         mask &= frame.caption_contains(f.caption.lower())
     if f.memorized is not None:
         mask &= frame.flags[MEMORIZED] == f.memorized
+    if f.reason:
+        mask &= (np.isin(frame.reason_code, frame.codes(REASON, f.reason)) if frame.reason_code is not None
+                 else np.zeros(frame.size, dtype=bool))
     for name, lo, hi in f.ranges():
         values = frame.scores[name]
         if lo is not None:

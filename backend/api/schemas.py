@@ -7,8 +7,12 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from clipmem.backend.api.limits import MAX_TAG_BATCH
-from clipmem.backend.api.query import SampleIdText, UserTag
+from clipmem.backend.api.query import Reason, SampleIdText, UserTag
 from clipmem.scoring.significance import LARGE_N
+
+
+REASON_TEXT = ("Why the pair is memorized: miscaptioned, atypical_image, atypical_caption, duplicate or typical "
+               "(scoring.columns.REASONS, docs/why.md);")
 
 
 class Health(BaseModel):
@@ -120,6 +124,10 @@ class RunDetail(RunSummary):
     flag_names: list[str] = Field(description="Flag columns this run has: ['memorized'] when it was scored with "
                                               "significance, else empty.")
     has_null: bool = Field(description="Whether the run has a measured null (GET /runs/{run}/null).")
+    has_reasons: bool = Field(description="Whether its pairs have a reason and miscaption (GET /runs/{run}/reasons; "
+                                          "false for runs scored before them).")
+    has_evidence: bool = Field(description="Whether its pairs have stored neighbours (GET /runs/{run}/samples/"
+                                           "{sample_id}/evidence; false for runs scored before them).")
     score_summary: ScoreSummary = Field(description="Means of every score, overall and per truth tag, with intervals.")
     n_embedded: int = Field(description="Pairs with embeddings (scored and S_E pairs).")
     embedding_dim: int = Field(description="Dimension of the joint embedding space.")
@@ -139,6 +147,9 @@ class SampleSummary(BaseModel):
                                                "null when the run was scored without significance.")
     interval: Interval | None = Field(description="clipmem_raw with its 95% interval over the scoring views "
                                                   "(clipmem_raw_lo, clipmem_raw_hi); null when the run has none.")
+    miscaption: float | None = Field(description="How likely the pair's caption is wrong, in [0, 1] (docs/why.md); "
+                                                 "null when the run was scored before it.")
+    reason: Reason | None = Field(description=f"{REASON_TEXT} null when the run was scored before reasons.")
     tags: list[str] = Field(description="User tags on the pair.")
 
 
@@ -167,6 +178,10 @@ class SampleDetail(BaseModel):
                                                "significance.")
     interval: Interval | None = Field(description="clipmem_raw with its 95% interval over the scoring views; null "
                                                   "when the pair is not scored or the run has no intervals.")
+    miscaption: float | None = Field(description="How likely the pair's caption is wrong, in [0, 1] (docs/why.md); "
+                                                 "null for pairs that are not scored and runs scored before it.")
+    reason: Reason | None = Field(description=f"{REASON_TEXT} null for pairs that are not scored and runs scored "
+                                              "before reasons.")
     null_for: str | None = Field(description="The key of the null (GET /runs/{run}/null, by_key) the pair's "
                                              "clipmem_raw is tested against: its split (candidate, independent), or "
                                              "fold<k> in k-fold runs; null when the run has no null.")
@@ -222,6 +237,76 @@ class Neighbours(BaseModel):
     seen_by: str | None = Field(description="The literal model that trained on the pair; null if neither did.")
     f: NeighbourLists = Field(description="Under the literal model f (trained on shared + candidate pairs).")
     g: NeighbourLists = Field(description="Under the literal model g (trained on shared + independent pairs).")
+
+
+class EvidenceNeighbour(BaseModel):
+    rank: int = Field(description="1 = the nearest.")
+    sample_id: str = Field(description="The neighbouring pair's id in the run (a scored or S_E pair).")
+    similarity: float = Field(description="Cosine between the two images (image neighbours) or the two captions "
+                                          "(caption neighbours), under the model that did not train on the queried "
+                                          "pair.")
+    agreement: float = Field(description="Image neighbours: cosine between the neighbour's caption and the queried "
+                                         "pair's caption; caption neighbours: between the neighbour's image and the "
+                                         "queried pair's image; same model.")
+    captions: list[str] = Field(description="Every caption of the neighbour.")
+    image_url: str = Field(description="The neighbour's thumbnail: GET this path (relative to the API root, the "
+                                       "sample id URL-quoted as in GET /runs/{run}/images/{sample_id}).")
+    truth: str = Field(description="The neighbour's truth tag.")
+
+
+class Evidence(BaseModel):
+    """Why a scored pair is memorized: its reason and miscaption, the signals they are made of, and the neighbours
+    under the model that did not train on it (neighbours.parquet, stored at ingest; docs/why.md)."""
+
+    run: str = Field(description="The run's name.")
+    sample_id: str = Field(description="The queried pair.")
+    truth: str = Field(description="The pair's truth tag.")
+    seen_by: str = Field(description="The literal model (f or g) that trained on the pair; the neighbours are "
+                                     "under the other one (a k-fold pair's own fold model).")
+    available: bool = Field(description="Whether the run has stored neighbours; false for runs scored before the "
+                                        "evidence (the lists are then empty).")
+    reason: Reason | None = Field(description=f"{REASON_TEXT} null for runs scored before reasons.")
+    miscaption: float | None = Field(description="How likely the caption is wrong, in [0, 1]; null for runs scored "
+                                                 "before it.")
+    image_neighbour_sim: float | None = Field(description="Cosine between the pair's image and its nearest other "
+                                                          "image; null for older runs.")
+    caption_neighbour_sim: float | None = Field(description="Cosine between the pair's caption and its nearest other "
+                                                            "caption; null for older runs.")
+    neighbour_agreement: float | None = Field(description="Similarity-weighted mean cosine between the captions of "
+                                                          "the pair's nearest images and its own caption; null for "
+                                                          "older runs.")
+    neighbour_caption_margin: float | None = Field(description="How much better the pair's image matches its image "
+                                                               "neighbours' captions than its own caption; null for "
+                                                               "older runs.")
+    align_f: float = Field(description="A_f: mean image-caption cosine under the model trained with the pair.")
+    align_g: float = Field(description="A_g: the same under the model trained without it.")
+    clipmem_raw: float = Field(description="A_f - A_g: the with-vs-without drop.")
+    mem_swap_image: float | None = Field(description="The encoder-swap drop on the image side; null when the run "
+                                                     "has no swap scores.")
+    mem_swap_text: float | None = Field(description="The encoder-swap drop on the text side; null when the run has "
+                                                    "no swap scores.")
+    image_neighbours: list[EvidenceNeighbour] = Field(description="The pair's nearest other images, nearest first.")
+    caption_neighbours: list[EvidenceNeighbour] = Field(description="The pair's nearest other captions, nearest "
+                                                                    "first.")
+
+
+class ReasonCount(BaseModel):
+    reason: Reason = Field(description="The reason.")
+    truth: str = Field(description="The truth tag.")
+    pairs: int = Field(description="Counted pairs with this reason and truth tag.")
+
+
+class ReasonTable(BaseModel):
+    run: str = Field(description="The run's name.")
+    available: bool = Field(description="Whether the run's pairs have reasons; false for runs scored before them "
+                                        "(no counts).")
+    memorized_only: bool = Field(description="Whether only the pairs flagged memorized were counted.")
+    pairs: int = Field(description="Pairs counted.")
+    reasons: list[Reason] = Field(description="Every reason, in scoring.columns.REASONS order.")
+    labels: dict[str, str] = Field(description="Display label of each reason (scoring.columns.REASON_LABELS).")
+    truths: list[str] = Field(description="Truth tags of the run's scored pairs, sorted.")
+    counts: list[ReasonCount] = Field(description="One row per reason and truth tag (zeros included), by reason "
+                                                  "then truth tag.")
 
 
 class Histogram(BaseModel):

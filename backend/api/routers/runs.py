@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from clipmem.backend.api.deps import RunDep, SessionDep, WriteRunDep, WriteSessionDep
 from clipmem.backend.api.errors import NOT_FOUND, READ_ONLY_TOKEN
-from clipmem.backend.api.query import run_flags
+from clipmem.backend.api.query import has_reasons, run_flags
 from clipmem.backend.api.schemas import RunDetail, RunSummary, ScoreSummary, TrainingBase
 from clipmem.backend.models import Run
 from clipmem.backend.rundir import EXPERIMENT_NAME
@@ -66,6 +66,7 @@ def run_detail(run: RunDep) -> RunDetail:
     return RunDetail(**_summary(run), source_dir=run.source_dir, data_root=run.data_root, settings=run.settings,
                      utility=run.utility, run_metrics=run.run_metrics, score_names=run.score_names,
                      flag_names=run_flags(run), has_null=run.null_scores is not None,
+                     has_reasons=has_reasons(run), has_evidence=run.n_neighbours > 0,
                      score_summary=ScoreSummary(pairs=summary["pairs"], means=summary["means"],
                                                 intervals=summary.get("intervals"), by_truth=summary["by_truth"]),
                      n_embedded=run.n_embedded, embedding_dim=run.embedding_dim, map_method=run.map_method)
