@@ -566,8 +566,8 @@ def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
         raise ClipmemError(f"{file}: column rank should be numeric") from None
     bad_rank = ~np.isfinite(rank) | (rank < 1) | (rank != np.round(rank)) | (rank > 2**31 - 1)
     if bad_rank.any():
-        raise ClipmemError(f"{file}: rank of sample {_first_bad(frame, bad_rank)} is {rank[bad_rank][0]!r} (ranks "
-                           "are whole numbers from 1)")
+        raise ClipmemError(f"{file}: rank of sample {_first_bad(frame, bad_rank)} is {float(rank[bad_rank][0]):g} "
+                           "(ranks are whole numbers from 1)")
     frame["rank"] = rank.astype(np.int64)
     dup = frame.duplicated(["sample_id", "kind", "rank"]).to_numpy()
     if dup.any():

@@ -16,7 +16,8 @@ from sqlalchemy import and_, exists, select
 
 from clipmem.backend.api.deps import RunDep, SessionDep
 from clipmem.backend.api.errors import NOT_FOUND, ErrorMessage
-from clipmem.backend.api.query import SampleFilter, SortFields, require_scores, run_flags, sql_conditions
+from clipmem.backend.api.query import (SampleFilter, SortFields, has_reasons, require_scores, run_flags,
+                                       sql_conditions)
 from clipmem.backend.models import Run, Sample, Score
 from clipmem.scoring.columns import SCORE_BY_NAME, TRAINING_SPLITS
 
@@ -87,10 +88,10 @@ def _write_all(request: Request, statement, header: list[str] | None, row_of, de
 
 @router.get("/selection.csv", response_class=StreamingResponse, responses={**CSV_CONTENT, **NOT_FOUND})
 def export_selection(run: RunDep, query: Annotated[ExportQuery, Query()], request: Request) -> StreamingResponse:
-    """The pairs matching the filter, in sort order, with their split, truth tag, first caption, every score and
-    (runs scored with significance) the `memorized` flag."""
+    """The pairs matching the filter, in sort order, with their split, truth tag, first caption, every score,
+    (runs scored with significance) the `memorized` flag and (runs with reasons) the `reason`."""
     require_scores(run, query.scores_used() | {query.sort})
-    names = [*run.score_names, *run_flags(run)]
+    names = [*run.score_names, *run_flags(run), *(["reason"] if has_reasons(run) else [])]
     statement = _limited(
         select(Sample.sample_id, Score.split, Score.truth, Score.seen_by, Score.n_captions, Sample.captions,
                Sample.image_ref, *(getattr(Score, n) for n in names))

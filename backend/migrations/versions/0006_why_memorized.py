@@ -59,7 +59,21 @@ def upgrade() -> None:
     )
 
 
+def _forget_why_scores() -> None:
+    """Take the dropped columns out of each run's score_names (the API reads every listed column) and the reason
+    counts out of its summary (they say the run has reasons)."""
+    runs = sa.table("runs", sa.column("id", sa.Integer()), sa.column("score_names", sa.JSON()),
+                    sa.column("summary", sa.JSON()))
+    conn = op.get_bind()
+    for run_id, names, summary in conn.execute(sa.select(runs.c.id, runs.c.score_names, runs.c.summary)).all():
+        kept = [name for name in names if name not in WHY_SCORES]
+        if kept != names or "reasons" in summary:
+            summary = {key: value for key, value in summary.items() if key != "reasons"}
+            conn.execute(runs.update().where(runs.c.id == run_id).values(score_names=kept, summary=summary))
+
+
 def downgrade() -> None:
+    _forget_why_scores()
     # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), not a batch: a batch would copy the table and drop the
     # old one, and with SQLite's foreign keys on, dropping `runs` deletes every run's rows by cascade. Dropping the
     # partitioned table drops every run's partition of it (PostgreSQL).
