@@ -110,7 +110,8 @@ def _sample_path(sample_id: str) -> str:
 
 def filter_query(flt: ViewFilter) -> dict[str, Any]:
     """The backend's filter parameters for a view filter."""
-    params: dict[str, Any] = {"split": flt.split, "truth": flt.truth, "tag": flt.tag, "caption": flt.q}
+    params: dict[str, Any] = {"split": flt.split, "truth": flt.truth, "tag": flt.tag, "caption": flt.q,
+                              "reason": flt.reason}
     if flt.lo is not None:
         params[f"{flt.score}_min"] = flt.lo
     if flt.hi is not None:
@@ -226,6 +227,20 @@ def images(run_name: str, sample_ids: tuple[str, ...], size: int) -> dict[str, b
 @per_credential(ttl=FOREVER)
 def neighbours(run_name: str, sample_id: str, k: int) -> dict:
     return client().get_json(f"{_run_path(run_name)}/neighbours/{_sample_path(sample_id)}", k=k)
+
+
+@per_credential(ttl=RUN)
+def evidence(run_name: str, sample_id: str) -> dict:
+    """Why the pair is memorized: its reason and miscaption, the signals behind them, the with-versus-without and
+    encoder-swap drops, and its nearest images and captions under the model that did not train on it
+    ("image_neighbours", "caption_neighbours"; "available" False for runs scored before the evidence)."""
+    return client().get_json(f"{_run_path(run_name)}/samples/{_sample_path(sample_id)}/evidence")
+
+
+@per_credential(ttl=RUN)
+def reasons(run_name: str, memorized_only: bool) -> dict:
+    """Counts of the run's scored pairs per reason and truth tag (only those flagged memorized, when asked)."""
+    return client().get_json(f"{_run_path(run_name)}/reasons", memorized_only=memorized_only)
 
 
 @per_credential(ttl=RUN)

@@ -12,6 +12,7 @@ Query parameters:
     tag            a user tag
     q              caption substring (case-insensitive)
     memorized      true: only pairs flagged memorized (clipmem_q <= the run's FDR)
+    reason         only pairs scored with this reason for being memorized (one of scoring.columns.REASONS)
     clipmem_q_max  only pairs whose q-value is at most this (an FDR level of the user's choosing)
     sort, order    sort by a score, desc or asc
     size           pairs per page
@@ -25,17 +26,20 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from clipmem.scoring.columns import SCORED_SPLITS
+from clipmem.scoring.columns import REASON_LABELS, REASONS, SCORED_SPLITS
 
 DEFAULT_SCORE = "clipmem"
 ORDERS = ("desc", "asc")
 PAGE_SIZES = (24, 48, 96)
 
 # the keys of ViewFilter, and the paging keys that belong to one filter
-FILTER_KEYS = ("run", "score", "lo", "hi", "split", "truth", "tag", "q", "memorized", "clipmem_q_max", "sort", "order",
-               "size")
+FILTER_KEYS = ("run", "score", "lo", "hi", "split", "truth", "tag", "q", "memorized", "clipmem_q_max", "reason",
+               "sort", "order", "size")
 # the score the significance filters read; runs scored before significance testing lack it
 Q_SCORE = "clipmem_q"
+# the score written with each pair's reason (docs/why.md); runs scored before the evidence lack both
+MISCAPTION_SCORE = "miscaption"
+MISCAPTIONED = REASONS[0]
 TRUE_WORDS = ("true", "1", "yes", "on")
 PAGING_KEYS = ("cursor", "back")
 
@@ -105,6 +109,7 @@ class ViewFilter:
     q: str | None = None
     memorized: bool = False
     clipmem_q_max: float | None = None
+    reason: str | None = None
     sort: str = DEFAULT_SCORE
     order: str = "desc"
     size: int = PAGE_SIZES[0]
@@ -119,6 +124,7 @@ class ViewFilter:
         order = _text(get("order"))
         size = _int(get("size"))
         q_max = _float(get("clipmem_q_max"))
+        reason = _text(get("reason"))
         return cls(
             run=_text(get("run")),
             score=_text(get("score")) or DEFAULT_SCORE,
@@ -130,6 +136,7 @@ class ViewFilter:
             q=_text(get("q")),
             memorized=(_text(get("memorized")) or "").lower() in TRUE_WORDS,
             clipmem_q_max=q_max if q_max is not None and 0.0 <= q_max <= 1.0 else None,
+            reason=reason if reason in REASONS else None,
             sort=_text(get("sort")) or DEFAULT_SCORE,
             order=order if order in ORDERS else "desc",
             size=size if size in PAGE_SIZES else PAGE_SIZES[0],
@@ -158,7 +165,17 @@ class ViewFilter:
             changes["sort"] = DEFAULT_SCORE
         if Q_SCORE not in available and (self.memorized or self.clipmem_q_max is not None):
             changes.update(memorized=False, clipmem_q_max=None)
+        if MISCAPTION_SCORE not in available and self.reason is not None:
+            changes["reason"] = None
         return replace(self, **changes) if changes else self
+
+    def likely_miscaptioned(self) -> "ViewFilter":
+        """The pairs flagged memorized whose reason is a wrong caption, most likely mis-captioned first; the run,
+        page size and the filters other than these stay."""
+        return replace(self, memorized=True, reason=MISCAPTIONED, sort=MISCAPTION_SCORE, order="desc")
+
+    def is_likely_miscaptioned(self) -> bool:
+        return self.memorized and self.reason == MISCAPTIONED
 
     def has_range(self) -> bool:
         return self.lo is not None or self.hi is not None
@@ -182,6 +199,8 @@ class ViewFilter:
             parts.append("flagged memorized")
         if self.clipmem_q_max is not None:
             parts.append(f"q ≤ {format_probability(self.clipmem_q_max)}")
+        if self.reason:
+            parts.append(f"reason {REASON_LABELS[self.reason]}")
         return ", ".join(parts) if parts else "all scored pairs"
 
 

@@ -14,7 +14,7 @@ from clipmem.frontend import api, charts
 from clipmem.frontend.client import BackendError, BackendUnreachable, NotFound, Unauthorized, api_url
 from clipmem.frontend.state import (FILTER_KEYS, ORDERS, PAGE_SIZES, PAGING_KEYS, Q_SCORE, Paging, ViewFilter,
                                     format_probability, format_score)
-from clipmem.scoring.columns import SCORED_SPLITS
+from clipmem.scoring.columns import REASON_LABELS, REASONS, SCORED_SPLITS
 
 T = TypeVar("T")
 
@@ -247,6 +247,11 @@ def _significance_keys() -> dict[str, str]:
     return {name: _prefix() + name for name in ("memorized", "clipmem_q_max")}
 
 
+def _reason_key() -> str:
+    """Kept apart from `_keys` like the significance keys: a run scored before the evidence draws no reason filter."""
+    return _prefix() + "reason"
+
+
 def _range_key(score: str) -> str:
     return f"{_prefix()}range_{score}"
 
@@ -271,6 +276,7 @@ def _set_widgets(flt: ViewFilter) -> None:
     SIGNIFICANCE = _significance_keys()
     state[SIGNIFICANCE["memorized"]] = flt.memorized
     state[SIGNIFICANCE["clipmem_q_max"]] = flt.clipmem_q_max
+    state[_reason_key()] = flt.reason or ALL
     for key in [k for k in state if str(k).startswith(_prefix() + "range_")]:
         del state[key]
     state[_prefix() + "synced"] = flt.to_params()  # the filter the widgets were set from
@@ -290,10 +296,12 @@ def _filter_from_widgets(run: dict) -> ViewFilter:
     pick = lambda key: None if state[KEYS[key]] == ALL else state[KEYS[key]]  # noqa: E731
     SIGNIFICANCE = _significance_keys()
     q_max = state.get(SIGNIFICANCE["clipmem_q_max"])
+    reason = state.get(_reason_key(), ALL)
     return ViewFilter(run=run["name"], score=score, lo=lo, hi=hi, split=pick("split"), truth=pick("truth"),
                       tag=pick("tag"), q=(state[KEYS["q"]] or "").strip() or None,
                       memorized=bool(state.get(SIGNIFICANCE["memorized"])),
-                      clipmem_q_max=None if q_max is None else float(q_max), sort=state[KEYS["sort"]],
+                      clipmem_q_max=None if q_max is None else float(q_max),
+                      reason=None if reason == ALL else reason, sort=state[KEYS["sort"]],
                       order=state[KEYS["order"]], size=state[KEYS["size"]])
 
 
@@ -338,6 +346,7 @@ def filter_sidebar(run: dict, flt: ViewFilter, page_size: bool = True) -> None:
                 key=range_key, on_change=_on_change, format="%.3f")
 
     significance_filters(run, _on_change)
+    reason_filter(run, _on_change)
 
     side.selectbox("Split", [ALL, *SCORED_SPLITS], key=KEYS["split"], on_change=_on_change,
                    format_func=lambda s: {"candidate": "candidate · S_C, trained into f",
@@ -396,6 +405,44 @@ def significance_filters(run: dict, on_change: Callable[[], None]) -> None:
                            "false discoveries among the pairs kept. Empty: no bound.")
 
 
+def has_reasons(run: dict) -> bool:
+    """Whether the run's pairs carry a reason and miscaption (runs scored before the evidence do not)."""
+    return bool(run.get("has_reasons"))
+
+
+REASON_HELP = ("Why the pair is memorized, from its neighbourhood under the model that never saw it (docs/why.md): "
+               "mis-captioned = its image fits the captions of the images like it better than its own; atypical "
+               "image or caption = nothing in the run is close to it, so it could only be learnt by heart, caption "
+               "right or wrong; duplicate = a near-identical image captioned alike; typical = none of these.")
+
+
+def reason_filter(run: dict, on_change: Callable[[], None]) -> None:
+    """The sidebar's reason filter; for a run scored before the evidence, a note saying why there is none."""
+    side = st.sidebar
+    if not has_reasons(run):
+        side.caption(":material/info: This run was scored before the evidence of why a pair is memorized: its pairs "
+                     "have no reason or miscaption to filter by.")
+        return
+    side.selectbox("Reason", [ALL, *REASONS], key=_reason_key(), on_change=on_change,
+                   format_func=lambda r: REASON_LABELS.get(r, r), help=REASON_HELP)
+
+
+def likely_miscaptioned_button(run: dict, flt: ViewFilter) -> None:
+    """One click to the pairs flagged memorized whose caption is likely wrong, most likely first: only for runs
+    with both significance and the evidence."""
+    if Q_SCORE not in run["score_names"] or not has_reasons(run):
+        return
+    if flt.is_likely_miscaptioned():
+        if st.button("Show every pair again", icon=":material/filter_alt_off:", key="likely_miscaptioned_off"):
+            set_params(replace(flt, memorized=False, reason=None))
+            st.rerun()
+    elif st.button("Memorized and likely mis-captioned", icon=":material/report:", key="likely_miscaptioned",
+                   type="primary", help="Pairs flagged memorized whose reason is a wrong caption, sorted by "
+                                        "miscaption, highest first. " + REASON_HELP):
+        set_params(flt.likely_miscaptioned())
+        st.rerun()
+
+
 # ---------------------------------------------------------------- small pieces
 
 TRUTH_BADGE_COLOURS = {"clean": "green", "swapped": "red", "wrong_attribute": "orange", "vague": "yellow",
@@ -405,6 +452,19 @@ TRUTH_BADGE_COLOURS = {"clean": "green", "swapped": "red", "wrong_attribute": "o
 def truth_badge(tag: str) -> str:
     """Markdown for a truth tag, coloured like the charts' legend."""
     return f":{TRUTH_BADGE_COLOURS.get(tag, 'gray')}-badge[{escape_md(tag)}]"
+
+
+REASON_BADGE_COLOURS = {"miscaptioned": "red", "atypical_image": "violet", "atypical_caption": "orange",
+                        "duplicate": "blue", "typical": "gray"}
+
+
+def reason_badge(reason: str | None) -> str:
+    """Markdown for a pair's reason for being memorized; empty for a pair without one (a run scored before the
+    evidence)."""
+    if not reason:
+        return ""
+    label = escape_md(REASON_LABELS.get(reason, reason))
+    return f":{REASON_BADGE_COLOURS.get(reason, 'gray')}-badge[:material/help: {label}]"
 
 
 def user_tag_badges(tags: list[str]) -> str:
@@ -440,6 +500,11 @@ def training_base_text(base: dict | None) -> str | None:
     if base.get("lock_text"):
         towers.append(f"text tower locked (unlocked layers {base['lock_text_unlocked_layers']})")
     return text + ", " + (", ".join(towers) if towers else "both towers trained")
+
+
+def short(text: str, limit: int) -> str:
+    """The text cut to `limit` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def score_text(value: float | None, digits: int = 3) -> str:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from clipmem.frontend import api, ui
-from clipmem.frontend.state import Paging, ViewFilter
+from clipmem.frontend.state import MISCAPTION_SCORE, Paging, ViewFilter
 
 COLUMNS = 6
 THUMB_PX = 160
 CAPTION_CHARS = 70
-
-
-def short(text: str, limit: int = CAPTION_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def pager(flt: ViewFilter, paging: Paging, page: dict, where: str) -> None:
@@ -38,13 +34,16 @@ def tile(run: dict, flt: ViewFilter, item: dict, image: bytes | str | None) -> N
             st.image(image, width="stretch")
         else:
             st.caption(f":material/broken_image: {image or 'no image'}")
-        st.markdown(ui.escape_md(short(item["caption"])), help=item["caption"] if len(item["caption"]) >
-                    CAPTION_CHARS else None)
+        st.markdown(ui.escape_md(ui.short(item["caption"], CAPTION_CHARS)),
+                    help=item["caption"] if len(item["caption"]) > CAPTION_CHARS else None)
         line = f"CLIPMem **{ui.score_text(item['scores']['clipmem'])}** {ui.truth_badge(item['truth'])}"
         flag = ui.memorized_badge(item.get("memorized"), item["scores"].get("clipmem_q"))
         if flag:
             line += f"  \n{flag}"
-        if flt.sort != "clipmem":
+        reason = ui.reason_badge(item.get("reason"))
+        if reason:
+            line += f"  \n{reason} miscaption\u00a0{ui.score_text(item.get('miscaption'), 2)}"
+        if flt.sort not in ("clipmem", MISCAPTION_SCORE):
             line += f"  \n`{flt.sort}` {ui.score_text(item['scores'].get(flt.sort))}"
         if item.get("tags"):
             line += "  \n" + ui.user_tag_badges(item["tags"])
@@ -59,6 +58,7 @@ def grid(run: dict, flt: ViewFilter) -> None:
     if page is None:
         return
     order = "highest" if flt.order == "desc" else "lowest"
+    ui.likely_miscaptioned_button(run, flt)
     st.markdown(f"**{page['total']:,}** of {run['n_scored']:,} scored pairs match · {flt.describe()} · "
                 f"sorted by `{flt.sort}`, {order} first")
     items = page["items"]

@@ -9,6 +9,8 @@ import streamlit as st
 
 from clipmem.frontend import api, charts, ui
 from clipmem.frontend.client import BackendError
+from clipmem.frontend.state import Q_SCORE
+from clipmem.scoring.columns import REASON_LABELS, REASONS
 from clipmem.scoring.experiment_report import KNOB_LABELS, scratch_comparison, towers_verdict
 from clipmem.scoring.experiment_report import figures as experiment_figures
 
@@ -17,6 +19,20 @@ EXPERIMENT_PICKER = "experiment_picker"
 SUMMARY_COLUMNS = ["grid", "method", "value", "metric", "mean", "std", "n"]
 EXPERIMENT_INT_COLUMNS = ("seed", "captions_per_image", "removal_count", "renderings", "common_pairs")
 KINDS = {"faulty": "faulty pairs (every truth tag but clean)", "swapped": "swapped captions"}
+
+
+def reason_table(confusion: dict) -> pd.DataFrame:
+    """The confusion table as the page shows it: one row per reason (every one, in REASONS' order, by label), one
+    column per truth tag of the run (clean first), and the row totals."""
+    cells = pd.DataFrame(confusion["counts"], columns=["reason", "truth", "pairs"])
+    table = cells.pivot_table(index="reason", columns="truth", values="pairs", aggfunc="sum", fill_value=0)
+    table = table.reindex(index=list(REASONS), columns=sorted(confusion["truths"], key=lambda t: (t != "clean", t)),
+                          fill_value=0)
+    table["all"] = table.sum(axis=1)
+    table.index = [REASON_LABELS[r] for r in table.index]
+    table.index.name = "reason"
+    table.columns.name = None
+    return table.astype(int)
 
 
 def interval_columns(intervals: dict | None) -> dict[str, str]:
@@ -152,6 +168,32 @@ else:
                    "neither trained on.")
     with chart_col:
         st.plotly_chart(charts.flagged_bars([r for r in flagged_rows if r["truth"] != "all"]), key="flagged_chart")
+
+# ---------------------------------------------------------------- why pairs are memorized, against the truth
+st.header(f"Why memorized, against the truth · {run_name}", anchor=False)
+if not ui.has_reasons(run):
+    st.info("This run was scored before the evidence of why a pair is memorized existed: its pairs have no reason. "
+            "Scoring it again with this version of clipmem adds them.", icon=":material/info:")
+else:
+    significant = Q_SCORE in run["score_names"]
+    memorized_only = st.toggle("Only memorized pairs", key="reasons_memorized_only", disabled=not significant,
+                               help=f"Only the pairs the run flagged memorized (q ≤ its FDR of {run['fdr']:g})."
+                               if significant else "This run was scored before significance testing: no pair is "
+                                                   "flagged memorized.")
+    confusion = ui.fetch_part(api.reasons, run_name, memorized_only and significant, what="the reasons")
+    if confusion is not None:
+        table = reason_table(confusion)
+        st.dataframe(table, width="stretch", key="reasons_table")
+        truths = confusion["truths"]
+        which = "pairs flagged memorized" if memorized_only and significant else "scored pairs"
+        if len(truths) < 2:
+            st.caption(f"The run's {which} per reason. Its data has no truth tags besides "
+                       f"{', '.join(truths) or 'none'}, so the reasons cannot be checked against the truth; runs on "
+                       "the built-in data or with `--inject` have them.")
+        else:
+            st.caption(f"The run's {which}: one row per reason (docs/why.md), one column per truth tag of the data. "
+                       "A good reason puts swapped, wrong_attribute and vague pairs under mis-captioned, atypical "
+                       "ones under atypical image or caption.")
 
 # ---------------------------------------------------------------- detection quality of the chosen run
 st.header(f"Detection quality · {run_name}", anchor=False)

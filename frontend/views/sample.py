@@ -10,12 +10,26 @@ import streamlit as st
 from clipmem.frontend import api, charts, ui
 from clipmem.frontend.client import BackendError
 from clipmem.frontend.state import Q_SCORE, ViewFilter, format_probability
+from clipmem.scoring.columns import REASON_LABELS
 
 # the API's rule for user tags (it checks it too; this explains a refusal before asking)
 TAG_RULE = re.compile(r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$")
 IMAGE_PX = 384
 NEIGHBOUR_PX = 96
 NEIGHBOURS = 8
+EVIDENCE_PX = 96
+CAPTION_CHARS = 60
+# what each reason means for this pair, in one plain line (the rules are in docs/why.md)
+REASON_WORDS = {
+    "miscaptioned": "Under the model that never saw it, the image fits its neighbours' captions better than its own, "
+                    "more than correctly captioned held-out pairs do: the caption is likely wrong.",
+    "atypical_image": "No other image in the run is close to this one: a rare image a model can only learn by heart; "
+                      "its caption may well be right.",
+    "atypical_caption": "No other caption in the run is close to this one: rare wording or a rare concept, not "
+                        "contradicted by the images like it.",
+    "duplicate": "A near-identical image, captioned alike, is in the run: memorized because it is seen twice.",
+    "typical": "Nothing stands out: image and caption resemble others in the run and agree with them.",
+}
 SPLIT_WORDS = {"candidate": "S_C · trained into f only", "independent": "S_I · trained into g only",
                "shared": "S_S · trained into both models", "extra": "S_E · held out from both models"}
 
@@ -57,6 +71,105 @@ def against_the_null(run: dict, item: dict, scores: dict) -> None:
                        "with its 95% interval.")
         else:
             st.caption(f"The run's null has no values for this pair's direction (“{key}”).")
+
+
+def neighbour_label(n: dict) -> str:
+    return f"{n['truth']} · {n['sample_id']}"
+
+
+def image_neighbours(run_name: str, found: list[dict], without_model: str) -> None:
+    """The pair's nearest images under the model that did not train on it, each with its caption and how well that
+    caption agrees with this pair's."""
+    st.markdown(f"**Nearest images under model {without_model}**, which did not train on this pair")
+    if not found:
+        st.caption("No other image is embedded in this run.")
+        return
+    pictures = api.images(run_name, tuple(n["sample_id"] for n in found), EVIDENCE_PX)
+    for cell, n in zip(st.columns(len(found)), found):
+        with cell:
+            shown = pictures.get(n["sample_id"])
+            if isinstance(shown, bytes):
+                st.image(shown, width="stretch")
+            else:
+                st.caption(f":material/broken_image: {shown or 'no image'}")
+            caption = (n.get("captions") or [""])[0]
+            st.markdown(f"“{ui.escape_md(ui.short(caption, CAPTION_CHARS))}”",
+                        help="\n\n".join(n.get("captions") or []) or None)
+            st.markdown(f"image {n['similarity']:.2f} · caption agrees **{n['agreement']:.2f}**  \n"
+                        f"{ui.truth_badge(n['truth'])}")
+            st.page_link("views/sample.py", label="Open", icon=":material/open_in_full:",
+                         query_params={"run": run_name, "sample": n["sample_id"]}, help=n["sample_id"])
+    st.caption("image: cosine between that image and this one; caption agrees: cosine between that pair's caption and "
+               "this pair's, both under the model that did not train on this pair. A wrong caption shows as close "
+               "images whose captions disagree with it; a rare image has no close image at all.")
+
+
+def caption_neighbours(found: list[dict], without_model: str) -> None:
+    st.markdown(f"**Nearest captions under model {without_model}**")
+    if not found:
+        st.caption("No other caption is embedded in this run.")
+        return
+    rows = [{"rank": n["rank"], "caption": (n.get("captions") or [""])[0], "similarity": n["similarity"],
+             "image agrees": n["agreement"], "truth": n["truth"], "pair": n["sample_id"]} for n in found]
+    st.dataframe(rows, hide_index=True, width="stretch", key="evidence_captions",
+                 column_config={"similarity": st.column_config.NumberColumn(format="%.3f", width="small",
+                                                                            help="Cosine between that caption and "
+                                                                                 "this pair's"),
+                                "image agrees": st.column_config.NumberColumn(format="%.3f", width="small",
+                                                                              help="Cosine between that pair's "
+                                                                                   "image and this pair's image"),
+                                "caption": st.column_config.TextColumn(width="large")})
+
+
+def why_memorized(run_name: str, sample_id: str, with_model: str) -> None:
+    """The evidence panel: the pair's reason and miscaption with what they mean, the with-versus-without and
+    encoder-swap drops, and its nearest images and captions under the model that did not train on it."""
+    st.header("Why is it memorized?", anchor=False)
+    evidence = ui.fetch_part(api.evidence, run_name, sample_id, what="the evidence of why it is memorized")
+    if evidence is None:
+        return
+    reason = evidence["reason"]
+    if reason is None and not evidence["available"]:
+        st.info("This run was scored before clipmem stored the evidence of why a pair is memorized (its reason, "
+                "mis-caption score and neighbours); scoring it again with this version adds them.",
+                icon=":material/history:")
+        return
+    without_model = "g" if with_model == "f" else "f"
+    if reason is not None:
+        st.markdown(f"{ui.reason_badge(reason)} miscaption **{ui.score_text(evidence['miscaption'])}** · "
+                    f"{REASON_WORDS.get(reason, '')}")
+    st.caption("miscaption is the share of the run's held-out S_E pairs (which neither model trained on) whose "
+               "evidence of a wrong caption is weaker than this pair's: 0.5 is an ordinary pair, 0.99 stronger "
+               "evidence than 99% of them (docs/why.md). Reasons: " + ", ".join(REASON_LABELS.values()) + ".")
+    drops = st.columns(5)
+    # labelled apart from the with-versus-without section's metrics below, which show A_f and A_g too
+    drops[0].metric(f"A_f · model {with_model}, with it", ui.score_text(evidence["align_f"], 4))
+    drops[1].metric(f"A_g · model {without_model}, without it", ui.score_text(evidence["align_g"], 4))
+    drops[2].metric("A_f − A_g (raw CLIPMem)", ui.score_text(evidence["clipmem_raw"], 4))
+    drops[3].metric("Image-swap drop", ui.score_text(evidence.get("mem_swap_image"), 4),
+                    help="How much A_f falls when model f's image tower is replaced by the other model's (mapped "
+                         "into f's space): the part of the memorization held by the image tower.")
+    drops[4].metric("Text-swap drop", ui.score_text(evidence.get("mem_swap_text"), 4),
+                    help="How much A_f falls when the text tower is replaced instead: the part held by the text "
+                         "tower. A memorized wrong caption tends to sit in the text tower.")
+    signals = st.columns(4)
+    signals[0].metric("Nearest other image", ui.score_text(evidence.get("image_neighbour_sim")),
+                      help=f"Cosine to the closest other image under model {without_model}; low = an atypical "
+                           "image.")
+    signals[1].metric("Nearest other caption", ui.score_text(evidence.get("caption_neighbour_sim")),
+                      help=f"Cosine to the closest other caption under model {without_model}; low = an atypical "
+                           "caption.")
+    signals[2].metric("Neighbours' captions agree", ui.score_text(evidence.get("neighbour_agreement")),
+                      help="Similarity-weighted mean cosine between the captions of the nearest images and this "
+                           "pair's caption; low = the images like this one are described differently.")
+    signals[3].metric("Neighbours' captions fit it better by", ui.score_text(evidence.get("neighbour_caption_margin")),
+                      help="How much better the nearest images' captions fit this image than its own caption does "
+                           "(mean cosines); above 0 = its own caption is the odd one out.")
+    if not evidence["available"]:
+        st.caption("This run stored no neighbours of its pairs: it was scored before clipmem kept them.")
+        return
+    image_neighbours(run_name, evidence["image_neighbours"], without_model)
+    caption_neighbours(evidence["caption_neighbours"], without_model)
 
 
 run = ui.pick_run("sample")
@@ -147,6 +260,9 @@ with text_col:
                 ui.show_backend_error(err)
             else:
                 st.rerun()
+
+if scores:
+    why_memorized(run_name, sample_id, with_model)
 
 # ---------------------------------------------------------------- with versus without
 st.header("With versus without this pair", anchor=False)

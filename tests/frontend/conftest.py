@@ -21,7 +21,8 @@ from tests.frontend.stack import backend, ingest
 APP = Path(__file__).resolve().parents[2] / "frontend" / "app.py"
 TINY = "tiny"      # the real tiny run (tests/conftest.py), scored by the pipeline, with per-tower scores
 PLAIN = "plain"    # made-up runs (backend.synthetic_run) with the required scores only
-PLAIN_B = "plain-b"  # the same sample ids as PLAIN, other scores; ingested last, so the newest run
+PLAIN_B = "plain-b"  # the same sample ids as PLAIN, other scores, as scored before the evidence of why a pair is
+#                      memorized (no reason, miscaption or neighbours); ingested last, so the newest run
 # PLAIN's config.json says it was fine-tuned from a base with the text tower locked (as --pretrained FILE
 # --lock-text writes it); TINY was trained from scratch
 PLAIN_BASE_SHA256 = "3f7a9c1d" + "0123456789abcdef" * 3 + "8e2b5a6f"
@@ -43,7 +44,8 @@ def database_url(stack_dir, tiny_run) -> str:
     ingest(run.path, url, TINY, stack_dir / "ingest.log")
     for name, seed in ((PLAIN, 5), (PLAIN_B, 6)):
         made_up = write_synthetic_run(stack_dir / name, n_candidate=60, n_independent=60, n_shared=100, n_extra=20,
-                                      seed=seed, train=PLAIN_TRAIN if name == PLAIN else None)
+                                      seed=seed, train=PLAIN_TRAIN if name == PLAIN else None,
+                                      evidence=name != PLAIN_B)
         ingest(made_up, url, name, stack_dir / "ingest.log")
     return url
 

@@ -220,7 +220,9 @@ def test_sample_page_shows_the_pair_in_full(open_page, api):
     seen_by = detail["seen_by"]
     assert f"Model {seen_by} · trained with this pair" in headers
     assert any(h.endswith("trained without it") for h in headers)
-    assert len(at.get("image")) == 1 + 2 * 8  # the pair, and 8 nearest images under each model
+    evidence = api.get(f"/runs/{TINY}/samples/{pair['sample_id']}/evidence").json()
+    # the pair, its nearest images in the evidence panel, and 8 nearest images under each model
+    assert len(at.get("image")) == 1 + len(evidence["image_neighbours"]) + 2 * 8
     assert len(at.dataframe) >= 2
 
 
