@@ -139,6 +139,7 @@ class TrainOverrides:
     lock_text: bool = False
     lock_text_unlocked_layers: Optional[int] = None
     lock_text_freeze_layer_norm: bool = False
+    track_epochs: Optional[str] = None
 
     @classmethod
     def given(cls, ctx: typer.Context) -> "TrainOverrides":
@@ -194,6 +195,11 @@ class TrainOverrides:
         from clipmem.scoring.pretrained import check_locks
 
         check_locks(t)
+        from clipmem.scoring.trajectory import check_trackable, parse_track_epochs
+
+        if self.track_epochs is not None:  # last: --pretrained may have set the epochs
+            t = replace(t, track_epochs=parse_track_epochs(self.track_epochs, t.epochs))
+        check_trackable(t, cfg.split.scheme)
         cfg.train = t
         return cfg
 
@@ -328,6 +334,11 @@ LockTextLayersOpt = typer.Option(None, "--lock-text-unlocked-layers", help="With
 LockTextLnOpt = typer.Option(False, "--lock-text-freeze-layer-norm", help="With --lock-text: accepted as "
                              "open_clip_train's option; open_clip 3.x freezes a locked layer's LayerNorms with it "
                              "whether given or not.")
+TrackEpochsOpt = typer.Option(None, "--track-epochs", help="Score f and g after these epochs too: a list such as "
+                              "8,16,24,32,40 or every:K; the last epoch is always tracked. Writes trajectory.parquet "
+                              "(per pair and epoch A_f, A_g, raw CLIPMem, and the null's) and adds mem_epoch, mem_auc "
+                              "and mem_variability to scores.parquet (docs/trajectory.md). Published scheme, one "
+                              "replica, one process.")
 FdrOpt = typer.Option(None, "--fdr", help="False discovery rate of the `memorized` flag: a scored pair is flagged when "
                       "its Benjamini-Hochberg q-value against the run's null (its S_E pairs) is at most this "
                       "(default 0.05; 0 < FDR < 1).")
@@ -434,6 +445,7 @@ def train(
     lock_text: bool = LockTextOpt,
     lock_text_unlocked_layers: Optional[int] = LockTextLayersOpt,
     lock_text_freeze_layer_norm: bool = LockTextLnOpt,
+    track_epochs: Optional[str] = TrackEpochsOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last per-epoch checkpoint, with the saved "
                                 "settings (only --device and --only may be given)."),
     only: Optional[str] = typer.Option(None, "--only", help="Train only these models (comma-separated, e.g. f, "
@@ -570,6 +582,7 @@ def run(
     scheme: Optional[str] = SchemeOpt,
     folds: Optional[int] = FoldsOpt,
     fdr: Optional[float] = FdrOpt,
+    track_epochs: Optional[str] = TrackEpochsOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever RUN_DIR holds."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run where it stopped, with its "
                                 "saved settings (only --device may be given)."),
@@ -884,6 +897,8 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
                       _interval_text(row["clipmem_raw"], ci["clipmem_raw"], raw_digits),
                       _interval_text(row["clipmem_contrastive"], ci["clipmem_contrastive"], 3))
     console.print(table)
+    if summary["memorization_epoch_by_truth"]:
+        _print_memorization(run, scores, summary["memorization_epoch_by_truth"])
     for key, title in (("detection_faulty", "Finding faulty pairs (every tag but clean)"),
                        ("detection_swapped", "Finding swapped pairs")):
         if not summary[key]:
@@ -938,6 +953,34 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
     table = Table("model", *sorted(next(iter(summary["utility"].values()), {})), title="Utility on S_E")
     for name, values in summary["utility"].items():
         table.add_row(name, *(f"{values[k]:.3f}" for k in sorted(values)))
+    console.print(table)
+
+
+def _print_memorization(run, scores, rows: list[dict]) -> None:
+    """Runs trained with --track-epochs (docs/trajectory.md): mean raw CLIPMem per truth tag and tracked epoch, and
+    the median memorization epoch per tag."""
+    import pandas as pd
+
+    from clipmem.scoring.trajectory import tag_curves, thresholds
+
+    if run.trajectory.is_file():
+        trajectory = pd.read_parquet(run.trajectory)
+        curves, limits = tag_curves(scores, trajectory), thresholds(trajectory)
+        epochs = sorted(curves["epoch"].unique())
+        table = Table("truth", *(f"epoch {e}" for e in epochs), title="Mean raw CLIPMem per truth tag over training; "
+                      "the null's 95th percentile per direction")
+        for truth, group in curves.groupby("truth"):
+            values = group.set_index("epoch")["clipmem_raw"]
+            table.add_row(truth, *(f"{values[e]:+.4f}" if e in values else "-" for e in epochs))
+        for key in sorted({k for by_key in limits.values() for k in by_key}):
+            table.add_row(f"null q95, {key}", *(f"{limits[e][key]:+.4f}" if key in limits.get(e, {}) else "-"
+                                                for e in epochs))
+        console.print(table)
+    table = Table("truth", "pairs", "memorized", "fraction", "median epoch",
+                  title="Memorization epoch: first tracked epoch above the null's 95th percentile")
+    for row in rows:
+        median = "never" if row["median_mem_epoch"] is None else f"{row['median_mem_epoch']:g}"
+        table.add_row(row["truth"], str(row["pairs"]), str(row["memorized"]), f"{row['fraction']:.3f}", median)
     console.print(table)
 
 

@@ -149,6 +149,25 @@ def null_key(split: str, fold: int | None = None) -> str:
     return split if fold is None else f"fold{int(fold)}"
 
 
+# CLIPMem over training time (issue 19, scoring/trajectory.py, docs/trajectory.md), runs trained with --track-epochs.
+# trajectory.parquet (RunDir.trajectory): one row per pair and tracked epoch, the epoch's scores as scores.parquet's
+# columns of the same names define them. `null_for` is null on the scored pairs' rows and holds the null key
+# (null_key, as in null.parquet) on the S_E null pairs' rows, one row per direction
+TRAJECTORY_COLUMNS = ("sample_id", "epoch", "null_for", "align_f", "align_g", "clipmem_raw", "clipmem_contrastive_raw")
+# per-pair summaries of a pair's trajectory in scores.parquet: optional score columns, null in runs trained without
+# tracking. Not (yet) in SCORE_COLUMNS, which the backend's scores table mirrors column for column
+DYNAMICS_COLUMNS: tuple[ScoreColumn, ...] = (
+    ScoreColumn("mem_epoch", "Memorization epoch: the first tracked epoch at which clipmem_raw exceeds the 95th "
+                             "percentile of the null's clipmem_raw (the pair's direction) at that epoch; null when it "
+                             "never does; optional.", False, bounds=(1.0, INF)),
+    ScoreColumn("mem_auc", "Area under the pair's clipmem_raw curve over training time: trapezoid over the tracked "
+                           "epochs as fractions of the run's epochs, from raw 0 at epoch 0 (f and g start equal); "
+                           "optional.", False, bounds=COSINE_GAP),
+    ScoreColumn("mem_variability", "Standard deviation of clipmem_raw over the tracked epochs; optional.", False,
+                bounds=SPREAD),
+)
+DYNAMICS_NAMES: tuple[str, ...] = tuple(c.name for c in DYNAMICS_COLUMNS)
+
 # the columns (and arrays) every finished run's files hold; scores.parquet also holds the optional
 # scores present, and may hold more (the caption, a k-fold run's fold)
 SAMPLE_COLUMNS = ("sample_id", "split", "truth", "captions", "image_ref", "attributes")

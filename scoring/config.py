@@ -115,6 +115,9 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     keep_checkpoints: int = 2        # per-epoch checkpoints kept for --resume
     replicas: int = 1                # independently seeded sets of the models on the same split; scores: their mean
+    # the epochs after which f and g are scored (trajectory.parquet; scoring.trajectory, docs/trajectory.md): sorted,
+    # ending with the last epoch; empty: not tracked
+    track_epochs: list[int] = field(default_factory=list)
     # fine-tuning (--pretrained): every model starts from these weights instead of init_seed's; the file's SHA-256
     # says which base a run used. Locks as open_clip_train's options, applied by the model's lock_*_tower
     pretrained: str | None = None

@@ -37,6 +37,7 @@ from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_
 from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_fingerprint, read_parts, resolve_count, write_part
 from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
 from clipmem.scoring.train import fit_state_dict, load_model_weights, replica_config, save_model, train_models
+from clipmem.scoring.trajectory import check_trackable, tracker_for, with_dynamics
 
 
 def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:
@@ -179,6 +180,7 @@ def train_step(run: RunDir, cfg: RunConfig, resume: bool = False, show_progress:
 
 def _train(run: RunDir, cfg: RunConfig, resume: bool, show_progress: bool, ctx, device,
            only: list[str] | None = None) -> dict:
+    check_trackable(cfg.train, cfg.split.scheme, ctx.active, only)
     if ctx.is_main:
         run.mark_unfinished()
     if not run.split.is_file():
@@ -239,8 +241,9 @@ def _train_replica(run: RunDir, cfg: RunConfig, corpus, model_cfg, names, replic
             fit_state_dict(model, pretrained.state, pretrained.path)
     for model in models.values():
         apply_locks(model, train_cfg)
+    tracker = tracker_for(run, cfg, corpus, device, resume) if replica == 0 and ctx.is_main else None
     summary = train_models(models, corpus, train_cfg, checkpoints, log, resume=resume,
-                           show_progress=show_progress, ctx=ctx, device=device)
+                           show_progress=show_progress, ctx=ctx, device=device, tracker=tracker)
     digests = distributed.gather_objects(ctx, {name: distributed.weights_digest(m) for name, m in models.items()})
     summary.update(extra, **describe(train_cfg), **({"replica": replica} if replica else {}))
     if ctx.is_main:
@@ -337,7 +340,11 @@ def score_step(run: RunDir, cfg: RunConfig, checkpoint_f: Path | None = None, ch
             # the null: once per run, by the process that finishes it, whatever scored the pairs
             null = score_null(models, corpus, cfg.score, cfg.train, device)
         score_seconds = time.perf_counter() - t0
+        # the trajectory tracks clipmem's own f and g, not imported checkpoints
+        frame, trajectory = with_dynamics(run, cfg, frame) if checkpoint_f is None else (frame, None)
         metrics = _finish(run, cfg, corpus, models, frame, per_pair, clean, null, device)
+        if trajectory is not None:
+            metrics["trajectory"] = trajectory
         metrics["scoring"] = {"pairs": len(frame), "views": cfg.score.views, "seconds": round(score_seconds, 2),
                               "pairs_per_s": round(len(frame) / score_seconds, 1),
                               **({"shards": num_shards} if num_shards else {}),

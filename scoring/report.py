@@ -90,6 +90,20 @@ def unit_mem_rows(layers: pd.DataFrame) -> list[dict]:
     return rows[["tower", "layer", *LAYER_UNIT_COLUMNS]].to_dict("records")
 
 
+def memorization_epochs(scores: pd.DataFrame) -> list[dict]:
+    """Per truth tag (runs trained with --track-epochs, docs/trajectory.md): its pairs, how many ever exceed the
+    null's threshold (mem_epoch not null) and the median memorization epoch of those; empty for runs without it."""
+    if "mem_epoch" not in scores:
+        return []
+    rows = []
+    for truth, group in scores.groupby("truth"):
+        crossed = group["mem_epoch"].dropna()
+        rows.append({"truth": truth, "pairs": len(group), "memorized": len(crossed),
+                     "fraction": len(crossed) / len(group),
+                     "median_mem_epoch": float(crossed.median()) if len(crossed) else None})
+    return rows
+
+
 def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
     """Everything `clipmem report` prints, as plain data. Runs scored before significance testing (no `memorized`
     column) get an empty "flagged_by_truth"."""
@@ -101,6 +115,7 @@ def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
         "detection_faulty": detection_table(scores, faulty).to_dict("records"),
         "detection_swapped": detection_table(scores, {"swapped"}).to_dict("records"),
         "towers_by_truth": tower_rows(scores),
+        "memorization_epoch_by_truth": memorization_epochs(scores),
     }
     if layers is not None and len(layers):
         out["layers"] = layers[layers["truth"].isin(["all", "clean", "swapped"])].to_dict("records")

@@ -51,6 +51,8 @@ class RunDir:
     layer_curves = property(lambda self: self.path / "layer_curves.parquet")
     # per scored pair its nearest images and captions under the model that did not train on it (columns.NEIGHBOUR_COLUMNS)
     neighbours = property(lambda self: self.path / "neighbours.parquet")
+    # per pair and tracked epoch, the scores of runs trained with --track-epochs (columns.TRAJECTORY_COLUMNS)
+    trajectory = property(lambda self: self.path / "trajectory.parquet")
     metrics = property(lambda self: self.path / "metrics.json")
     experiment = property(lambda self: self.path / "experiment.json")  # only in runs made by `clipmem experiment`
     marker = property(lambda self: self.path / COMPLETE)

@@ -369,6 +369,7 @@ def train_models(
     batch_hook=None,
     ctx: Dist = SINGLE,
     device: torch.device | None = None,
+    tracker=None,
 ) -> dict:
     """Train a scheme's models in lockstep; returns a summary (steps, seconds, samples/s, final losses).
 
@@ -377,6 +378,8 @@ def train_models(
     of every batch with the models wrapped in DistributedDataParallel; only rank 0 writes.
     `batch_hook(model_name, corpus_rows, images, tokens)`, when given, sees every batch exactly as the
     model is about to (this rank's share under torchrun), e.g. to audit what a mitigation changes.
+    `tracker` (scoring.trajectory.Tracker), when given, scores the models after each tracked epoch, before its
+    checkpoint is written: an epoch whose checkpoint exists has its rows.
     """
     device = device or pick_device(cfg.device)
     plan = plan_slots(list(models), corpus, cfg)
@@ -390,6 +393,8 @@ def train_models(
     elif log_path.exists() and ctx.is_main:
         log_path.unlink()
     ctx.barrier()  # every rank has read the checkpoint before rank 0 writes the next
+    if tracker is not None:
+        tracker.start(start_epoch, models)
 
     samples, seconds = 0, 0.0
     losses = {name: float("nan") for name in names}
@@ -408,6 +413,8 @@ def train_models(
             samples += epoch_samples
             seconds += epoch_seconds
             progress.update(task, loss=" ".join(f"{name} {value:.3f}" for name, value in losses.items()))
+            if tracker is not None:
+                tracker.after_epoch(epoch + 1, models)
             if ctx.is_main:
                 _save_epoch(checkpoint_dir, epoch + 1, models, trainer.optimizers, cfg)
                 with open(log_path, "a") as fh:
@@ -426,6 +433,7 @@ def train_models(
         "train_seconds_this_session": round(seconds, 2),
         "samples_per_s": round(samples / seconds, 1) if seconds else None,
         **{f"final_loss_{name}": losses[name] for name in names},
+        **({"track_seconds_this_session": round(tracker.seconds, 2)} if tracker is not None else {}),
     }
 
 
