@@ -408,6 +408,10 @@ def report_rows(exp_path: Path) -> list[dict]:
         row = run_row(json.loads(run.experiment.read_text()), scores["clipmem_raw"].mean(), scores["clipmem"].mean(),
                       {m: metrics.get(m, {}) for m in ("f", "g")}, scores_quality(scores))
         row["run"] = run_path.name
+        # the removal grid's pool (scored plus removed pairs) and the noise placement, for experiment_report's
+        # published counterparts
+        row["scored_pairs"] = len(scores)
+        row["text_noise_on"] = run.load_config().train.text_noise_on
         row["train_seconds"] = metrics.get("timings", {}).get("train_seconds")
         rows.append(row)
         frames[run_path.name] = scores

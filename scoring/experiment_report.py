@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipmem.scoring.published import (PUBLISHED, QUANTITIES, REMOVAL_CANDIDATES, PublishedPoint,
+                                       removal_counterpart)
+
 GRIDS = ("captions", "text-noise", "removal", "images-captions", "towers", "from-scratch")
 # grids that compare starting weights and locks; they need the experiment's --pretrained base
 PRETRAINED_GRIDS = ("towers", "from-scratch")
@@ -467,6 +470,202 @@ def axis_comparison(rows: list[dict], metric: str = "mean_clipmem_raw", level: f
             f"renderings minus captions {difference_text}: {verdict}.")
 
 
+# what a published quantity is compared with: the paper's CLIPMem is min-max scaled per model, so only the direction
+# of a change compares with our raw mean; its accuracy is an ImageNet linear probe, ours the built-in set's shape probe
+PUBLISHED_METRICS = {"clipmem": "mean_clipmem_raw", "accuracy": "probe_shape"}
+PUBLISHED_QUANTITY_LABELS = {"clipmem": "CLIPMem", "accuracy": "probe %"}
+
+
+def published_verdict(published_change: float, reading: float, bounds: tuple[float, float] | None) -> str:
+    """Our paired change against the published one. A published change no larger than the reading uncertainty of a
+    value is "no change", which ours agrees with when its interval holds 0; otherwise ours agrees when its interval
+    excludes 0 on the published side and disagrees on the other. One seed (no interval): "not distinguishable"."""
+    if bounds is None:
+        return "not distinguishable"
+    if abs(published_change) <= reading:
+        return "agrees" if bounds[0] <= 0 <= bounds[1] else "disagrees"
+    rises = published_change > 0
+    return sign_verdict(bounds, "agrees" if rises else "disagrees", "disagrees" if rises else "agrees")
+
+
+def _removal_pool(row: dict) -> int | None:
+    """The pairs the baseline of a run scores (a removal run scores them all but the ones it removed); None without
+    the run's scored-pair count."""
+    return None if row.get("scored_pairs") is None else int(row["scored_pairs"]) + row["removal_count"]
+
+
+def _published_n(row: dict) -> int | None:
+    """The published N of 5,000 a run's removal count stands for (scoring.published.removal_counterpart)."""
+    pool = _removal_pool(row)
+    if not row["removal_count"] or pool is None:
+        return 0 if not row["removal_count"] else None
+    return removal_counterpart(row["removal_count"], pool)
+
+
+def published_runs(rows: list[dict], point: PublishedPoint) -> list[dict]:
+    """Our runs (one per seed) of the setting that reproduces a published point (scoring.published.PublishedPoint):
+    the runs of its grid whose parameters are the point's, text noise on the normalised embedding (σ under the
+    projection placement is not the published σ), a removal count at the published N's share (of several such
+    counts, the nearest)."""
+    if point.setting is None:
+        return []
+    found = []
+    for row in rows:
+        if not any(grid == point.grid for grid, _, _ in grid_points(row)):
+            continue
+        if point.grid == "text-noise" and row["text_noise"] and row.get("text_noise_on", "normalized") != "normalized":
+            continue
+        wanted = {k: v for k, v in point.setting.items() if k != "removal_count"}
+        if any(not _same(row.get(key), value) for key, value in wanted.items()):
+            continue
+        if "removal_count" in point.setting and _published_n(row) != point.setting["removal_count"]:
+            continue
+        found.append(row)
+    if len({r["removal_count"] for r in found}) > 1:  # two of our counts near one published share: the nearest
+        share = point.setting["removal_count"] / REMOVAL_CANDIDATES
+        best = min(found, key=lambda r: abs(r["removal_count"] / _removal_pool(r) - share))["removal_count"]
+        found = [r for r in found if r["removal_count"] == best]
+    return list({r["seed"]: r for r in found}.values())
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, float) or isinstance(a, float):
+        return a is not None and math.isclose(float(a), float(b), abs_tol=1e-12)
+    return a == b
+
+
+def _our_setting(point: PublishedPoint, runs: list[dict]) -> str:
+    """Our runs' setting in words."""
+    if point.setting is None:
+        return "no counterpart"
+    if not runs:
+        return "not run"
+    r = runs[0]
+    if point.grid == "removal":
+        if not r["removal_count"]:
+            return "nothing removed"
+        n, pool = r["removal_count"], _removal_pool(r)
+        return f"{n} of {pool} removed ({n / pool:.1%}), {r['removal_method']}"
+    if point.grid == "text-noise":
+        return f"σ = {r['text_noise']:g}" + (", normalized" if r["text_noise"] else "")
+    if point.grid == "images-captions":
+        return f"{rendering_line(r['renderings'])} × {r['captions_per_image']} caption" \
+               f"{'s' if r['captions_per_image'] != 1 else ''}"
+    return f"{r['captions_per_image']} caption{'s' if r['captions_per_image'] != 1 else ''} per image"
+
+
+def published_metric(quantity: str, grid: str, rows: list[dict]) -> str | None:
+    """The metric of our rows a published quantity is compared with: mean raw CLIPMem (over the pairs every run
+    of the seed scores, in the removal grid, when the rows have it), and the shape probe (another probe where the
+    data has no shape labels)."""
+    present = {k for row in rows for k, v in row.items() if v is not None and not _is_nan(v)}
+    if quantity == "clipmem":
+        if grid == "removal" and "mean_clipmem_raw_common" in present:
+            return "mean_clipmem_raw_common"
+        return PUBLISHED_METRICS[quantity]
+    probes = sorted((m for m in present if m.startswith("probe_")),
+                    key=lambda m: (m != PUBLISHED_METRICS[quantity], m))
+    return probes[0] if probes else None
+
+
+def published_comparison(rows: list[dict], points: tuple[PublishedPoint, ...] = PUBLISHED,
+                         level: float = 0.95) -> list[dict]:
+    """Each published figure (scoring.published.PUBLISHED, or `points`) of a grid our rows hold, beside our runs of
+    the matching setting: the published value and its change from the source's baseline; our mean ± sd over
+    seeds, and the paired (same seed) change from our baseline with its t-interval; and published_verdict.
+
+    Accuracy is compared in percentage points (our probe × 100). A grid is shown when summarize has it."""
+    import numpy as np
+
+    shown = set(summarize(rows)["grid"])
+    out = []
+    for point in points:
+        if point.grid not in shown:
+            continue
+        base = next(p for p in points if p.source == point.source and p.grid == point.grid and p.baseline)
+        runs, base_runs = published_runs(rows, point), published_runs(rows, base)
+        for quantity in QUANTITIES:
+            published = point.value(quantity)
+            metric = published_metric(quantity, point.grid, runs + base_runs)
+            if published is None or metric is None:
+                continue
+            scale = 100.0 if quantity == "accuracy" else 1.0
+            ours = {r["seed"]: float(r[metric]) * scale for r in runs
+                    if r.get(metric) is not None and not _is_nan(r[metric])}
+            theirs = {r["seed"]: float(r[metric]) * scale for r in base_runs
+                      if r.get(metric) is not None and not _is_nan(r[metric])}
+            record = {"source": point.source, "grid": point.grid, "published_setting": point.label,
+                      "our_setting": _our_setting(point, runs), "quantity": quantity, "metric": metric,
+                      "published": published, "published_change": None, "reading": point.reading(quantity),
+                      "seeds": len(ours), "mean": None, "sd": None, "change": None, "bounds": None,
+                      "change_seeds": 0, "verdict": "baseline" if point.baseline else "—"}
+            if ours:
+                x = np.array(list(ours.values()))
+                record.update(mean=float(x.mean()), sd=float(x.std(ddof=1)) if len(x) > 1 else None)
+            if not point.baseline:
+                # rounded to the figures' precision, so that .436 - .438 is the -0.002 it reads as
+                record["published_change"] = round(published - base.value(quantity), 6)
+                paired = sorted(set(ours) & set(theirs))
+                if paired:
+                    differences = np.array([ours[s] - theirs[s] for s in paired])
+                    record.update(change=float(differences.mean()), bounds=t_interval(differences, level)[1],
+                                  change_seeds=len(paired))
+                    record["verdict"] = published_verdict(record["published_change"], record["reading"],
+                                                          record["bounds"])
+            out.append(record)
+    return out
+
+
+def published_table(rows: list[dict], level: float = 0.95) -> str:
+    """The "Published beside ours" section of report.md (published_comparison as a table with its caption);
+    empty when no grid with a published counterpart has runs."""
+    records = published_comparison(rows, level=level)
+    if not records:
+        return ""
+    probe = next((r["metric"] for r in records if r["quantity"] == "accuracy"), "probe_shape")
+    lines = [
+        "## Published beside ours", "",
+        "The paper's figures (SPEC.md; OpenCLIP ViT-Base on COCO) beside the runs of the matching setting. Its "
+        "CLIPMem is min-max scaled per model, so only the direction of a change compares with our mean raw CLIPMem "
+        f"(`mean_clipmem_raw`); its accuracy is an ImageNet linear probe, ours `{probe}` on S_E in percent. "
+        f"Ours: mean ± sd over seeds; our change is paired (same seed) against our baseline, with its "
+        f"{level:.0%} t-interval. A published change within the reading uncertainty of a value (Table 1: its last "
+        "digit; plots: ±0.002 CLIPMem, ±0.3 points, ±1 point for the σ grid's accuracy) is \"no change\", and ours "
+        "agrees when its interval holds 0; otherwise ours agrees when its interval excludes 0 on the published "
+        "side, disagrees on the other, and is not distinguishable when it holds 0 (always, with one seed). Removal: "
+        "N of 5,000 candidates is matched to our count as the same share of the scored pairs (within 10%).", "",
+    ]
+    if any(r["text_noise"] and r.get("text_noise_on", "normalized") != "normalized" for r in rows):
+        lines += ["Runs with text noise on the projection output (`--text-noise-on projection`) are left out: "
+                  "their σ is not the published σ (docs/experiments.md).", ""]
+    header = ["source", "published setting", "our setting", "quantity", "published", "published change",
+              "ours (mean ± sd, seeds)", f"our change [{level:.0%} CI]", "verdict"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        digits = 4 if r["quantity"] == "clipmem" else 2
+        # a published figure with the decimals its reading uncertainty allows (Table 1's accuracy has two)
+        shown = max(1, -math.floor(math.log10(2 * r["reading"])))
+        published = f"{r['published']:.{shown}f}"
+        change = "—"
+        if r["published_change"] is not None:
+            change = f"{r['published_change']:+.{shown}f}"
+            if abs(r["published_change"]) <= r["reading"]:
+                change += f" (no change: ±{r['reading']:g})"
+        ours = "—"
+        if r["mean"] is not None:
+            sd = f" ± {r['sd']:.{digits}f}" if r["sd"] is not None else ""
+            ours = f"{r['mean']:.{digits}f}{sd} ({r['seeds']})"
+        ours_change = "—"
+        if r["change"] is not None:
+            ours_change = f"{r['change']:+.{digits}f}"
+            ours_change += (f" [{r['bounds'][0]:+.{digits}f}, {r['bounds'][1]:+.{digits}f}]" if r["bounds"]
+                            else " (one seed)")
+        lines.append("| " + " | ".join([r["source"], r["published_setting"], r["our_setting"],
+                                        PUBLISHED_QUANTITY_LABELS[r["quantity"]], published, change, ours,
+                                        ours_change, r["verdict"]]) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(summary: pd.DataFrame, grid: str, metrics: list[str]) -> str:
     part = summary[(summary.grid == grid) & summary.metric.isin(metrics)]
     if part.empty:
@@ -518,6 +717,9 @@ def write_report(rows: list[dict], out: Path, title: str, notes: list[str] = (),
     found = findings(summary) + [line for line in (axis_comparison(rows),) if line] + towers_verdict(rows)
     found += [line for line in (scratch_comparison(rows),) if line]
     lines += [f"- {s}" for s in found] or ["- No grid has both a baseline and another setting yet."]
+    published = published_table(rows)
+    if published:
+        lines += ["", published]
     png_problem, png_missing = None, []
     for grid, fig in figures(summary).items():
         html = out / f"{grid}.html"
