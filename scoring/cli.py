@@ -848,6 +848,33 @@ def _interval_text(value: float, interval: dict | None, digits: int) -> str:
     return f"{number(value)} [{number(interval['lo'])}, {number(interval['hi'])}]"
 
 
+def _print_reasons(summary: dict) -> None:
+    """Why pairs are memorized (docs/why.md): reason counts, reason x truth, and how well `miscaption` tells
+    mis-captions from the rest among the most memorized pairs; nothing for runs scored before reasons."""
+    reasons = summary.get("reasons")
+    if not reasons:
+        return
+    top = f"{reasons['top_fraction']:.0%}"
+    table = Table("reason", "pairs", f"among the {top} most memorized", title="Why memorized: each pair's reason")
+    for row in reasons["counts"]:
+        table.add_row(row["reason"], str(row["pairs"]), str(row["memorized_top"]))
+    console.print(table)
+    if reasons.get("by_truth"):
+        truths = sorted({row["truth"] for row in reasons["by_truth"]})
+        count = {(row["reason"], row["truth"]): row["pairs"] for row in reasons["by_truth"]}
+        table = Table("reason", *truths, title="Reason against truth tag (all scored pairs)")
+        for reason in dict.fromkeys(row["reason"] for row in reasons["by_truth"]):
+            table.add_row(reason, *(str(count[reason, t]) for t in truths))
+        console.print(table)
+    if summary.get("miscaption_detection"):
+        table = Table("score", "AUROC", "avg precision", "precision@k", "k", "pairs",
+                      title=f"Finding mis-captions (swapped, wrong_attribute, vague) among the {top} most memorized")
+        for row in summary["miscaption_detection"]:
+            table.add_row(row["score"], f"{row['auroc']:.3f}", f"{row['average_precision']:.3f}",
+                          f"{row['precision_at_k']:.3f}", str(row["k"]), str(row["pairs"]))
+        console.print(table)
+
+
 def _print_report(run_dir: Path, as_json: bool = False) -> None:
     import pandas as pd
 
@@ -909,6 +936,7 @@ def _print_report(run_dir: Path, as_json: bool = False) -> None:
             table.add_row(row["score"], f"{row['auroc']:.3f}", f"{row['average_precision']:.3f}",
                           f"{row['precision_at_k']:.3f}", str(row["k"]))
         console.print(table)
+    _print_reasons(summary)
     if summary.get("by_fold"):
         table = Table("fold", "pairs", "mean raw", "A with (other folds' models)", "A without (fold model)",
                       title="Per fold (a large mean raw means the fold's model trained worse than the others)")

@@ -124,6 +124,8 @@ REASON = "reason"
 REASONS = ("miscaptioned", "atypical_image", "atypical_caption", "duplicate", "typical")
 REASON_LABELS = {"miscaptioned": "mis-captioned", "atypical_image": "atypical image",
                  "atypical_caption": "atypical caption", "duplicate": "duplicate", "typical": "typical"}
+# the truth tags (where the data has them) of a wrong caption: what `miscaption` is evaluated against
+MISCAPTION_TRUTH = ("swapped", "wrong_attribute", "vague")
 # neighbours.parquet (RunDir.neighbours): per scored pair, kind ("image": its nearest other images, "caption": its
 # nearest other captions) and rank 1..k, under the pair's "without" model. `similarity`: image-image cosine (kind
 # image) or caption-caption cosine (kind caption); `agreement`: the neighbour's caption against the pair's caption

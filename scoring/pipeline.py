@@ -17,7 +17,7 @@ import torch
 
 from clipmem.scoring import distributed
 from clipmem.scoring.attribution import layer_tables, tower_scores
-from clipmem.scoring.columns import MEMORIZED, join_image_ref, split_image_ref
+from clipmem.scoring.columns import MEMORIZED, REASON, join_image_ref, split_image_ref
 from clipmem.scoring.config import RunConfig
 from clipmem.scoring.data.base import PairDataset, Problems, verify_images
 from clipmem.scoring.data.inject import check_rates, inject_faults
@@ -38,6 +38,7 @@ from clipmem.scoring.sharding import check_shard, fingerprint, part_path, read_f
 from clipmem.scoring.splits import SCHEMES, SplitPlan, plan_kfold, plan_splits
 from clipmem.scoring.train import fit_state_dict, load_model_weights, replica_config, save_model, train_models
 from clipmem.scoring.trajectory import check_trackable, tracker_for, with_dynamics
+from clipmem.scoring.why import NEIGHBOURS, explain_run
 
 
 def read_source(cfg: RunConfig, run: RunDir, problems: Problems | None = None) -> PairDataset:
@@ -443,11 +444,20 @@ def _finish_outputs(run: RunDir, cfg: RunConfig, corpus, models: dict, frame, pe
     if cfg.score.towers:
         metrics["attribution"] = {"layers": cfg.score.layers}
     metrics["significance"] = significance
+    t_why, cpu_why = time.perf_counter(), time.process_time()
+    explained = explain_run(corpus, scores, clean, embedded, models, cfg.score, device)
+    neighbours = None
+    if explained is not None:
+        scores, neighbours = explained
+        # CPU seconds beside wall seconds: on a shared machine the wall time says more about the load than the step
+        metrics["why"] = {"seconds": round(time.perf_counter() - t_why, 2),
+                          "cpu_seconds": round(time.process_time() - cpu_why, 2), "neighbours": NEIGHBOURS,
+                          "reasons": scores[REASON].value_counts().to_dict()}
     metrics["finish_seconds"] = round(time.perf_counter() - t1, 2)
 
     with atomic_write(run.scores) as tmp:
         scores.to_parquet(tmp, index=False)
-    for table, path in ((layers, run.layers), (curves, run.layer_curves)):
+    for table, path in ((layers, run.layers), (curves, run.layer_curves), (neighbours, run.neighbours)):
         if table is not None and len(table):
             with atomic_write(path) as tmp:
                 table.to_parquet(tmp, index=False)

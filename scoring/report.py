@@ -7,18 +7,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipmem.scoring.columns import DETECTOR_SCORES, LAYER_UNIT_COLUMNS
+from clipmem.scoring.columns import DETECTOR_SCORES, LAYER_UNIT_COLUMNS, MISCAPTION_TRUTH, REASON, REASONS
 from clipmem.scoring.metrics import detection, single_auroc
 from clipmem.scoring.significance import flagged_by_truth, group_means, tower_verdicts
 
 
-def detection_table(scores: pd.DataFrame, positive: set[str]) -> pd.DataFrame:
-    """AUROC, average precision and precision@k (k = number of positives) per detector score the run has.
+def detection_table(scores: pd.DataFrame, positive: set[str], columns=DETECTOR_SCORES) -> pd.DataFrame:
+    """AUROC, average precision and precision@k (k = number of positives) per score of `columns` (default: every
+    detector score) the run has.
 
     Returns an empty frame when the run has no positives or no negatives.
     """
     y = scores["truth"].isin(positive).to_numpy()
-    columns = {col: scores[col].to_numpy() for col in DETECTOR_SCORES if col in scores}
+    columns = {col: scores[col].to_numpy() for col in columns if col in scores}
     rows = detection(columns, {"positive": y})["positive"]
     return pd.DataFrame(rows or None, columns=["score", "auroc", "average_precision", "precision_at_k", "k"])
 
@@ -104,6 +105,50 @@ def memorization_epochs(scores: pd.DataFrame) -> list[dict]:
     return rows
 
 
+# why a pair is memorized (docs/why.md): mis-captions are told from the rest among the pairs most memorized by
+# CLIPMem, this fraction of the run's scored pairs, by `miscaption` and by the scores it is measured beside
+MEMORIZED_TOP = 0.2
+MISCAPTION_RIVALS = ("miscaption", "clipmem", "clipscore_g", "clipscore_f")
+
+
+def most_memorized(scores: pd.DataFrame, fraction: float = MEMORIZED_TOP) -> pd.DataFrame:
+    """The round(fraction * pairs) pairs (at least one) of highest CLIPMem, ties in row order."""
+    count = max(1, int(round(fraction * len(scores))))
+    return scores.iloc[np.argsort(-scores["clipmem"].to_numpy(), kind="stable")[:count]]
+
+
+def has_truth_tags(scores: pd.DataFrame) -> bool:
+    """Whether the data records faults (the built-in set, --inject): some truth tag other than clean."""
+    return bool((scores["truth"] != "clean").any())
+
+
+def reason_rows(scores: pd.DataFrame, fraction: float = MEMORIZED_TOP) -> dict:
+    """Counts of `reason` over the scored pairs and over the most memorized ones ("counts"), and, when the data has
+    truth tags, of reason x truth ("by_truth"); empty for runs scored before reasons."""
+    if REASON not in scores or scores[REASON].isna().all():
+        return {}
+    top = most_memorized(scores, fraction)[REASON]
+    counts = [{"reason": r, "pairs": int((scores[REASON] == r).sum()), "memorized_top": int((top == r).sum())}
+              for r in REASONS]
+    out = {"top_fraction": fraction, "counts": counts}
+    if has_truth_tags(scores):
+        table = pd.crosstab(scores[REASON], scores["truth"])
+        out["by_truth"] = [{"reason": r, "truth": t, "pairs": int(table.loc[r, t])}
+                           for r in REASONS if r in table.index for t in table.columns]
+    return out
+
+
+def miscaption_detection(scores: pd.DataFrame, fraction: float = MEMORIZED_TOP) -> list[dict]:
+    """Among the most memorized pairs: AUROC, average precision and precision@k of `miscaption`, CLIPMem,
+    clipscore_g and clipscore_f for mis-captions (columns.MISCAPTION_TRUTH) against the rest; empty without truth
+    tags, without `miscaption`, or when those pairs are all mis-captions or none is."""
+    if "miscaption" not in scores or not has_truth_tags(scores):
+        return []
+    top = most_memorized(scores, fraction)
+    rows = detection_table(top, set(MISCAPTION_TRUTH), MISCAPTION_RIVALS).to_dict("records")
+    return [{**row, "pairs": len(top)} for row in rows]
+
+
 def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
     """Everything `clipmem report` prints, as plain data. Runs scored before significance testing (no `memorized`
     column) get an empty "flagged_by_truth"."""
@@ -115,6 +160,8 @@ def summarize(scores: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict:
         "detection_faulty": detection_table(scores, faulty).to_dict("records"),
         "detection_swapped": detection_table(scores, {"swapped"}).to_dict("records"),
         "towers_by_truth": tower_rows(scores),
+        "reasons": reason_rows(scores),
+        "miscaption_detection": miscaption_detection(scores),
         "memorization_epoch_by_truth": memorization_epochs(scores),
     }
     if layers is not None and len(layers):
