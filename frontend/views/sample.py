@@ -17,7 +17,8 @@ TAG_RULE = re.compile(r"^[A-Za-z0-9_.:-][A-Za-z0-9_. :-]{0,63}$")
 IMAGE_PX = 384
 NEIGHBOUR_PX = 96
 NEIGHBOURS = 8
-EVIDENCE_PX = 96
+EVIDENCE_PX = 160
+EVIDENCE_COLUMNS = 6
 CAPTION_CHARS = 60
 # what each reason means for this pair, in one plain line (the rules are in docs/why.md)
 REASON_WORDS = {
@@ -85,7 +86,8 @@ def image_neighbours(run_name: str, found: list[dict], without_model: str) -> No
         st.caption("No other image is embedded in this run.")
         return
     pictures = api.images(run_name, tuple(n["sample_id"] for n in found), EVIDENCE_PX)
-    for cell, n in zip(st.columns(len(found)), found):
+    # at least as many columns as the default k, so a few neighbours stay thumbnails
+    for cell, n in zip(st.columns(max(len(found), EVIDENCE_COLUMNS)), found):
         with cell:
             shown = pictures.get(n["sample_id"])
             if isinstance(shown, bytes):
