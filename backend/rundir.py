@@ -538,8 +538,13 @@ def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
     """neighbours.parquet checked: rows of scored pairs, each (pair, kind, rank) once with kind one of
     NEIGHBOUR_KINDS and rank >= 1, neighbours that are other pairs of samples.parquet, finite cosines in range.
     Returned as pair_index, kind, rank, neighbour_index, similarity, agreement, by pair, kind and rank."""
-    frame, _ = _read_parquet(file, NEIGHBOUR_COLUMNS, strings=("sample_id", "kind", "neighbour_id"))
-    position = _locate(file, frame, lookup, "neighbours")
+    frame, arrays = _read_parquet(file, NEIGHBOUR_COLUMNS, strings=("sample_id", "kind", "neighbour_id"))
+    if frame.empty:
+        raise ClipmemError(f"{file} holds no neighbours")
+    # each id repeats k times or more: look up the distinct ones (a hash lookup per row costs seconds at a million)
+    position, neighbour = (_positions(lookup, arrays[name]) for name in ("sample_id", "neighbour_id"))
+    if (position < 0).any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, position < 0)} is not in samples.parquet")
     scored = np.zeros(len(samples), dtype=bool)
     scored[scores["pair_index"].to_numpy()] = True
     not_scored = ~scored[position]
@@ -551,7 +556,6 @@ def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
     if unknown_kind.any():
         raise ClipmemError(f"{file}: kind of sample {_first_bad(frame, unknown_kind)} is "
                            f"{frame['kind'].to_numpy()[unknown_kind][0]!r} (expected one of {', '.join(NEIGHBOUR_KINDS)})")
-    neighbour = lookup.get_indexer(frame["neighbour_id"].to_numpy())
     absent = neighbour < 0
     if absent.any():
         raise ClipmemError(f"{file}: neighbour_id {frame['neighbour_id'].to_numpy()[absent][0]!r} of sample "
@@ -588,6 +592,12 @@ def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
                         "rank": frame["rank"].to_numpy(), "neighbour_index": pair_index[neighbour],
                         "similarity": frame["similarity"].to_numpy(), "agreement": frame["agreement"].to_numpy()})
     return out.sort_values(["pair_index", "kind", "rank"], ignore_index=True)
+
+
+def _positions(lookup: pd.Index, ids) -> np.ndarray:
+    """Each id's position in `lookup` (-1 when absent), for a pyarrow string array with many repeats."""
+    encoded = ids.dictionary_encode()
+    return lookup.get_indexer(encoded.dictionary.to_numpy(zero_copy_only=False))[encoded.indices.to_numpy()]
 
 
 def _check_range(file: Path, frame: pd.DataFrame, name: str, values: np.ndarray, bounds: tuple[float, float],
