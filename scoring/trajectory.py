@@ -22,12 +22,14 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-import numpy as np
 import pandas as pd
 import torch
 
-from clipmem.scoring.columns import DYNAMICS_NAMES, TRAJECTORY_COLUMNS, null_key
+from clipmem.scoring.columns import DYNAMICS_NAMES, TRAJECTORY_COLUMNS
 from clipmem.scoring.config import RunConfig, ScoreConfig, TrainConfig
+# the torch-free summaries live in scoring.dynamics (the backend computes with them too); tag_curves is imported
+# from here by the report
+from clipmem.scoring.dynamics import AUC, THRESHOLD, pair_dynamics, tag_curves, thresholds  # noqa: F401
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.rundir import RunDir, atomic_write
 from clipmem.scoring.schemes import trained_on
@@ -35,12 +37,6 @@ from clipmem.scoring.score import (encode_captions, prepare_model, reference_set
                                    view_alignments, view_draws, view_images, with_without)
 
 EVERY = "every:"
-# the null quantile a pair's raw score must exceed at an epoch to count as memorized by then
-NULL_QUANTILE = 0.95
-THRESHOLD = (f"the {NULL_QUANTILE:.0%} quantile (numpy's linear interpolation) of the null's clipmem_raw at the same "
-             "epoch, among the null rows of the pair's direction (null_for)")
-AUC = ("trapezoid over the tracked epochs as fractions of the run's epochs, starting from raw 0 at epoch 0 (f and g "
-       "start from the same weights); a pair memorized from the start to the end at raw r has area r")
 
 
 def parse_track_epochs(text: str, epochs: int) -> list[int]:
@@ -190,39 +186,6 @@ def tracker_for(run: RunDir, cfg: RunConfig, corpus, device: torch.device, resum
     return None
 
 
-def thresholds(trajectory: pd.DataFrame) -> dict[int, dict[str, float]]:
-    """{epoch: {null key: NULL_QUANTILE quantile of the null rows' clipmem_raw}}; empty without null rows."""
-    null = trajectory[trajectory["null_for"].notna()]
-    out: dict[int, dict[str, float]] = {}
-    for (epoch, key), values in null.groupby(["epoch", "null_for"])["clipmem_raw"]:
-        out.setdefault(int(epoch), {})[str(key)] = float(np.quantile(values.to_numpy(), NULL_QUANTILE))
-    return out
-
-
-def pair_dynamics(scores: pd.DataFrame, trajectory: pd.DataFrame, epochs: int) -> pd.DataFrame:
-    """mem_epoch, mem_auc and mem_variability (columns.DYNAMICS_COLUMNS) of each pair of `scores` (in its order)
-    from its trajectory over a training of `epochs` epochs. mem_epoch is NaN where the pair never exceeds the
-    threshold, and everywhere when the trajectory holds no null rows (a run without S_E pairs)."""
-    rows = trajectory[trajectory["null_for"].isna()]
-    raw = rows.pivot(index="sample_id", columns="epoch", values="clipmem_raw").sort_index(axis=1)
-    raw = raw.reindex(scores["sample_id"])
-    tracked = raw.columns.to_numpy()
-    values = raw.to_numpy(dtype=float)
-    x = np.concatenate([[0.0], tracked / epochs])
-    y = np.concatenate([np.zeros((len(values), 1)), values], axis=1)
-    auc = ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x)).sum(1)
-    limits = thresholds(trajectory)
-    mem_epoch = np.full(len(values), np.nan)
-    if limits:
-        keys = [null_key(split) for split in scores["split"]]
-        limit = np.array([[limits.get(int(e), {}).get(k, np.nan) for e in tracked] for k in keys])
-        above = values > limit  # NaN limits (no null at that epoch) never count
-        first = above.argmax(1)
-        mem_epoch = np.where(above.any(1), tracked[first].astype(float), np.nan)
-    return pd.DataFrame({"mem_epoch": mem_epoch, "mem_auc": auc, "mem_variability": values.std(1)},
-                        index=scores.index)[list(DYNAMICS_NAMES)]
-
-
 def with_dynamics(run: RunDir, cfg: RunConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict | None]:
     """The score frame with the dynamics columns of its pairs, and metrics.json's "trajectory" section; unchanged
     (and None) for a run without trajectory.parquet."""
@@ -238,13 +201,3 @@ def with_dynamics(run: RunDir, cfg: RunConfig, frame: pd.DataFrame) -> tuple[pd.
     if not limits:
         section["missing"] = "the run has no S_E pairs, so no null to set the threshold: mem_epoch is null"
     return frame, section
-
-
-def tag_curves(scores: pd.DataFrame, trajectory: pd.DataFrame) -> pd.DataFrame:
-    """Mean raw CLIPMem, A_f and A_g per truth tag and tracked epoch over the scored pairs: columns truth, epoch,
-    pairs, clipmem_raw, align_f, align_g."""
-    rows = trajectory[trajectory["null_for"].isna()].merge(scores[["sample_id", "truth"]], on="sample_id")
-    return (rows.groupby(["truth", "epoch"])
-            .agg(pairs=("clipmem_raw", "size"), clipmem_raw=("clipmem_raw", "mean"), align_f=("align_f", "mean"),
-                 align_g=("align_g", "mean"))
-            .reset_index())
