@@ -32,7 +32,7 @@ from clipmem.backend.rundir import RunContents, check_experiment_name, read_run
 from clipmem.backend.snapshots import EMBEDDING_ROWS, SCORES, write_snapshot
 from clipmem.backend.store import bulk_insert, delete_run, is_postgresql, load_run_rows
 from clipmem.backend.summary import summarize
-from clipmem.scoring.columns import REASON
+from clipmem.scoring.columns import DYNAMICS_NAMES, REASON
 from clipmem.scoring.errors import ClipmemError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -99,6 +99,8 @@ def ingest(engine: Engine, run_dir: Path, name: str | None = None, replace: bool
         _insert_scores(conn, run_id, contents)
         if contents.neighbours is not None:
             _insert_neighbours(conn, run_id, contents.neighbours)
+        if contents.trajectory is not None:
+            _insert_trajectory(conn, run_id, contents.trajectory)
         maps, summary, thumbnails, timings["derive"] = derived.result()
         _insert_embeddings(conn, run_id, contents, maps)
         if thumbnails:
@@ -204,6 +206,7 @@ def _insert_run(conn, contents: RunContents, map_method: str) -> int:
         experiment_params=contents.experiment_params,
         null_scores=contents.null_scores,
         n_neighbours=0 if contents.neighbours is None else len(contents.neighbours),
+        tracked_epochs=contents.tracked_epochs,
     )
     return conn.execute(insert(Run).values(**values).returning(Run.id)).scalar_one()
 
@@ -235,11 +238,14 @@ def _insert_scores(conn, run_id: int, contents: RunContents) -> None:
     flags = {name: sc[name].to_numpy() for name in contents.flag_names}
     null_for = {"null_for": sc["null_for"].tolist()} if contents.null_scores is not None else {}
     reason = {REASON: sc[REASON].tolist()} if REASON in sc.columns else {}
+    # NaN mem_epoch (never above the threshold) goes in as NULL
+    dynamics = {name: [None if np.isnan(v) else v for v in sc[name].tolist()]
+                for name in DYNAMICS_NAMES if name in sc.columns}
     load_run_rows(conn, "scores", run_id, {
         "run_id": np.full(len(sc), run_id), "pair_index": sc["pair_index"].to_numpy(),
         "split": sc["split"].tolist(), "truth": sc["truth"].tolist(), "caption_search": caption_search,
         "n_captions": sc["n_captions"].to_numpy(), "seen_by": sc["seen_by"].tolist(), **scores, **flags,
-        **null_for, **reason, "views_f": sc["views_f"].tolist(), "views_g": sc["views_g"].tolist(),
+        **null_for, **reason, **dynamics, "views_f": sc["views_f"].tolist(), "views_g": sc["views_g"].tolist(),
     })
     write_snapshot(conn, run_id, SCORES, pa.table({
         "pair_index": sc["pair_index"].to_numpy(), "split": pa.array(sc["split"].tolist()).dictionary_encode(),
@@ -256,6 +262,16 @@ def _insert_neighbours(conn, run_id: int, neighbours: pd.DataFrame) -> None:
         "kind": neighbours["kind"].tolist(), "rank": neighbours["rank"].to_numpy(),
         "neighbour_index": neighbours["neighbour_index"].to_numpy(),
         "similarity": neighbours["similarity"].to_numpy(), "agreement": neighbours["agreement"].to_numpy()})
+
+
+def _insert_trajectory(conn, run_id: int, trajectory: pd.DataFrame) -> None:
+    """trajectory.parquet's rows (backend.rundir._read_trajectory) into trajectory_points."""
+    bulk_insert(conn, "trajectory_points", {
+        "run_id": np.full(len(trajectory), run_id), "pair_index": trajectory["pair_index"].to_numpy(),
+        "epoch": trajectory["epoch"].to_numpy(),
+        "null_for": [None if pd.isna(key) else key for key in trajectory["null_for"].tolist()],
+        **{name: trajectory[name].to_numpy() for name in ("align_f", "align_g", "clipmem_raw",
+                                                          "clipmem_contrastive_raw")}})
 
 
 def _insert_embeddings(conn, run_id: int, contents: RunContents, maps: dict) -> None:

@@ -73,6 +73,8 @@ class Run(Base):
     null_scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # the run's rows in pair_neighbours (neighbours.parquet); 0 for runs scored without neighbours
     n_neighbours: Mapped[int] = mapped_column(Integer, server_default="0")
+    # the epochs trajectory.parquet tracks, ascending (issue 19); null for runs trained without --track-epochs
+    tracked_epochs: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Sample(Base):
@@ -163,6 +165,11 @@ class Score(Base):
     neighbour_agreement: Mapped[float | None] = mapped_column(Double)
     neighbour_caption_margin: Mapped[float | None] = mapped_column(Double)
     reason: Mapped[str | None] = mapped_column(String(32))  # one of scoring.columns.REASONS
+    # the pair's trajectory summaries (scoring.columns.DYNAMICS_COLUMNS); null in runs trained without
+    # --track-epochs, and mem_epoch also where the pair never exceeds the null's 95th percentile
+    mem_epoch: Mapped[float | None] = mapped_column(Double)
+    mem_auc: Mapped[float | None] = mapped_column(Double)
+    mem_variability: Mapped[float | None] = mapped_column(Double)
     # clipmem_q <= the run's FDR; null in runs scored without significance
     memorized: Mapped[bool | None] = mapped_column(Boolean)
     # the key of the null in runs.null_scores the pair is tested against (scoring.columns.null_key); null when the
@@ -193,6 +200,29 @@ class PairNeighbour(Base):
     similarity: Mapped[float] = mapped_column(Double)
     # the neighbour's caption against the pair's caption (kind image), or its image against the pair's image
     agreement: Mapped[float] = mapped_column(Double)
+
+
+class TrajectoryPoint(Base):
+    """trajectory.parquet (issue 19): a pair's scores after a tracked epoch of training. Scored pairs have one row
+    per epoch with null null_for; S_E pairs have one per epoch and null key (null_for), the null's rows. A few rows
+    per pair and tracked epoch, read by pair (a sample's trajectory) or by run (the summaries), so one table with a
+    surrogate key rather than a partition per run; ingest's bulk load sends them at once."""
+
+    __tablename__ = "trajectory_points"
+    __table_args__ = (
+        _sample_fk(),
+        Index("ix_trajectory_points_run_id_pair_index_epoch", "run_id", "pair_index", "epoch"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer)
+    pair_index: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    null_for: Mapped[str | None] = mapped_column(String(16))  # the null key on S_E rows; null on scored pairs'
+    align_f: Mapped[float] = mapped_column(Double)
+    align_g: Mapped[float] = mapped_column(Double)
+    clipmem_raw: Mapped[float] = mapped_column(Double)
+    clipmem_contrastive_raw: Mapped[float] = mapped_column(Double)
 
 
 class EmbeddingBlock(Base):

@@ -23,6 +23,7 @@ from clipmem.scoring.columns import (COSINE, COSINE_GAP, CURVE_COLUMNS, EMBEDDIN
                                      MEMORIZED, NEIGHBOUR_COLUMNS, NEIGHBOUR_KINDS, NULL_COLUMNS, RANGE_TOLERANCE,
                                      REASON, REASONS, SAMPLE_COLUMNS, SCORE_BY_NAME, SCORE_COLUMNS, SCORE_FILE_COLUMNS, SCORED_SPLITS,
                                      SEEN_BY, SPLITS, null_key)
+from clipmem.scoring.columns import DYNAMICS_COLUMNS, TRAJECTORY_COLUMNS
 from clipmem.scoring.config import RunConfig
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.experiment_report import REMOVAL_METHODS
@@ -60,13 +61,17 @@ class RunContents:
     fdr: float | None = None                   # config score.fdr: the rate `memorized` controls
     # neighbours.parquet as pair_index, kind, rank, neighbour_index, similarity, agreement; None without one
     neighbours: pd.DataFrame | None = None
+    # trajectory.parquet (issue 19) as pair_index, epoch, null_for and the scores of TRAJECTORY_COLUMNS, and its
+    # tracked epochs ascending; None for runs trained without --track-epochs
+    trajectory: pd.DataFrame | None = None
+    tracked_epochs: list[int] | None = None
     warnings: list[str] = field(default_factory=list)  # what the reader could not check, for the user
 
 
 def read_files(run: RunDir) -> tuple[Path, ...]:
     """The files of the run directory ingest reads (the optional ones only when present)."""
     return (run.config, run.data_root, run.split, run.samples, run.scores, run.embeddings, run.metrics,
-            run.layers, run.layer_curves, run.experiment, run.null, run.neighbours)
+            run.layers, run.layer_curves, run.experiment, run.null, run.neighbours, run.trajectory)
 
 
 def _read_layers(run: RunDir) -> tuple[list[dict] | None, dict | None]:
@@ -161,6 +166,10 @@ def read_run(path: Path) -> RunContents:
     flag_names = _check_flags(run.scores, scores, score_names, fdr)
     null_scores = _read_null(run.null, samples, lookup, scores) if run.null.is_file() else None
     neighbours = _read_neighbours(run.neighbours, samples, lookup, scores) if run.neighbours.is_file() else None
+    trajectory = (_read_trajectory(run.trajectory, samples, lookup, scores, run_config.train.epochs)
+                  if run.trajectory.is_file() else None)
+    tracked = sorted(int(e) for e in trajectory["epoch"].unique()) if trajectory is not None else None
+    _check_dynamics(run.scores, scores, tracked)
     emb_index, embeddings = _read_embeddings(run.embeddings, samples, scores, lookup)
     sizes = {name: int((samples["split"] == name).sum()) for name in SPLITS}
     layers, curves = _read_layers(run)
@@ -170,7 +179,8 @@ def read_run(path: Path) -> RunContents:
                        samples=samples, scores=scores, score_names=score_names, embedding_pair_index=emb_index,
                        embeddings=embeddings, metrics=metrics, layers=layers, layer_curves=curves,
                        experiment=experiment, experiment_params=experiment_params, flag_names=flag_names,
-                       null_scores=null_scores, fdr=fdr, neighbours=neighbours, warnings=warnings)
+                       null_scores=null_scores, fdr=fdr, neighbours=neighbours, trajectory=trajectory,
+                       tracked_epochs=tracked, warnings=warnings)
 
 
 def _fdr(file: Path, config: dict) -> float | None:
@@ -592,6 +602,97 @@ def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
                         "rank": frame["rank"].to_numpy(), "neighbour_index": pair_index[neighbour],
                         "similarity": frame["similarity"].to_numpy(), "agreement": frame["agreement"].to_numpy()})
     return out.sort_values(["pair_index", "kind", "rank"], ignore_index=True)
+
+
+def _read_trajectory(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores: pd.DataFrame,
+                     epochs: int) -> pd.DataFrame:
+    """trajectory.parquet checked: whole epochs within the run's 1..epochs, rows with null null_for of scored pairs
+    and the others of S_E pairs, each (pair, epoch, null_for) once, every scored pair at every tracked epoch, finite
+    scores in range. Returned as pair_index and the other TRAJECTORY_COLUMNS, by pair, epoch and null_for."""
+    frame, _ = _read_parquet(file, TRAJECTORY_COLUMNS, strings=("sample_id",))
+    position = _locate(file, frame, lookup, "trajectory rows")
+    try:
+        epoch = frame["epoch"].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ClipmemError(f"{file}: column epoch should be numeric") from None
+    bad_epoch = ~np.isfinite(epoch) | (epoch != np.round(epoch)) | (epoch < 1) | (epoch > epochs)
+    if bad_epoch.any():
+        raise ClipmemError(f"{file}: epoch of sample {_first_bad(frame, bad_epoch)} is {float(epoch[bad_epoch][0]):g}, "
+                           f"not a whole epoch within 1..{epochs} (the run trains {epochs} epochs, config.json "
+                           "train.epochs)")
+    frame["epoch"] = epoch.astype(np.int64)
+    null_for = frame["null_for"].astype(object).where(frame["null_for"].notna(), None)
+    is_null = null_for.notna().to_numpy()
+    bad_key = is_null & ~np.array([isinstance(v, str) and 0 < len(v) <= 16 for v in null_for], dtype=bool)
+    if bad_key.any():
+        raise ClipmemError(f"{file}: null_for of sample {_first_bad(frame, bad_key)} is "
+                           f"{null_for.to_numpy()[bad_key][0]!r} (a split or fold name of at most 16 characters, "
+                           "or null on a scored pair's row)")
+    split = samples["split"].to_numpy()[position]
+    scored = np.zeros(len(samples), dtype=bool)
+    scored[scores["pair_index"].to_numpy()] = True
+    not_scored = ~is_null & ~scored[position]
+    if not_scored.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, not_scored)} (split '{split[not_scored][0]}') has a "
+                           "row with null null_for, which only scored pairs have")
+    not_extra = is_null & (split != "extra")
+    if not_extra.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, not_extra)} is in split '{split[not_extra][0]}' but has "
+                           "a null row (null_for set): the null is scored on S_E (extra) pairs")
+    frame["null_for"] = null_for.to_numpy()
+    dup = frame.duplicated(["sample_id", "epoch", "null_for"]).to_numpy()
+    if dup.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(frame, dup)} appears more than once at epoch "
+                           f"{frame['epoch'].to_numpy()[dup][0]}")
+    tracked = np.unique(frame["epoch"].to_numpy())
+    counts = pd.Series(position[~is_null]).value_counts()
+    lacking = scores["pair_index"].map(counts).fillna(0).to_numpy() < len(tracked)
+    if lacking.any():
+        raise ClipmemError(f"{file}: sample {_first_bad(scores, lacking)} lacks a row at some of the tracked epochs "
+                           f"{', '.join(map(str, tracked.tolist()))} (every scored pair is scored at every one)")
+    for name, bounds in (("align_f", COSINE), ("align_g", COSINE), ("clipmem_raw", COSINE_GAP),
+                         ("clipmem_contrastive_raw", (-np.inf, np.inf))):
+        try:
+            values = frame[name].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{file}: column {name} should be numeric") from None
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
+        _check_range(file, frame, name, values, bounds)
+        frame[name] = values
+    out = frame.drop(columns="sample_id").assign(pair_index=samples["pair_index"].to_numpy()[position])
+    out = out[["pair_index", *TRAJECTORY_COLUMNS[1:]]]
+    return out.sort_values(["pair_index", "epoch", "null_for"], ignore_index=True, na_position="first")
+
+
+def _check_dynamics(file: Path, scores: pd.DataFrame, tracked: list[int] | None) -> None:
+    """The per-pair summaries of the trajectory (DYNAMICS_COLUMNS) scores.parquet holds, checked and made floats:
+    only in a tracked run; mem_auc and mem_variability finite and in range; mem_epoch null (never above the
+    threshold) or one of the tracked epochs."""
+    present = [c for c in DYNAMICS_COLUMNS if c.name in scores.columns]
+    if present and tracked is None and scores[[c.name for c in present]].notna().to_numpy().any():
+        raise ClipmemError(f"{file} has {present[0].name} values but the run has no trajectory.parquet "
+                           "(it was trained without --track-epochs)")
+    for c in present:
+        try:
+            values = scores[c.name].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ClipmemError(f"{file}: column {c.name} should be numeric") from None
+        if tracked is None:
+            scores[c.name] = values
+            continue
+        if c.name == "mem_epoch":
+            bad = ~np.isnan(values) & ~np.isin(values, tracked)
+            if bad.any():
+                raise ClipmemError(f"{file}: mem_epoch of sample {_first_bad(scores, bad)} is {values[bad][0]:g}, "
+                                   f"not one of the tracked epochs {', '.join(map(str, tracked))} (or null)")
+        else:
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise ClipmemError(f"{file}: column {c.name} is NaN or infinite for sample {_first_bad(scores, bad)}")
+            _check_range(file, scores, c.name, values, c.bounds)
+        scores[c.name] = values
 
 
 def _positions(lookup: pd.Index, ids) -> np.ndarray:

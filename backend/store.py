@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import Connection, delete, func, select
 
-from clipmem.backend.models import PARTITIONED, EmbeddingBlock, Run, RunSnapshot, Tag, Thumbnail, partition_name
+from clipmem.backend.models import (PARTITIONED, EmbeddingBlock, Run, RunSnapshot, Tag, Thumbnail, TrajectoryPoint,
+                                    partition_name)
 
 CHUNK_ROWS = 100_000
 Columns = dict[str, Sequence | np.ndarray]  # column name -> one value per row (JSON columns as JSON text)
@@ -85,7 +86,7 @@ def load_run_rows(conn: Connection, table: str, run_id: int, columns: Columns) -
 
 def delete_run(conn: Connection, run_id: int) -> None:
     """Remove a run and everything it owns, children first."""
-    for model in (Tag, Thumbnail, EmbeddingBlock, RunSnapshot):
+    for model in (Tag, Thumbnail, TrajectoryPoint, EmbeddingBlock, RunSnapshot):
         conn.execute(delete(model).where(model.run_id == run_id))
     for model in reversed(PARTITIONED):  # samples last: the others reference it
         table = model.__tablename__

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clipmem.scoring.columns import (MEMORIZED, NEIGHBOUR_COLUMNS, NULL_COLUMNS, REASON, SCORE_COLUMNS, SCORED_SPLITS,
-                                     SEEN_BY, join_image_ref)
+from clipmem.scoring.columns import (DYNAMICS_NAMES, MEMORIZED, NEIGHBOUR_COLUMNS, NULL_COLUMNS, REASON, SCORE_COLUMNS,
+                                     SCORED_SPLITS, SEEN_BY, TRAJECTORY_COLUMNS, join_image_ref)
+from clipmem.scoring.dynamics import pair_dynamics
 from clipmem.scoring.rundir import RunDir
 from clipmem.scoring.significance import TAIL_METHOD, add_significance, flagged_by_truth, null_summary
 
@@ -35,7 +36,7 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
                         optional_scores: bool = False, image_px: int = 24, id_format: str = "pair-{:07d}",
                         utility: dict[str, float] | None = None, experiment: dict | None = None,
                         significance: bool = False, fdr: float = 0.05, train: dict | None = None,
-                        evidence: bool = True) -> Path:
+                        evidence: bool = True, tracked: list[int] | None = None) -> Path:
     """Write a finished run into `out` (created) with its images under out/data.
 
     significance: also a null.parquet (the S_E pairs' made-up raw scores, drawn like the clean scored pairs') and
@@ -47,6 +48,10 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
     train: config.json's train settings over the made-up ones (e.g. a fine-tuned run's pretrained and lock_*).
     evidence: the columns of issue 18 (miscaption, the neighbour signals, reason) and neighbours.parquet; False
     writes a run as scored before them.
+    tracked: the epochs of a run trained with --track-epochs (issue 19), ascending; the run trains to the last. Writes
+    trajectory.parquet (each scored pair's A_g as at the end, its raw scores a random fraction of the final ones that
+    reaches them at the last epoch; the S_E null rows per null key likewise, ending at null.parquet's when
+    `significance`) and the dynamics columns scoring derives from it; needs n_extra >= 1.
 
     images: "files" (one PNG per pair), "tar" (one PNG per pair inside data/shards/000.tar,
     referenced as shards/000.tar#member) or "shared" (a few PNGs reused, for big runs).
@@ -96,6 +101,12 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
         # a generator of its own, so the other files stay as they are without the evidence
         scores, neighbours = _evidence(np.random.default_rng([seed, 18]), scores, ids[embedded], cluster)
         neighbours.to_parquet(RunDir(out).neighbours, index=False)
+    if tracked:
+        if n_extra < 1:
+            raise ValueError("tracked needs S_E pairs (n_extra >= 1): they are the null of mem_epoch")
+        extra = np.flatnonzero(split == "extra")
+        scores = _trajectory(np.random.default_rng([seed, 19]), out, scores, ids[extra], tracked,
+                             null if significance else None)
     scores.to_parquet(out / "scores.parquet", index=False)
 
     centres = _unit(rng.standard_normal((len(COLOURS) * len(SHAPES), dim)))
@@ -109,8 +120,8 @@ def write_synthetic_run(out: Path, n_candidate: int, n_independent: int, n_share
     config = {
         "data": {"kind": "folder", "path": str(data_root.resolve()), "synth": {}},
         "split": {"sizes": sizes, "seed": seed},
-        "train": {"model": "clipmem-tiny", "epochs": 1, "batch_size": 64, "lr": 0.002, "captions_per_image": 0,
-                  **(train or {})},
+        "train": {"model": "clipmem-tiny", "epochs": tracked[-1] if tracked else 1, "batch_size": 64, "lr": 0.002,
+                  "captions_per_image": 0, **({"track_epochs": list(tracked)} if tracked else {}), **(train or {})},
         "score": {"views": views, "seed": 1234, **({"fdr": fdr} if significance else {})},
         "versions": {"clipmem": "0.1.0"},
     }
@@ -271,6 +282,37 @@ def _evidence(rng, scores: pd.DataFrame, embedded_ids: np.ndarray,
                                   "rank": np.tile(np.arange(1, k + 1), n), "neighbour_id": embedded_ids[neighbour].ravel(),
                                   "similarity": sims.ravel(), "agreement": agreements.ravel()}))
     return scores, pd.concat(rows, ignore_index=True)[list(NEIGHBOUR_COLUMNS)]
+
+
+def _trajectory(rng, out: Path, scores: pd.DataFrame, null_ids: np.ndarray, tracked: list[int],
+                null: pd.DataFrame | None) -> pd.DataFrame:
+    """Write trajectory.parquet; return scores with the dynamics columns (scoring.dynamics.pair_dynamics, the
+    function scoring derives them with)."""
+    if null is None:
+        null = pd.concat([pd.DataFrame({"sample_id": null_ids, "null_for": key,
+                                        "align_g": rng.uniform(0.2, 0.8, len(null_ids)),
+                                        "clipmem_raw": rng.normal(0.01, 0.02, len(null_ids))})
+                          for key in SCORED_SPLITS], ignore_index=True)
+        null["align_f"] = null["align_g"] + null["clipmem_raw"]
+        null["clipmem_contrastive_raw"] = null["clipmem_raw"] * 5
+    finals = [scores.assign(null_for=None), null]
+    rows = []
+    for final in finals:
+        # a growing fraction of the final raw score per pair, 1 at the last epoch: A_f stays between A_g and its end
+        fraction = np.sort(rng.uniform(0, 1, (len(final), len(tracked))), axis=1)
+        fraction[:, -1] = 1.0
+        for j, epoch in enumerate(tracked):
+            raw = final["clipmem_raw"].to_numpy() * fraction[:, j]
+            rows.append(pd.DataFrame({
+                "sample_id": final["sample_id"].to_numpy(), "epoch": epoch, "null_for": final["null_for"].to_numpy(),
+                "align_f": final["align_g"].to_numpy() + raw, "align_g": final["align_g"].to_numpy(),
+                "clipmem_raw": raw,
+                "clipmem_contrastive_raw": final["clipmem_contrastive_raw"].to_numpy() * fraction[:, j]}))
+    trajectory = pd.concat(rows, ignore_index=True)[list(TRAJECTORY_COLUMNS)]
+    trajectory.to_parquet(RunDir(out).trajectory, index=False)
+    scores = scores.copy()
+    scores[list(DYNAMICS_NAMES)] = pair_dynamics(scores, trajectory, tracked[-1])
+    return scores
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

@@ -20,14 +20,16 @@ from clipmem.backend.api.deps import require_token
 from clipmem.backend.api.errors import NOT_FOUND, UNAUTHORIZED, error_response, invalid_request
 from clipmem.backend.api.frames import RunCache
 from clipmem.backend.api.routers import (access, comparisons, detection, encoders, experiments, exports, health,
-                                         histograms, images, maps, neighbours, null, reasons, runs, samples, tags)
+                                         histograms, images, maps, neighbours, null, reasons, runs, samples, tags,
+                                         trajectory)
 from clipmem.backend.db import make_engine, migrate, session_factory
 from clipmem.backend.images import PixelBudget
 from clipmem.backend.settings import Settings
 from clipmem import __version__
 
-RESOURCE_ROUTERS = (runs, samples, images, neighbours, histograms, maps, detection, encoders, null, reasons,
-                    comparisons, exports, tags, experiments)
+# trajectory before samples: its /samples/{id}/trajectory would otherwise reach the sample route
+RESOURCE_ROUTERS = (runs, trajectory, samples, images, neighbours, histograms, maps, detection, encoders, null,
+                    reasons, comparisons, exports, tags, experiments)
 DESCRIPTION = """\
 Browse which image-caption pairs a CLIP model memorized (CLIPMem), as measured by `clipmem run` and loaded
 with `clipmem ingest`. Every resource hangs off a run: its samples (filter, sort, page), images, nearest

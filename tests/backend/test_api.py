@@ -379,7 +379,7 @@ def test_health(client):
 
     # the database is migrated to the newest revision
     assert client.get("/health").json() == {"status": "ok", "schema_revision": head_revision()}
-    assert head_revision() == "0006"
+    assert head_revision() == "0007"
 
 
 def test_openapi_documents_every_parameter(client):
