@@ -238,6 +238,31 @@ def evidence(run_name: str, sample_id: str) -> dict:
 
 
 @per_credential(ttl=RUN)
+def trajectory(run_name: str, sample_id: str) -> dict:
+    """A scored pair's A_f, A_g and raw scores after each tracked epoch ("points", each with the null's 95th
+    percentile "null_p95"), and its mem_epoch, mem_auc, mem_variability; "available" False for untracked runs."""
+    return client().get_json(f"{_run_path(run_name)}/samples/{_sample_path(sample_id)}/trajectory")
+
+
+@per_credential(ttl=RUN)
+def run_trajectory(run_name: str) -> dict:
+    """Mean raw CLIPMem with its interval per truth tag and tracked epoch ("curves") and the null's 95th percentile
+    per epoch and direction ("null"); "available" False for untracked runs."""
+    return client().get_json(f"{_run_path(run_name)}/trajectory")
+
+
+@per_credential(ttl=RUN)
+def dynamics(run_name: str, max_points: int) -> pd.DataFrame:
+    """The training-dynamics map: one row per scored pair (a uniform sample of max_points) with sample_id, truth,
+    mean_raw, variability and mem_epoch. attrs: "available", "message", "total" (the run's pairs), "epochs"."""
+    body = client().get_json(f"{_run_path(run_name)}/dynamics", max_points=max_points)
+    frame = pd.DataFrame({key: body[key] for key in ("sample_id", "truth", "mean_raw", "variability")})
+    frame["mem_epoch"] = pd.to_numeric(pd.Series(body["mem_epoch"], dtype="object"), errors="coerce")
+    frame.attrs.update({key: body[key] for key in ("available", "message", "total", "epochs")})
+    return frame
+
+
+@per_credential(ttl=RUN)
 def reasons(run_name: str, memorized_only: bool) -> dict:
     """Counts of the run's scored pairs per reason and truth tag (only those flagged memorized, when asked)."""
     return client().get_json(f"{_run_path(run_name)}/reasons", memorized_only=memorized_only)

@@ -342,3 +342,69 @@ def flagged_bars(rows: Sequence[Mapping]) -> go.Figure:
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
                       yaxis=dict(title="flagged memorized", tickformat=".0%", range=[0, 1.1]))
     return fig
+
+
+def pair_trajectory(points: Sequence[Mapping]) -> go.Figure:
+    """A pair's A_f and A_g (left axis) and A_f - A_g (right axis) after each tracked epoch, with the null's 95th
+    percentile of A_f - A_g (the memorization threshold) dashed."""
+    epochs = [p["epoch"] for p in points]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=epochs, y=[p["align_f"] for p in points], name="A_f · trained with it",
+                             mode="lines+markers", line=dict(color=F_COLOUR)))
+    fig.add_trace(go.Scatter(x=epochs, y=[p["align_g"] for p in points], name="A_g · trained without it",
+                             mode="lines+markers", line=dict(color=G_COLOUR)))
+    fig.add_trace(go.Scatter(x=epochs, y=[p["clipmem_raw"] for p in points], name="A_f − A_g",
+                             mode="lines+markers", line=dict(color="#222", width=3), yaxis="y2"))
+    if any(p.get("null_p95") is not None for p in points):
+        fig.add_trace(go.Scatter(x=epochs, y=[p.get("null_p95") for p in points], name="null's 95th percentile",
+                                 mode="lines", line=dict(color=RANGE_COLOUR, dash="dash"), yaxis="y2"))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
+                      yaxis=dict(title="alignment (cosine)"),
+                      yaxis2=dict(title="A_f − A_g", overlaying="y", side="right", showgrid=False),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+def tag_trajectories(curves: Sequence[Mapping], null: Sequence[Mapping]) -> go.Figure:
+    """Mean raw CLIPMem per truth tag over the tracked epochs (rows truth, epoch, clipmem_raw {estimate, lo, hi}),
+    each point with its 95% interval, and the null's 95th percentile per epoch (the mean over directions) dashed."""
+    fig = go.Figure()
+    tags = sorted({c["truth"] for c in curves} - {"all"})
+    colours = truth_colour_map(tags)
+    for tag in tags:
+        rows = sorted((c for c in curves if c["truth"] == tag), key=lambda c: c["epoch"])
+        estimates = [r["clipmem_raw"]["estimate"] for r in rows]
+        fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=estimates, name=tag, mode="lines+markers",
+                                 line=dict(color=colours[tag]),
+                                 **error_bars(estimates, [r["clipmem_raw"]["lo"] for r in rows],
+                                              [r["clipmem_raw"]["hi"] for r in rows]),
+                                 hovertemplate=f"{tag}, epoch %{{x}}: %{{y:.5f}}<extra></extra>"))
+    if null:
+        by_epoch = pd.DataFrame(list(null)).groupby("epoch")["p95"].mean()
+        fig.add_trace(go.Scatter(x=by_epoch.index.tolist(), y=by_epoch.tolist(), name="null's 95th percentile",
+                                 mode="lines", line=dict(color=RANGE_COLOUR, dash="dash")))
+    fig.add_hline(y=0, line_color="#999", line_width=1)
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
+                      yaxis_title="mean A_f − A_g", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+def dynamics_map(frame: pd.DataFrame) -> go.Figure:
+    """The training-dynamics map (Data Maps): one point per pair (columns sample_id, truth, mean_raw, variability,
+    mem_epoch), mean raw CLIPMem over the tracked epochs against its variability, one trace per truth tag.
+    customdata carries (sample_id, truth) for selections."""
+    fig = go.Figure()
+    tags = sorted(frame["truth"].unique())
+    colours = truth_colour_map(tags)
+    for tag in tags:
+        rows = frame[frame["truth"] == tag]
+        fig.add_trace(go.Scattergl(
+            x=rows["variability"], y=rows["mean_raw"], mode="markers", name=tag,
+            marker=dict(color=colours[tag], size=6, opacity=0.8), customdata=rows[["sample_id", "truth"]].to_numpy(),
+            hovertemplate="%{customdata[0]} · %{customdata[1]}<br>mean A_f − A_g %{y:.4f}<br>variability "
+                          "%{x:.4f}<extra></extra>"))
+    fig.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
+                      xaxis_title="variability (sd of A_f − A_g over the tracked epochs)",
+                      yaxis_title="mean A_f − A_g over the tracked epochs",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig

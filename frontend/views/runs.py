@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from clipmem.frontend import api, charts, ui
+from clipmem.frontend import api, charts, trajectory, ui
 from clipmem.frontend.client import BackendError
 from clipmem.frontend.state import Q_SCORE
 from clipmem.scoring.columns import REASON_LABELS, REASONS
@@ -194,6 +194,9 @@ else:
             st.caption(f"The run's {which}: one row per reason (docs/why.md), one column per truth tag of the data. "
                        "A good reason puts swapped, wrong_attribute and vague pairs under mis-captioned, atypical "
                        "ones under atypical image or caption.")
+
+# ---------------------------------------------------------------- CLIPMem over training time in the chosen run
+trajectory.run_section(run_name)
 
 # ---------------------------------------------------------------- detection quality of the chosen run
 st.header(f"Detection quality · {run_name}", anchor=False)

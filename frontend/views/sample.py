@@ -7,7 +7,7 @@ import re
 import numpy as np
 import streamlit as st
 
-from clipmem.frontend import api, charts, ui
+from clipmem.frontend import api, charts, trajectory, ui
 from clipmem.frontend.client import BackendError
 from clipmem.frontend.state import Q_SCORE, ViewFilter, format_probability
 from clipmem.scoring.columns import REASON_LABELS
@@ -322,6 +322,8 @@ else:
     with st.expander("Every score of this pair"):
         st.dataframe({"score": list(scores), "value": list(scores.values())}, hide_index=True,
                      column_config={"value": st.column_config.NumberColumn(format="%.5f")})
+
+    trajectory.pair_section(run_name, sample_id)
 
 # ---------------------------------------------------------------- retrieval
 st.header("What each model retrieves", anchor=False)
