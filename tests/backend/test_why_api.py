@@ -351,3 +351,31 @@ def test_migration_0006_down_and_up_with_an_evidence_run(fresh_engine, tmp_path)
         sid = client.get("/runs/evidence/samples", params={"limit": 1}).json()["items"][0]["sample_id"]
         evidence = client.get(f"/runs/evidence/samples/{sid}/evidence").json()
         assert evidence["available"] is False and evidence["image_neighbours"] == []
+
+
+def test_a_real_run_serves_its_evidence(db, client, tiny_run):
+    """A run scored by clipmem (the shared tiny run): all of its neighbours.parquet is stored, a pair of each reason
+    and truth tag is served its rows, and the reason table is its crosstab."""
+    run, _ = tiny_run
+    scores = scored_frame(run.path)
+    neighbours = pd.read_parquet(run.neighbours)
+    result = ingest(db.engine, run.path, name="tiny-why")
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(select(Run.n_neighbours).where(Run.id == result.run_id)).scalar_one() == len(neighbours)
+        picked = sorted({*scores.groupby("reason").head(1)["sample_id"], *scores.groupby("truth").head(1)["sample_id"]})
+        neighbours = neighbours[neighbours["sample_id"].isin(picked)]
+        served = []
+        for sid in picked:
+            body = client.get(f"/runs/tiny-why/samples/{sid}/evidence").json()
+            assert body["available"] is True and body["reason"] == scores.set_index("sample_id").loc[sid, "reason"]
+            served += [(sid, kind, n["rank"], n["sample_id"], n["similarity"], n["agreement"])
+                       for kind in ("image", "caption") for n in body[f"{kind}_neighbours"]]
+        expected = neighbours.sort_values(["sample_id", "kind", "rank"])
+        assert sorted(served) == sorted(map(tuple, expected[list(neighbours.columns)].itertuples(index=False)))
+        table = client.get("/runs/tiny-why/reasons").json()
+        crosstab = pd.crosstab(scores["reason"], scores["truth"])
+        assert {(c["reason"], c["truth"]): c["pairs"] for c in table["counts"] if c["pairs"]} == {
+            (r, t): int(crosstab.loc[r, t]) for r in crosstab.index for t in crosstab.columns if crosstab.loc[r, t]}
+    finally:
+        client.delete(f"/runs/{result.name}")
