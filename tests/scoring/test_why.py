@@ -191,7 +191,6 @@ def test_the_model_that_did_not_train_on_the_pair_is_used():
     assert swapped.set_index("sample_id")["miscaption"][x] < out.set_index("sample_id")["miscaption"][x]
 
 
-@pytest.mark.usefixtures("tiny_run")
 def test_tiny_run_holds_the_evidence(tiny_run):
     run, _ = tiny_run
     scores = pd.read_parquet(run.scores)
