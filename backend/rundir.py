@@ -360,6 +360,20 @@ def _read_parquet(file: Path, required: tuple[str, ...], strings: tuple[str, ...
     return frame, kept
 
 
+def _finite_column(file, frame: pd.DataFrame, name: str, bounds) -> np.ndarray:
+    """Column `name` of a per-pair table as float64, refused (naming the first sample at fault) when it is not
+    numeric, not finite or outside `bounds`."""
+    try:
+        values = frame[name].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ClipmemError(f"{file}: column {name} should be numeric") from None
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
+    _check_range(file, frame, name, values, bounds)
+    return values
+
+
 def _first_bad(frame: pd.DataFrame, bad: pd.Series | np.ndarray) -> str:
     return str(frame["sample_id"].to_numpy()[np.flatnonzero(np.asarray(bad))[0]])
 
@@ -588,15 +602,7 @@ def _read_neighbours(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
         raise ClipmemError(f"{file}: sample {_first_bad(frame, dup)} has {frame['kind'].to_numpy()[dup][0]} "
                            f"neighbour rank {frame['rank'].to_numpy()[dup][0]} more than once")
     for name in ("similarity", "agreement"):
-        try:
-            values = frame[name].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ClipmemError(f"{file}: column {name} should be numeric") from None
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
-        _check_range(file, frame, name, values, COSINE)
-        frame[name] = values
+        frame[name] = _finite_column(file, frame, name, COSINE)
     pair_index = samples["pair_index"].to_numpy()
     out = pd.DataFrame({"pair_index": pair_index[position], "kind": frame["kind"].to_numpy(),
                         "rank": frame["rank"].to_numpy(), "neighbour_index": pair_index[neighbour],
@@ -652,15 +658,7 @@ def _read_trajectory(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores
                            f"{', '.join(map(str, tracked.tolist()))} (every scored pair is scored at every one)")
     for name, bounds in (("align_f", COSINE), ("align_g", COSINE), ("clipmem_raw", COSINE_GAP),
                          ("clipmem_contrastive_raw", (-np.inf, np.inf))):
-        try:
-            values = frame[name].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ClipmemError(f"{file}: column {name} should be numeric") from None
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
-        _check_range(file, frame, name, values, bounds)
-        frame[name] = values
+        frame[name] = _finite_column(file, frame, name, bounds)
     out = frame.drop(columns="sample_id").assign(pair_index=samples["pair_index"].to_numpy()[position])
     out = out[["pair_index", *TRAJECTORY_COLUMNS[1:]]]
     return out.sort_values(["pair_index", "epoch", "null_for"], ignore_index=True, na_position="first")
