@@ -246,14 +246,7 @@ def _read_null(file: Path, samples: pd.DataFrame, lookup: pd.Index, scores: pd.D
         raise ClipmemError(f"{file}: sample {_first_bad(frame, dup)} appears more than once for null_for "
                            f"'{frame['null_for'].to_numpy()[dup][0]}'")
     for name, bounds in (("clipmem_raw", COSINE_GAP), ("clipmem_contrastive_raw", (-np.inf, np.inf))):
-        try:
-            values = frame[name].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ClipmemError(f"{file}: column {name} should be numeric") from None
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
-        _check_range(file, frame, name, values, bounds)
+        _finite_column(file, frame, name, bounds)
     folds = scores["fold"].to_numpy() if "fold" in scores.columns else [None] * len(scores)
     scores["null_for"] = [null_key(split, fold) for split, fold in zip(scores["split"].tolist(), list(folds))]
     raw = frame["clipmem_raw"].to_numpy(dtype=np.float64)
