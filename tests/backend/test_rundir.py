@@ -13,7 +13,7 @@ import pytest
 from clipmem.backend.rundir import read_run
 from clipmem.backend.synthetic_run import write_synthetic_run
 from clipmem.scoring.errors import ClipmemError
-from clipmem.scoring.rundir import RunDir
+from tests.backend.rewrites import read_sealed, rewrite
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +29,6 @@ def run_dir(pristine, tmp_path):
     return copy
 
 
-def rewrite(path, change):
-    """Rewrite a parquet file through `change`, which edits the frame in place or returns a new one."""
-    frame = pd.read_parquet(path)
-    changed = change(frame)
-    (frame if changed is None else changed).to_parquet(path, index=False)
-
-
-def read_sealed(path):
-    """read_run after finishing the run again (fresh checksums), as a scorer that wrote the edited files
-    would: the check under test answers, not the checksums (tested in test_ingest.py)."""
-    RunDir(path).mark_finished()
-    return read_run(path)
 
 
 def test_reads_contract(run_dir):

@@ -18,6 +18,7 @@ from clipmem.backend.rundir import read_run
 from clipmem.backend.synthetic_run import write_synthetic_run
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.rundir import RunDir
+from tests.backend.rewrites import rewritten
 from tests.backend.test_ingest import fresh_engine  # noqa: F401 (a fixture: an empty database of its own)
 
 TRACKED = [2, 5, 9, 12]
@@ -168,13 +169,6 @@ def run_dir(tracked_run, tmp_path):
     return copy
 
 
-def rewritten(path, file, change):
-    """read_run after `change` edited one Parquet file in place and the run was finished again."""
-    frame = pd.read_parquet(file)
-    change(frame)
-    frame.to_parquet(file, index=False)
-    RunDir(path).mark_finished()
-    return read_run(path)
 
 
 @pytest.mark.parametrize("epoch, message", [

@@ -14,11 +14,11 @@ from sqlalchemy import select, text
 
 from clipmem.backend.ingest import ingest
 from clipmem.backend.models import Run
-from clipmem.backend.rundir import read_run
 from clipmem.backend.synthetic_run import write_synthetic_run
 from clipmem.scoring.columns import REASON_LABELS, REASONS
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.rundir import RunDir
+from tests.backend.rewrites import rewritten
 from tests.backend.test_ingest import fresh_engine  # noqa: F401 (a fixture: an empty database of its own)
 
 SIGNALS = ("miscaption", "image_neighbour_sim", "caption_neighbour_sim", "neighbour_agreement",
@@ -239,13 +239,6 @@ def run_dir(pristine, tmp_path):
     return copy
 
 
-def rewritten(path, file, change):
-    """read_run after `change` edited one Parquet file in place and the run was finished again."""
-    frame = pd.read_parquet(file)
-    change(frame)
-    frame.to_parquet(file, index=False)
-    RunDir(path).mark_finished()
-    return read_run(path)
 
 
 def test_a_reason_outside_reasons_is_refused(run_dir):
