@@ -243,6 +243,18 @@ METHOD_COLOURS = {"": "#1f77b4", "top-clipmem": "#d62728", "lowest-similarity": 
                   rendering_line(1): "#1f77b4", rendering_line(5): "#ff7f0e"}
 
 
+# characters of a subplot title per line, by panel count: at the report's 1,100 px width and 13 px title font, a
+# line wider than its panel runs into the next panel's title
+TITLE_CHARACTERS = {1: 90, 2: 60, 3: 40, 4: 30}
+
+
+def panel_title(label: str, panels: int) -> str:
+    """`label` broken into lines (Plotly's <br>) that fit one of `panels` side-by-side panels."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(label, TITLE_CHARACTERS.get(panels, 24)))
+
+
 def figures(summary: pd.DataFrame):
     """One Plotly figure per grid: mean raw CLIPMem, the linear probe and R@1 against the knob, ± std over seeds."""
     import plotly.graph_objects as go
@@ -257,7 +269,7 @@ def figures(summary: pd.DataFrame):
             continue
         panels = headline_metrics(part["metric"], grid)
         fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08,
-                            subplot_titles=[metric_label(m) for m in panels])
+                            subplot_titles=[panel_title(metric_label(m), len(panels)) for m in panels])
         for col, metric in enumerate(panels, start=1):
             for method, line in part[part["metric"] == metric].groupby("method", sort=False):
                 line = line.sort_values("value")
@@ -273,6 +285,7 @@ def figures(summary: pd.DataFrame):
         if grid in TICK_LABELS:
             ticks = TICK_LABELS[grid]
             fig.update_xaxes(tickvals=list(ticks), ticktext=list(ticks.values()))
+        fig.update_annotations(font_size=13)
         fig.update_layout(title=f"{grid}: mean ± std over seeds (utility on S_E, mean of f and g)", height=420,
                           legend=dict(orientation="h", y=-0.3), margin=dict(t=80),
                           showlegend=grid in ("removal", "images-captions"))

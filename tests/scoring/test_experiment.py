@@ -16,7 +16,8 @@ from clipmem.scoring.cli import read_id_list
 from clipmem.scoring.errors import ClipmemError
 from clipmem.scoring.experiment import (Setting, grid_settings, open_experiment, parse_removal_counts, report_rows,
                                         resolve_removal_counts, run_experiment)
-from clipmem.scoring.experiment_report import common_pair_means, figures, run_row, summarize, write_report
+from clipmem.scoring.experiment_report import (TITLE_CHARACTERS, common_pair_means, figures, panel_title, run_row,
+                                               summarize, write_report)
 from tests.prerequisites import skip_or_fail
 
 runner = CliRunner()
@@ -86,13 +87,23 @@ def test_removal_runs_are_compared_on_the_pairs_every_run_of_their_seed_scores()
     assert common[(common.method == "top-clipmem") & (common.value == 1)]["mean"].item() == pytest.approx(0.2)
     figs = figures(summary)
     removal_panels = [a.text for a in figs["removal"].layout.annotations]
-    assert removal_panels[0] == "mean raw CLIPMem, pairs scored in every run"
+    # long titles are broken into lines that fit their panel instead of running into the next panel's title
+    assert removal_panels[0] == "mean raw CLIPMem, pairs scored in every<br>run"
     assert "mean raw CLIPMem" in [a.text for a in figs["captions"].layout.annotations]
+
+
+def test_panel_titles_are_broken_into_lines_that_fit_their_panel():
+    label = "mean raw CLIPMem, pairs scored in every run"  # 43 characters
+    assert panel_title(label, 1) == label
+    assert panel_title(label, 3) == "mean raw CLIPMem, pairs scored in every<br>run"
+    five = panel_title(label, 5).split("<br>")
+    assert five == ["mean raw CLIPMem, pairs", "scored in every run"]
+    assert all(len(line) <= TITLE_CHARACTERS[4] for line in panel_title(label, 4).split("<br>"))
 
 
 def test_the_removal_panel_of_mean_clipmem_is_left_out_without_the_common_pairs():
     summary = summarize([row(0, raw=0.3), row(0, method="top-clipmem", count=5, raw=0.1)])
-    panels = [a.text for a in figures(summary)["removal"].layout.annotations]
+    panels = [a.text.replace("<br>", " ") for a in figures(summary)["removal"].layout.annotations]
     assert "mean raw CLIPMem" not in panels and "linear probe: shape" in panels
 
 
