@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ import torch  # noqa: I001
 from run_fixtures import TINY_SYNTH, tiny_run_config
 from clipmem.scoring.data.synthetic import write
 
-torch.set_num_threads(2)
+# one torch thread per process when pytest-xdist runs the suite in two (make test), two in a single process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,11 @@ def test_two_concurrent_jobs_give_the_weights_of_one(together, tmp_path):
     shutil.copytree(planned.path, jobs.path)
     cfg.train.epochs = 2
     jobs.save_config(cfg)
+    # the jobs train on as many torch threads as the in-process run did: bit-identical weights need the same
+    # reduction order (the suite runs one thread per process under pytest-xdist, a new process takes every core)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     procs = [subprocess.Popen([sys.executable, "-m", "clipmem", "train", str(jobs.path), "--only", name],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for name in ("f", "g")]
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
