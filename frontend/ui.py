@@ -411,7 +411,8 @@ def has_reasons(run: dict) -> bool:
 
 
 REASON_HELP = ("Why the pair is memorized, from its neighbourhood under the model that never saw it (docs/why.md): "
-               "mis-captioned = its image fits the captions of the images like it better than its own; atypical "
+               "mis-captioned = close neighbours of its image are captioned differently, and their captions fit it "
+               "better than its own; atypical "
                "image or caption = nothing in the run is close to it, so it could only be learnt by heart, caption "
                "right or wrong; duplicate = a near-identical image captioned alike; typical = none of these.")
 

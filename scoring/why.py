@@ -15,13 +15,18 @@ itself left out. Every signal is put on the scale of the same signal over the ru
 trained on (the reference; without S_E pairs, the scored pairs themselves), so thresholds adapt to each data set and
 nothing is fitted to truth tags:
 
-- mis-caption evidence = the mean of three robust z-scores against the reference (median, IQR / 1.349), each a
-  higher-is-worse signal: 1 - cos(image, captions) (clipscore_g), the neighbour caption margin (how much better the
-  pair's nearest image neighbours' captions fit its image than its own captions do), and its mirror on the caption
-  side (how much better the images of the pair's nearest captions fit its captions than its own image does);
+- mis-caption evidence: five signals, each higher when the caption is more likely wrong and each put on the
+  reference's scale as a robust z-score (median, IQR / 1.349), in two groups. Misalignment: 1 - cos(image,
+  captions) (clipscore_g), the neighbour caption margin (how much better the pair's nearest image neighbours'
+  captions fit its image than its own captions do) and its mirror on the caption side (how much better the images
+  of the pair's nearest captions fit its captions than its own image does). Contradiction: the disagreement of the
+  nearest images' captions with the pair's (-neighbour_agreement) and the nearest image's closeness
+  (image_neighbour_sim). The evidence is the smaller of the two groups' means: a mis-caption is misaligned *and*
+  contradicted by close neighbours, while an atypical pair is misaligned only (the model never learned it either)
+  and has no close neighbour to contradict it (as an intersection-union test takes the weaker of two tests);
 - `miscaption` = about the fraction of reference pairs whose evidence (under the same model) is weaker than the
-  pair's: their empirical CDF, linear between reference values, with exponential tails beyond them so that pairs
-  past every reference pair stay ordered (weaker_fraction); 1 - miscaption acts as the pair's p-value;
+  pair's: their CDF smoothed by a Gaussian kernel, with exponential tails beyond them so that pairs past every
+  reference pair stay ordered (weaker_fraction); 1 - miscaption acts as the pair's p-value;
 - `reason`, the first that holds: duplicate (nearest image closer than for DUPLICATE_ABOVE of the reference pairs and
   its captions agreeing at least as well as for half of them), atypical_image (nearest image farther than for all but
   ATYPICAL_BELOW of the reference pairs), miscaptioned (the Benjamini-Hochberg q of 1 - miscaption over the run's
@@ -51,6 +56,8 @@ NEIGHBOURS = 5
 ATYPICAL_BELOW = 0.05
 DUPLICATE_ABOVE = 0.99
 DUPLICATE_AGREEMENT_ABOVE = 0.5
+# evidence_signals' first columns, the misalignment signals; the rest are the contradiction signals
+MISALIGNMENT_SIGNALS = 3
 SIGNAL_COLUMNS = ("image_neighbour_sim", "caption_neighbour_sim", "neighbour_agreement", "neighbour_caption_margin")
 # similarity entries held at once while ranking neighbours (queries x pool), about 128 MB of float32
 _BLOCK = 1 << 25
@@ -87,8 +94,12 @@ class Neighbourhood:
     agreement: np.ndarray        # (Q,) similarity-weighted mean of image_agreement
 
     def evidence_signals(self) -> np.ndarray:
-        """(Q, 3) the higher-is-worse signals the mis-caption evidence averages."""
-        return np.stack([self.misfit, self.image_margin, self.caption_margin], axis=1)
+        """(Q, 5) the signals the mis-caption evidence averages, each higher when the caption is more likely wrong:
+        the misfit and the two margins (also high for an atypical pair, which the model never learned either), the
+        disagreement of the nearest images' captions, and the nearest image's closeness (a mis-captioned image has
+        close neighbours whose captions disagree with its own; an atypical one has none)."""
+        return np.stack([self.misfit, self.image_margin, self.caption_margin, -self.agreement,
+                         self.image_sim[:, 0]], axis=1)
 
 
 def _nearest(query: np.ndarray, pool: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,26 +165,56 @@ def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def mis_caption_evidence(query: Neighbourhood, reference: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
-    """(the queries' evidence, the reference pairs' evidence): the mean robust z of the evidence signals, each
-    standardised against the reference pairs."""
+    """(the queries' evidence, the reference pairs' evidence): each signal standardised against the reference pairs
+    (robust z); the evidence is the weaker of two means, that of the misalignment signals (the pair is aligned
+    poorly) and that of the contradiction signals (close neighbours disagree with its caption). A mis-caption must
+    show both; an atypical pair shows the first only, a pair among look-alikes captioned alike neither."""
     ref = reference.evidence_signals()
-    return robust_z(query.evidence_signals(), ref).mean(1), robust_z(ref, ref).mean(1)
+
+    def weaker(z: np.ndarray) -> np.ndarray:
+        return np.minimum(z[:, :MISALIGNMENT_SIGNALS].mean(1), z[:, MISALIGNMENT_SIGNALS:].mean(1))
+
+    return weaker(robust_z(query.evidence_signals(), ref)), weaker(robust_z(ref, ref))
+
+
+# points the smoothed reference CDF is evaluated at between the reference's ends (linear in between): keeps the
+# cost O((grid + queries) x log) instead of queries x reference pairs, at an error far below 1 / reference pairs
+_CDF_GRID = 4097
+
+
+def smoothing_bandwidth(reference: np.ndarray) -> float:
+    """Silverman's rule of thumb, 0.9 x robust_spread x m^(-1/5), for a Gaussian kernel over m reference values."""
+    ref = np.asarray(reference, dtype=float)
+    return 0.9 * float(robust_spread(ref)) * len(ref) ** -0.2
 
 
 def weaker_fraction(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """About the fraction of reference values below each value, strictly increasing so that no two pairs tie:
-    the reference's empirical CDF at mid-ranks ((i + 1/2) / m for the i-th smallest of m), linear in between, and
-    beyond either end an exponential tail with the reference's robust spread (IQR / 1.349) as its scale, which
-    keeps pairs far past every reference pair apart where a floored p-value would tie them (at 1 - 1e-12)."""
+    """About the fraction of reference values below each value; continuous and strictly increasing, so that no
+    two pairs tie and float rounding cannot move a pair across tied reference values.
+
+    Between the reference's ends: its CDF smoothed by a Gaussian kernel (bandwidth smoothing_bandwidth), where a
+    step CDF would jump at each reference value, by 1/m at once where reference values tie (the tiny model's
+    evidence ties often). Beyond either end: an exponential tail with the reference's robust spread (IQR / 1.349)
+    as its scale, joined continuously to the smoothed CDF, which keeps pairs far past every reference pair apart
+    where the kernel's Gaussian tail (or a floored p-value) would round them all to 1."""
+    from scipy.special import ndtr
+
     ref = np.sort(np.asarray(reference, dtype=float))
-    m = len(ref)
     values = np.asarray(values, dtype=float)
     spread = float(robust_spread(ref))
-    levels = (np.arange(m) + 0.5) / m
-    out = np.interp(values, ref, levels)
-    high, low = values > ref[-1], values < ref[0]
-    out[high] = 1.0 - (0.5 / m) * np.exp(-(values[high] - ref[-1]) / spread)
-    out[low] = (0.5 / m) * np.exp((values[low] - ref[0]) / spread)
+    bandwidth = smoothing_bandwidth(ref)
+    if ref[-1] == ref[0]:  # a constant reference: no interior, the two tails meet at its value
+        grid, cdf = ref[:1], np.array([0.5])
+    else:
+        grid = np.linspace(ref[0], ref[-1], _CDF_GRID)
+        cdf = np.empty(len(grid))
+        step = max(1, _BLOCK // len(ref))
+        for s in range(0, len(grid), step):
+            cdf[s:s + step] = ndtr((grid[s:s + step, None] - ref[None, :]) / bandwidth).mean(1)
+    out = np.interp(values, grid, cdf)
+    high, low = values > grid[-1], values < grid[0]
+    out[high] = 1.0 - (1.0 - cdf[-1]) * np.exp(-(values[high] - grid[-1]) / spread)
+    out[low] = cdf[0] * np.exp((values[low] - grid[0]) / spread)
     return out
 
 

@@ -35,9 +35,9 @@ def copy_of(tiny_run, tmp_path):
 
 
 def assert_same_outputs(reference, out, atol=1e-5, ranked=(), ranked_share=0.0):
-    """`ranked`: columns that rank a pair's evidence against the S_E reference (why.weaker_fraction, `reason`).
-    Those jump where the reference holds tied values and the inputs differ by float rounding (another thread
-    count), so only `ranked_share` of the pairs must agree exactly there; their inputs are held to `atol`."""
+    """`ranked`: discrete columns cut at a threshold (`reason`): a pair on the cut may flip when the inputs differ
+    by float rounding (another thread count), so only `ranked_share` of the pairs must agree exactly there; their
+    inputs are held to `atol`."""
     a, b = pd.read_parquet(reference / "scores.parquet"), pd.read_parquet(out / "scores.parquet")
     assert list(a.columns) == list(b.columns) and a["sample_id"].tolist() == b["sample_id"].tolist()
     for col in ranked:
@@ -146,7 +146,9 @@ def test_torchrun_ranks_score_their_shards_and_rank_0_merges(copy_of):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (out / "score_parts").iterdir()) == ["part-00000-of-00002.parquet",
                                                                        "part-00001-of-00002.parquet"]
-    # torchrun's ranks run one thread each, so rank 0's clean embeddings differ from the in-process run's by
-    # float rounding (the neighbour signals by ~1e-7); on the tiny model many S_E pairs tie in mis-caption
-    # evidence, and 33 of 240 pairs' miscaption moved across such ties (docs/why.md, "Known limits")
-    assert_same_outputs(reference, out, ranked=("miscaption", "reason"), ranked_share=0.8)
+    # torchrun's ranks embed in other batches than the in-process run, so the clean embeddings differ by float
+    # rounding (the stored neighbour signals by ~1e-7). miscaption is continuous in the evidence signals
+    # (why.weaker_fraction), but which pairs are a pair's 5 nearest is not: the tiny model's embeddings are nearly
+    # degenerate, near-tied neighbours swap places, and the S_E reference pairs' signals (not stored) jump with
+    # them. 11 of 240 pairs' miscaption moved (by up to 0.29; 33 by up to 0.54 under the step CDF before)
+    assert_same_outputs(reference, out, ranked=("miscaption", "reason"), ranked_share=0.9)

@@ -274,11 +274,77 @@ def test_report_prints_the_reasons(tmp_path):
 
 
 def test_weaker_fraction_scale():
+    import math
+
     from clipmem.scoring.why import weaker_fraction
 
     ref = np.array([3.0, 0.0, 2.0, 1.0])
     spread = 1.5 / 1.349  # IQR of 0..3 (quartiles 0.75 and 2.25) / 1.349
-    got = weaker_fraction(np.array([0.0, 1.5, 3.0, 3.0 + spread, -spread]), ref)
-    np.testing.assert_allclose(got, [0.125, 0.5, 0.875, 1 - 0.125 * np.exp(-1), 0.125 * np.exp(-1)])
+    h = 0.9 * spread * 4 ** -0.2  # Silverman's bandwidth
+
+    def smoothed(x):  # the kernel-smoothed CDF by hand: the mean of the Gaussian CDFs centred on the reference
+        return sum(0.5 * (1 + math.erf((x - r) / (h * math.sqrt(2)))) for r in ref) / len(ref)
+
+    got = weaker_fraction(np.array([0.0, 1.5, 2.2, 3.0, 3.0 + spread, -spread]), ref)
+    expected = [smoothed(0.0), 0.5, smoothed(2.2), smoothed(3.0), 1 - (1 - smoothed(3.0)) * np.exp(-1),
+                smoothed(0.0) * np.exp(-1)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
     far = weaker_fraction(np.array([10.0, 20.0, 30.0]), ref)
     assert far[0] < far[1] < far[2] < 1.0  # no tie far beyond every reference value
+    dense = weaker_fraction(np.linspace(-5.0, 8.0, 20_001), ref)
+    assert (np.diff(dense) > 0).all()  # strictly increasing, the tails joined without a step
+
+
+def test_weaker_fraction_is_continuous_across_tied_reference_values():
+    from clipmem.scoring.why import weaker_fraction
+
+    # half the reference ties at 1.0: a step CDF jumps by 0.5 there, so float rounding of a pair's evidence (as
+    # another thread count gives) could move its miscaption by 0.5
+    ref = np.array([0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.5, 2.0])
+    below, above = weaker_fraction(np.array([1.0 - 1e-7, 1.0 + 1e-7]), ref)
+    assert 0 < above - below < 1e-5
+    assert below == pytest.approx(0.5, abs=1e-6)  # the symmetric reference's centre
+
+
+def test_weaker_fraction_estimates_the_reference_distribution():
+    from scipy.stats import norm
+
+    from clipmem.scoring.why import weaker_fraction
+
+    # a second method: for a large reference drawn from N(0, 1) the fraction is about the normal CDF
+    ref = np.random.default_rng(0).normal(size=20_000)
+    x = np.linspace(-2.5, 2.5, 11)
+    np.testing.assert_allclose(weaker_fraction(x, ref), norm.cdf(x), atol=0.01)
+
+
+def _signals_only(misfit, image_margin, caption_margin, agreement, nearest_sim):
+    """A Neighbourhood holding just the signals the mis-caption evidence reads (k = 1)."""
+    from clipmem.scoring.why import Neighbourhood
+
+    q = len(misfit)
+    column = lambda x: np.asarray(x, dtype=float)[:, None]  # noqa: E731
+    return Neighbourhood(image_index=np.zeros((q, 1), int), image_sim=column(nearest_sim),
+                         image_agreement=column(agreement), caption_index=np.zeros((q, 1), int),
+                         caption_sim=np.zeros((q, 1)), caption_agreement=np.zeros((q, 1)),
+                         misfit=np.asarray(misfit, float), image_margin=np.asarray(image_margin, float),
+                         caption_margin=np.asarray(caption_margin, float), agreement=np.asarray(agreement, float))
+
+
+def test_mis_caption_evidence_is_the_weaker_of_misalignment_and_contradiction():
+    from clipmem.scoring.why import mis_caption_evidence
+
+    # the reference: five pairs whose every signal runs 0, 1, 2, 3, 4 (median 2, IQR 2 -> spread 2 / 1.349)
+    steps = [0.0, 1.0, 2.0, 3.0, 4.0]
+    reference = _signals_only(steps, steps, steps, [-s for s in steps], steps)
+    spread = 2 / 1.349
+    # pair a: a mis-captioned image, its nearest image as close as the closest reference pair's (4) and its
+    # neighbours' captions disagreeing as much as the most disagreeing reference pair's (agreement -4);
+    # pair b: the same misfit and margins, but an atypical image: its nearest image far (0), its neighbours' captions
+    # agreeing (agreement 0). Misfit and margins alone (the evidence before) could not tell them apart.
+    # pair c: closely contradicted, but aligned as well as the best-aligned reference pair (misfit and margins 0).
+    query = _signals_only([3.0, 3.0, 0.0], [3.0, 3.0, 0.0], [3.0, 3.0, 0.0], [-4.0, 0.0, -4.0], [4.0, 0.0, 4.0])
+    evidence, ref_evidence = mis_caption_evidence(query, reference)
+    # z-scores: a misalignment 1 / spread each, contradiction 2 / spread each; b contradiction -2 / spread each;
+    # c misalignment -2 / spread each: each pair's evidence is the smaller of the two groups' means
+    np.testing.assert_allclose(evidence, [1 / spread, -2 / spread, -2 / spread])
+    np.testing.assert_allclose(ref_evidence, [(s - 2) / spread for s in steps])
