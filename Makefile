@@ -31,11 +31,10 @@ demo: setup
 lint: setup
 	$(BIN)/lint-imports
 
-# Two test processes, a file's tests in one of them (--dist loadfile: module fixtures are built once), the slowest
-# files first (tests/conftest.py SLOW_FILES; xdist would otherwise start the files with the most tests first): on
-# 2 cores one process left a quarter of the CPU idle while it waited on servers, browsers and child processes.
+# Two test processes, a file's tests in one of them (--dist loadfile: module fixtures are built once): on 2 cores
+# one process left a quarter of the CPU idle while it waited on servers, browsers and child processes.
 test: setup browser lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py

@@ -18,29 +18,6 @@ from clipmem.scoring.data.synthetic import write
 # one torch thread per process when pytest-xdist runs the suite in two (make test), two in a single process
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
-# The test files that take longest (make test's --durations), longest first. make test hands whole files to its two
-# processes in collection order (--dist loadfile --no-loadscope-reorder); started last, these kept one process busy
-# for minutes after the other had finished.
-SLOW_FILES = ("scoring/test_experiment.py", "frontend/test_browser.py", "scoring/test_distributed.py",
-              "scoring/test_interop.py", "scoring/test_detection_floor.py", "test_prerequisites.py",
-              "scoring/test_sharded_scoring.py", "scoring/test_normalization.py", "scoring/test_separate_jobs.py",
-              "scoring/test_processes.py")
-TESTS = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(config, items):
-    """The slow files first, in SLOW_FILES' order; every other test keeps its place."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-
-    def slowness(item) -> int:
-        try:
-            return rank.get(item.path.resolve().relative_to(TESTS).as_posix(), len(rank))
-        except ValueError:  # a test outside tests/
-            return len(rank)
-
-    items.sort(key=slowness)
-
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write(TINY_SYNTH, tmp_path_factory.mktemp("data") / "tiny")
