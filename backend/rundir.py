@@ -353,17 +353,19 @@ def _read_parquet(file: Path, required: tuple[str, ...], strings: tuple[str, ...
     return frame, kept
 
 
-def _finite_column(file, frame: pd.DataFrame, name: str, bounds) -> np.ndarray:
-    """Column `name` of a per-pair table as float64, refused (naming the first sample at fault) when it is not
-    numeric, not finite or outside `bounds`."""
+def _finite_column(file, frame: pd.DataFrame, name: str, bounds: tuple[float, float] | None) -> np.ndarray:
+    """Column `name` of a per-pair table as float64, refused (naming the first sample at fault and how many pairs
+    are) when it is not numeric, not finite or outside `bounds` (None: any finite value)."""
     try:
         values = frame[name].to_numpy(dtype=np.float64)
     except (TypeError, ValueError):
         raise ClipmemError(f"{file}: column {name} should be numeric") from None
     bad = ~np.isfinite(values)
     if bad.any():
-        raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}")
-    _check_range(file, frame, name, values, bounds)
+        raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}"
+                           f" ({int(bad.sum())} pairs)")
+    if bounds is not None:
+        _check_range(file, frame, name, values, bounds)
     return values
 
 
@@ -516,17 +518,7 @@ def _read_scores(file: Path, samples: pd.DataFrame, lookup: pd.Index,
                            "(candidate pairs are seen by f, independent pairs by g)")
     present = [c.name for c in SCORE_COLUMNS if c.name in frame.columns]
     for name in [*present, "n_captions"]:
-        try:
-            values = frame[name].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ClipmemError(f"{file}: column {name} should be numeric") from None
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ClipmemError(f"{file}: column {name} is NaN or infinite for sample {_first_bad(frame, bad)}"
-                               f" ({int(bad.sum())} pairs)")
-        if name in SCORE_BY_NAME:
-            _check_range(file, frame, name, values, SCORE_BY_NAME[name].bounds)
-        frame[name] = values
+        frame[name] = _finite_column(file, frame, name, SCORE_BY_NAME[name].bounds if name in SCORE_BY_NAME else None)
     for name in ("views_f", "views_g"):
         frame[name] = _views(views[name], frame, name, file)
     if REASON in frame.columns:
