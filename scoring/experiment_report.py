@@ -15,6 +15,7 @@ towers and from-scratch grids (which exist only in experiments with --pretrained
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -250,8 +251,6 @@ TITLE_CHARACTERS = {1: 90, 2: 60, 3: 40, 4: 30}
 
 def panel_title(label: str, panels: int) -> str:
     """`label` broken into lines (Plotly's <br>) that fit one of `panels` side-by-side panels."""
-    import textwrap
-
     return "<br>".join(textwrap.wrap(label, TITLE_CHARACTERS.get(panels, 24)))
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import ndtr
 
 from clipmem.scoring.columns import NEIGHBOUR_COLUMNS, REASON
 from clipmem.scoring.config import ScoreConfig
@@ -94,7 +95,7 @@ class Neighbourhood:
     agreement: np.ndarray        # (Q,) similarity-weighted mean of image_agreement
 
     def evidence_signals(self) -> np.ndarray:
-        """(Q, 5) the signals the mis-caption evidence averages, each higher when the caption is more likely wrong:
+        """(Q, 5) the signals of the mis-caption evidence (mis_caption_evidence), each higher when the caption is more likely wrong:
         the misfit and the two margins (also high for an atypical pair, which the model never learned either), the
         disagreement of the nearest images' captions, and the nearest image's closeness (a mis-captioned image has
         close neighbours whose captions disagree with its own; an atypical one has none)."""
@@ -182,27 +183,20 @@ def mis_caption_evidence(query: Neighbourhood, reference: Neighbourhood) -> tupl
 _CDF_GRID = 4097
 
 
-def smoothing_bandwidth(reference: np.ndarray) -> float:
-    """Silverman's rule of thumb, 0.9 x robust_spread x m^(-1/5), for a Gaussian kernel over m reference values."""
-    ref = np.asarray(reference, dtype=float)
-    return 0.9 * float(robust_spread(ref)) * len(ref) ** -0.2
-
-
 def weaker_fraction(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """About the fraction of reference values below each value; continuous and strictly increasing, so that no
     two pairs tie and float rounding cannot move a pair across tied reference values.
 
-    Between the reference's ends: its CDF smoothed by a Gaussian kernel (bandwidth smoothing_bandwidth), where a
+    Between the reference's ends: its CDF smoothed by a Gaussian kernel (bandwidth by Silverman's rule of thumb,
+    0.9 x robust spread x m^(-1/5) for m reference values), where a
     step CDF would jump at each reference value, by 1/m at once where reference values tie (the tiny model's
     evidence ties often). Beyond either end: an exponential tail with the reference's robust spread (IQR / 1.349)
     as its scale, joined continuously to the smoothed CDF, which keeps pairs far past every reference pair apart
     where the kernel's Gaussian tail (or a floored p-value) would round them all to 1."""
-    from scipy.special import ndtr
-
     ref = np.sort(np.asarray(reference, dtype=float))
     values = np.asarray(values, dtype=float)
     spread = float(robust_spread(ref))
-    bandwidth = smoothing_bandwidth(ref)
+    bandwidth = 0.9 * spread * len(ref) ** -0.2
     if ref[-1] == ref[0]:  # a constant reference: no interior, the two tails meet at its value
         grid, cdf = ref[:1], np.array([0.5])
     else:
