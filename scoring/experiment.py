@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -94,8 +94,9 @@ def removable_pool(split_path: Path) -> int:
     return sum(len(plan.ids[s]) for s in scored)
 
 
-def grid_settings(grids: list[str], removal_counts=(50, 150)) -> list[Setting]:
-    """The distinct settings of the named grids; the baseline appears once."""
+def grid_settings(grids: list[str], removal_counts=(50, 150), removal_methods=REMOVAL_METHODS) -> list[Setting]:
+    """The distinct settings of the named grids; the baseline appears once. The removal grid crosses
+    `removal_methods` with `removal_counts`."""
     unknown = [g for g in grids if g not in GRIDS]
     if unknown:
         raise ClipmemError(f"unknown grid {', '.join(unknown)}; known: {', '.join(GRIDS)}")
@@ -111,7 +112,11 @@ def grid_settings(grids: list[str], removal_counts=(50, 150)) -> list[Setting]:
     if "removal" in grids:
         if any(n < 1 for n in removal_counts):
             raise ClipmemError(f"removal counts must be >= 1, got {list(removal_counts)}")
-        settings += [Setting(removal_method=m, removal_count=n) for m in REMOVAL_METHODS for n in removal_counts]
+        unknown = [m for m in removal_methods if m not in REMOVAL_METHODS]
+        if unknown or not removal_methods:
+            raise ClipmemError(f"unknown removal method {', '.join(unknown) or '(none given)'}; known: "
+                               f"{', '.join(REMOVAL_METHODS)}")
+        settings += [Setting(removal_method=m, removal_count=n) for m in removal_methods for n in removal_counts]
     if "towers" in grids:
         # the baseline trains both towers; then the image tower alone (text locked), the text tower alone
         settings += [Setting(lock="text"), Setting(lock="image")]
@@ -145,6 +150,7 @@ class Experiment:
     seeds: list[int]
     removal_counts: list[int]
     base: RunConfig
+    removal_methods: list[str] = field(default_factory=lambda: list(REMOVAL_METHODS))
 
     @property
     def base_run(self) -> RunDir:
@@ -157,22 +163,24 @@ class Experiment:
         return f"{self.name}.{setting.slug}.s{seed}"
 
     def settings(self) -> list[Setting]:
-        return grid_settings(self.grids, self.removal_counts)
+        return grid_settings(self.grids, self.removal_counts, self.removal_methods)
 
     def to_json(self) -> dict:
         return {"experiment": self.name, "grids": self.grids, "seeds": self.seeds,
-                "removal_counts": self.removal_counts, "base": self.base.to_json()}
+                "removal_counts": self.removal_counts, "removal_methods": self.removal_methods,
+                "base": self.base.to_json()}
 
 
 def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], removal_counts: list[int | float],
-                    base: RunConfig) -> Experiment:
+                    base: RunConfig, removal_methods: list[str] = REMOVAL_METHODS) -> Experiment:
     """Start an experiment directory, or reopen one made with the same recipe (to resume or extend it).
 
     A float in `removal_counts` is a fraction of the pairs the baseline scores: with the removal grid the base
     split is planned first to count them (parse_removal_counts reads '8%' as 0.08)."""
     counts = [n for n in removal_counts if isinstance(n, int)]
     base = with_renderings(base, grids, Path(path) / "experiment.json")
-    exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=counts or [1], base=base)
+    exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=counts or [1], base=base,
+                     removal_methods=list(removal_methods))
     exp.settings()  # validates grids and counts before anything is written
     check_pretrained_grids(grids, base.train)
     manifest = exp.path / "experiment.json"

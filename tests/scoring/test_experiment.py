@@ -33,6 +33,20 @@ def test_default_grid_has_each_setting_once():
         grid_settings(["captions", "dropout"])
 
 
+def test_the_removal_grid_can_run_only_some_of_its_methods(tmp_path):
+    settings = grid_settings(["removal"], removal_counts=(6, 24), removal_methods=["top-clipmem"])
+    assert settings == [Setting(), Setting(removal_method="top-clipmem", removal_count=6),
+                        Setting(removal_method="top-clipmem", removal_count=24)]
+    assert len(grid_settings(["removal"], removal_counts=(6, 24))) == 1 + 3 * 2  # all three by default
+    for methods, message in ((["top-clipmem", "largest"], "unknown removal method largest"), ([], "(none given)")):
+        with pytest.raises(ClipmemError, match=message):
+            grid_settings(["removal"], removal_counts=(6,), removal_methods=methods)
+    result = runner.invoke(app, ["experiment", "--out", str(tmp_path / "x"), "--grids", "removal",
+                                 "--removal-methods", "random,clipscore"])
+    assert result.exit_code == 2 and "unknown removal method clipscore" in result.output
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
 def row(seed, captions=1, noise=0.0, method=None, count=0, raw=0.1, probe=0.5):
     experiment = {"experiment": "e", "seed": seed, "captions_per_image": captions, "text_noise": noise,
                   "removal_method": method, "removal_count": count}
