@@ -11,15 +11,16 @@ from clipmem.scoring.runtime import keep_freed_memory, prefer_passive_openmp  # 
 
 prefer_passive_openmp()  # first: it only takes effect before torch loads
 keep_freed_memory()
-import torch  # noqa: I001
-from run_fixtures import TINY_SYNTH, tiny_run_config
-from clipmem.scoring.data.synthetic import write
-
-# one torch thread per process when pytest-xdist runs the suite in two (make test), two in a single process
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# one torch thread per process when pytest-xdist runs the suite in two (make test), two in a single process. Set
+# through the environment, which torch reads when it loads, rather than by importing torch here: a pytest that
+# collects only torch-free tests (the child runs of test_prerequisites.py) then never spends the seconds loading it
+os.environ["OMP_NUM_THREADS"] = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+from run_fixtures import TINY_SYNTH, tiny_run_config  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
+    from clipmem.scoring.data.synthetic import write
+
     return write(TINY_SYNTH, tmp_path_factory.mktemp("data") / "tiny")
 
 

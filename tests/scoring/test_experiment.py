@@ -196,11 +196,12 @@ def test_a_grid_holding_only_the_baseline_is_left_out():
 
 @pytest.fixture(scope="module")
 def experiment_dir(tmp_path_factory, tiny_data):
-    """A two-grid experiment on the tiny data: 1 seed, 1 epoch, N = 5 removed."""
+    """The removal grid on the tiny data, trained and scored: 1 seed, 1 epoch, N = 5 removed by each method (4 runs;
+    the other grids' knobs reach their runs' configs in test_every_setting_is_planned_with_its_knobs)."""
     out = tmp_path_factory.mktemp("exp") / "e"
     base = tiny_run_config(tiny_data, epochs=1)
     base.score = replace(base.score, towers=False, layers=False, views=2)
-    exp = open_experiment(out, "tiny-exp", ["captions", "removal"], [0], [5], base)
+    exp = open_experiment(out, "tiny-exp", ["removal"], [0], [5], base)
     finished = []
     runs = run_experiment(exp, jobs=2, on_finished=lambda run, name: finished.append(name))
     return exp, runs, finished
@@ -208,7 +209,7 @@ def experiment_dir(tmp_path_factory, tiny_data):
 
 def test_experiment_runs_every_setting_on_one_split(experiment_dir):
     exp, runs, finished = experiment_dir
-    assert len(runs) == 1 + 3 + 3 and len(set(finished)) == 7
+    assert len(runs) == 1 + 3 and len(set(finished)) == 4
     assert all(name.startswith("tiny-exp.") for name in finished)
     splits = {(run.path / "split.json").read_text() for run in runs}
     assert len(splits) == 1
@@ -217,6 +218,22 @@ def test_experiment_runs_every_setting_on_one_split(experiment_dir):
         cfg = run.load_config()
         assert cfg.train.captions_per_image == params["captions_per_image"]
         assert cfg.train.init_seed == params["seed"] == 0
+
+
+def test_every_setting_is_planned_with_its_knobs(tmp_path, tiny_data):
+    """Each run of the captions and text-noise grids gets the experiment's split and its setting's knobs and seed
+    (planned only: the trained removal grid above runs the same path)."""
+    from clipmem.scoring.experiment import plan_run, prepare_base
+
+    exp = open_experiment(tmp_path / "e", "plan", ["captions", "text-noise"], [1], [5], tiny_run_config(tiny_data))
+    prepare_base(exp)
+    for setting in (Setting(captions_per_image=5), Setting(text_noise=0.15), Setting()):
+        run = plan_run(exp, setting, 1)
+        train = run.load_config().train
+        assert (train.captions_per_image, train.text_noise, train.init_seed, train.data_seed) == \
+            (setting.captions_per_image, setting.text_noise, 1, 1)
+        assert run.split.read_text() == exp.base_run.split.read_text()
+        assert json.loads(run.experiment.read_text())["captions_per_image"] == setting.captions_per_image
 
 
 def test_removal_runs_drop_the_chosen_pairs_of_the_baseline(experiment_dir):
@@ -238,7 +255,7 @@ def test_rerunning_an_experiment_trains_nothing(experiment_dir):
     messages = []
     again = run_experiment(exp, jobs=1, progress=lambda message, done, total: messages.append((message, done)))
     assert len(again) == len(runs)
-    assert messages == [("7 of 7 runs already finished", 7)]
+    assert messages == [("4 of 4 runs already finished", 4)]
     assert all(run.model_checkpoint("f").stat().st_mtime_ns == stamps[run.path] for run in again)
 
 
@@ -277,14 +294,14 @@ def test_a_saved_recipe_without_the_noise_placement_reads_as_the_projection_plac
 def test_report_has_tables_figures_and_findings(experiment_dir, tmp_path):
     exp, _, _ = experiment_dir
     rows = report_rows(exp.path)
-    assert len(rows) == 7 and all("probe_shape" in r for r in rows)
+    assert len(rows) == 4 and all("probe_shape" in r for r in rows)
     report = write_report(rows, tmp_path / "report", "tiny")
     text = report.read_text()
-    assert "## Findings" in text and "5 captions per image" in text and "Removing 5 pairs" in text
-    assert (tmp_path / "report" / "captions.html").is_file() and (tmp_path / "report" / "removal.html").is_file()
+    assert "## Findings" in text and "Removing 5 pairs" in text
+    assert (tmp_path / "report" / "removal.html").is_file()
     # PNGs need Chromium (kaleido); without it the report says so, and the test skips (fails under CI)
-    if not (tmp_path / "report" / "captions.png").is_file():
-        assert "PNG figures were not written for captions" in text
+    if not (tmp_path / "report" / "removal.png").is_file():
+        assert "PNG figures were not written for removal" in text
         skip_or_fail("no PNG figures: kaleido found no Chromium (the report says so)")
 
 
@@ -369,7 +386,7 @@ def test_experiment_runs_ingest_and_the_api_summarizes_them(experiment_dir, expe
         run_experiment(exp, on_finished=ingester)
     with TestClient(create_app(Settings())) as client:
         listed = client.get("/experiments").json()
-        assert [(e["name"], e["runs"]) for e in listed] == [("tiny-exp", 7)]
+        assert [(e["name"], e["runs"]) for e in listed] == [("tiny-exp", 4)]
         detail = client.get("/experiments/tiny-exp").json()
     rows = report_rows(exp.path)
     # per run: the pairs every removal run scores are the baseline's less the 5 each removal run dropped
