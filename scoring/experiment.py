@@ -100,6 +100,10 @@ def grid_settings(grids: list[str], removal_counts=(50, 150), removal_methods=RE
     unknown = [g for g in grids if g not in GRIDS]
     if unknown:
         raise ClipmemError(f"unknown grid {', '.join(unknown)}; known: {', '.join(GRIDS)}")
+    unknown = [m for m in removal_methods if m not in REMOVAL_METHODS]
+    if unknown or not removal_methods:  # checked with any grid, so a mistyped option is never silently ignored
+        raise ClipmemError(f"unknown removal method {', '.join(unknown) or '(none given)'}; known: "
+                           f"{', '.join(REMOVAL_METHODS)}")
     settings = [Setting()]
     if "captions" in grids:
         settings += [Setting(captions_per_image=k) for k in CAPTIONS]
@@ -112,10 +116,6 @@ def grid_settings(grids: list[str], removal_counts=(50, 150), removal_methods=RE
     if "removal" in grids:
         if any(n < 1 for n in removal_counts):
             raise ClipmemError(f"removal counts must be >= 1, got {list(removal_counts)}")
-        unknown = [m for m in removal_methods if m not in REMOVAL_METHODS]
-        if unknown or not removal_methods:
-            raise ClipmemError(f"unknown removal method {', '.join(unknown) or '(none given)'}; known: "
-                               f"{', '.join(REMOVAL_METHODS)}")
         settings += [Setting(removal_method=m, removal_count=n) for m in removal_methods for n in removal_counts]
     if "towers" in grids:
         # the baseline trains both towers; then the image tower alone (text locked), the text tower alone

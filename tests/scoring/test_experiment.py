@@ -41,6 +41,8 @@ def test_the_removal_grid_can_run_only_some_of_its_methods(tmp_path):
     for methods, message in ((["top-clipmem", "largest"], "unknown removal method largest"), ([], "(none given)")):
         with pytest.raises(ClipmemError, match=message):
             grid_settings(["removal"], removal_counts=(6,), removal_methods=methods)
+    with pytest.raises(ClipmemError, match="unknown removal method larges"):  # not silently ignored elsewhere
+        grid_settings(["captions"], removal_methods=["larges"])
     result = runner.invoke(app, ["experiment", "--out", str(tmp_path / "x"), "--grids", "removal",
                                  "--removal-methods", "random,clipscore"])
     assert result.exit_code == 2 and "unknown removal method clipscore" in result.output
