@@ -23,7 +23,7 @@ app = typer.Typer()
 DEFAULT_REMOVAL_COUNTS = "1%,2%,4%,8%,16%,32%,64%"
 # clipmem-demo-shape learns shape in 40 epochs, the default run's recipe; docs/experiments.md gives the grid's time
 EXPERIMENT_EPOCHS = 40
-# 4 settings, 12 runs with 3 seeds: on a slow 2-core CPU the text-noise grid alone takes over an hour
+# 5 settings, 15 runs with 3 seeds: on a slow 2-core CPU the text-noise grid alone takes over an hour
 # (docs/experiments.md, "Time"), so it runs on request like removal and images-captions
 DEFAULT_GRIDS = "captions"
 SIZES_HELP = ("Split sizes as SHARED,CANDIDATE,INDEPENDENT,EXTRA: counts (2400,300,300,300) or fractions "
@@ -720,7 +720,7 @@ def experiment(
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name; runs are ingested as NAME.SETTING.sSEED "
                                        "(default: the directory's name)."),
     grids: str = typer.Option(DEFAULT_GRIDS, "--grids", help="Comma-separated grids: captions "
-                              "(1, 2, 3, 5 captions per image) by default; on request text-noise (σ 0, 0.01, 0.05, "
+                              "(1 to 5 captions per image) by default; on request text-noise (σ 0, 0.01, 0.05, "
                               "0.1, 0.15, 0.2, 0.25, 0.3), removal (retrain without the top-CLIPMem, "
                               "lowest-similarity or random N scored pairs; 21 settings) and images-captions (1 or 5 "
                               "renderings per scene × 1 or 5 captions); "

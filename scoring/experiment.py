@@ -36,7 +36,7 @@ from clipmem.scoring.experiment_report import GRIDS, IMAGES_CAPTIONS_VALUES, PRE
 from clipmem.scoring.processes import stop_processes
 from clipmem.scoring.rundir import RunDir, write_json
 
-CAPTIONS = (1, 2, 3, 5)
+CAPTIONS = (1, 2, 3, 4, 5)  # the published Fig. 5a
 TEXT_NOISE = (0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # the published σ grid
 SHARED_FILES = ("split.json", "samples.parquet", "data_root.json", "skipped.jsonl")
 

@@ -25,8 +25,9 @@ runner = CliRunner()
 
 def test_default_grid_has_each_setting_once():
     settings = grid_settings(["captions", "text-noise", "removal"], removal_counts=(50, 150))
-    # baseline + captions 2, 3, 5 + the published σ 0.01..0.3 + 3 methods x 2 counts
-    assert len(settings) == 1 + 3 + 7 + 6
+    # baseline + captions 2, 3, 4, 5 + the published σ 0.01..0.3 + 3 methods x 2 counts
+    assert len(settings) == 1 + 4 + 7 + 6
+    assert sorted(s.captions_per_image for s in settings) == [1] * 14 + [2, 3, 4, 5]
     assert sorted(s.text_noise for s in settings if s.text_noise) == [0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
     assert len({s.slug for s in settings}) == len(settings)
     with pytest.raises(ClipmemError, match="unknown grid"):
