@@ -7,15 +7,10 @@ export CLIPMEM_DATABASE_URL ?= sqlite:///$(CURDIR)/clipmem.db
 
 .PHONY: setup browser demo lint test bench clean
 
-# pip byte-compiles what it installs one file at a time (about 75 of the install's 180 s on a 2-core CPU), so it
-# installs without compiling and compileall does the same work on every core. Python must not be left to compile
-# on import: PYTHONDONTWRITEBYTECODE is set on some machines, and every process would then recompile torch.
-# compileall exits 1 for the few files that are not Python 3 (templates, test data), which pip skips as well.
 $(BIN)/clipmem: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/clipmem
