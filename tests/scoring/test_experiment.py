@@ -150,7 +150,7 @@ def test_images_captions_grid_is_one_or_five_renderings_by_one_or_five_captions(
     assert sorted(s.slug for s in settings) == ["c1-n0", "c1-n0-r5", "c5-n0", "c5-n0-r5"]
     # 1 rendering x 5 captions is the captions grid's 5-caption run: trained once
     both = grid_settings(["captions", "images-captions"])
-    assert len(both) == 1 + 3 + 2
+    assert len(both) == 1 + 4 + 2
 
 
 def test_images_captions_report_says_which_axis_lowers_clipmem_more_with_t_intervals():
