@@ -796,9 +796,8 @@ def experiment(
         cfg.score = replace(cfg.score, towers=False, layers=False, **({"views": views} if views else {}))
         if overwrite and Path(out).exists():
             shutil.rmtree(out)
-        methods = {} if removal_methods is None else \
-            {"removal_methods": [m.strip() for m in removal_methods.split(",") if m.strip()]}
-        exp = open_experiment(Path(out), exp_name, grid_list, list(range(seeds)), counts, cfg, **methods)
+        methods = None if removal_methods is None else [m.strip() for m in removal_methods.split(",") if m.strip()]
+        exp = open_experiment(Path(out), exp_name, grid_list, list(range(seeds)), counts, cfg, methods)
         runs = _run_with_progress(exp, seeds, jobs, ingest)
         _, path = _experiment_report(Path(out), exp_name)
     except ClipmemError as exc:

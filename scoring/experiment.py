@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -150,7 +150,7 @@ class Experiment:
     seeds: list[int]
     removal_counts: list[int]
     base: RunConfig
-    removal_methods: list[str] = field(default_factory=lambda: list(REMOVAL_METHODS))
+    removal_methods: list[str]
 
     @property
     def base_run(self) -> RunDir:
@@ -172,15 +172,16 @@ class Experiment:
 
 
 def open_experiment(path: Path, name: str, grids: list[str], seeds: list[int], removal_counts: list[int | float],
-                    base: RunConfig, removal_methods: list[str] = REMOVAL_METHODS) -> Experiment:
+                    base: RunConfig, removal_methods: list[str] | None = None) -> Experiment:
     """Start an experiment directory, or reopen one made with the same recipe (to resume or extend it).
 
     A float in `removal_counts` is a fraction of the pairs the baseline scores: with the removal grid the base
-    split is planned first to count them (parse_removal_counts reads '8%' as 0.08)."""
+    split is planned first to count them (parse_removal_counts reads '8%' as 0.08). `removal_methods`: the
+    removal grid's methods (None: all of REMOVAL_METHODS)."""
     counts = [n for n in removal_counts if isinstance(n, int)]
     base = with_renderings(base, grids, Path(path) / "experiment.json")
     exp = Experiment(name=name, path=Path(path), grids=grids, seeds=seeds, removal_counts=counts or [1], base=base,
-                     removal_methods=list(removal_methods))
+                     removal_methods=list(REMOVAL_METHODS if removal_methods is None else removal_methods))
     exp.settings()  # validates grids and counts before anything is written
     check_pretrained_grids(grids, base.train)
     manifest = exp.path / "experiment.json"

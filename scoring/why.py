@@ -95,10 +95,10 @@ class Neighbourhood:
     agreement: np.ndarray        # (Q,) similarity-weighted mean of image_agreement
 
     def evidence_signals(self) -> np.ndarray:
-        """(Q, 5) the signals of the mis-caption evidence (mis_caption_evidence), each higher when the caption is more likely wrong:
-        the misfit and the two margins (also high for an atypical pair, which the model never learned either), the
-        disagreement of the nearest images' captions, and the nearest image's closeness (a mis-captioned image has
-        close neighbours whose captions disagree with its own; an atypical one has none)."""
+        """(Q, 5) the signals of the mis-caption evidence (mis_caption_evidence), each higher when the caption is
+        more likely wrong: the misfit and the two margins (also high for an atypical pair, which the model never
+        learned either), the disagreement of the nearest images' captions, and the nearest image's closeness (a
+        mis-captioned image has close neighbours whose captions disagree with its own; an atypical one has none)."""
         return np.stack([self.misfit, self.image_margin, self.caption_margin, -self.agreement,
                          self.image_sim[:, 0]], axis=1)
 
